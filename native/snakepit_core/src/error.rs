@@ -1,0 +1,78 @@
+//! The one error type of the store, shared by every door.
+//!
+//! Each variant has a stable `kind()` — the Elixir door turns it into the atom of
+//! `{:error, {kind, ...}}`, the gRPC door into a status code plus the trailing
+//! metadata `snakepit-error-kind` — and a message a person can act on.
+
+use std::fmt;
+
+/// Why a store operation was refused. A refused operation changes nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreError {
+    /// No live session has this id (never created, deleted, or expired).
+    SessionNotFound(String),
+    /// The session has no variable with this id or name.
+    VariableNotFound { session_id: String, identifier: String },
+    /// A session with this id already exists.
+    SessionExists(String),
+    /// A variable with this name already exists in the session.
+    VariableExists(String),
+    /// A session id, variable name or pattern is malformed.
+    InvalidArgument(String),
+    /// The type name is not one of the eight known types.
+    InvalidType(String),
+    /// The value does not fit the variable's type or violates a constraint.
+    InvalidValue(String),
+    /// The constraints themselves are malformed for the type.
+    InvalidConstraints(String),
+    /// `expected_version` did not match the variable's current version.
+    VersionConflict { expected: i64, current: i64 },
+    /// A configured limit would be exceeded.
+    ResourceExhausted(String),
+}
+
+impl StoreError {
+    /// A stable snake_case name for the failure, the same at every door.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::SessionNotFound(_) => "session_not_found",
+            StoreError::VariableNotFound { .. } => "variable_not_found",
+            StoreError::SessionExists(_) | StoreError::VariableExists(_) => "already_exists",
+            StoreError::InvalidArgument(_) => "invalid_argument",
+            StoreError::InvalidType(_) => "invalid_type",
+            StoreError::InvalidValue(_) => "invalid_value",
+            StoreError::InvalidConstraints(_) => "invalid_constraints",
+            StoreError::VersionConflict { .. } => "version_conflict",
+            StoreError::ResourceExhausted(_) => "resource_exhausted",
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::SessionNotFound(id) => write!(f, "session {id:?} not found"),
+            StoreError::VariableNotFound { session_id, identifier } => {
+                write!(f, "variable {identifier:?} not found in session {session_id:?}")
+            }
+            StoreError::SessionExists(id) => write!(f, "session {id:?} already exists"),
+            StoreError::VariableExists(name) => {
+                write!(f, "a variable named {name:?} already exists in this session")
+            }
+            StoreError::InvalidArgument(m)
+            | StoreError::InvalidType(m)
+            | StoreError::InvalidValue(m)
+            | StoreError::InvalidConstraints(m)
+            | StoreError::ResourceExhausted(m) => f.write_str(m),
+            StoreError::VersionConflict { expected, current } => write!(
+                f,
+                "version conflict: expected version {expected}, current version is {current}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Shorthand for results of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! The core of the Snakepit bridge: everything but the BEAM.
+//!
+//! # Layout
+//! - [`value`]: the eight variable types, raw input values and normalisation.
+//! - [`constraints`]: per-type constraints, parsed at registration, checked on writes.
+//! - [`store`]: sessions and typed, versioned variables behind a cheap `Clone` handle.
+//! - [`wire`]: protobuf ⇄ store conversions (values in `Any`, timestamps, statuses).
+//! - [`service`]: the tonic `BridgeService` over a store.
+//! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
+//! - [`proto`]: code generated from `proto/snakepit_bridge.proto`.
+//!
+//! The NIF crate (`snakepit_nif`) and the `snakepit-bridge-server` binary are
+//! thin doors over these modules.
+
+pub mod clock;
+pub mod constraints;
+pub mod error;
+pub mod glob;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod value;
+pub mod wire;
+
+/// Messages and the service generated from `proto/snakepit_bridge.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("snakepit.bridge");
+}
+
+pub use error::StoreError;
+pub use store::Store;

@@ -1,0 +1,251 @@
+//! The gRPC `BridgeService` over a [`Store`]: each handler decodes, calls the
+//! store once, and encodes. Store calls are short and in memory, so they run
+//! inline on the runtime's worker threads.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::proto::bridge_service_server::BridgeService;
+use crate::proto::*;
+use crate::store::{Change, Input, Metadata, NewVariable, Source, Store};
+use crate::value::VarType;
+use crate::wire;
+
+/// The service: a store handle plus the settings of this server.
+#[derive(Clone, Debug)]
+pub struct Service {
+    store: Store,
+    /// Idle TTL of sessions created through InitializeSession.
+    session_ttl: Duration,
+}
+
+impl Service {
+    /// A service over `store`; sessions it creates expire after `session_ttl` idle.
+    pub fn new(store: Store, session_ttl: Duration) -> Service {
+        Service { store, session_ttl }
+    }
+}
+
+fn store_err(e: crate::error::StoreError) -> Status {
+    wire::status(&e)
+}
+
+fn now() -> prost_types::Timestamp {
+    let us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    wire::timestamp(us)
+}
+
+fn to_metadata(m: HashMap<String, String>) -> Metadata {
+    m.into_iter().collect()
+}
+
+fn from_python(metadata: HashMap<String, String>) -> Change {
+    Change { source: Source::Python, metadata: to_metadata(metadata), expected_version: 0 }
+}
+
+/// The stream type of WatchVariables.
+pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<VariableUpdate, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl BridgeService for Service {
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        let message = request.into_inner().message;
+        Ok(Response::new(PingResponse { message, server_time: Some(now()) }))
+    }
+
+    async fn initialize_session(
+        &self,
+        request: Request<InitializeSessionRequest>,
+    ) -> Result<Response<InitializeSessionResponse>, Status> {
+        let req = request.into_inner();
+        self.store
+            .create_session(&req.session_id, to_metadata(req.metadata), self.session_ttl)
+            .map_err(store_err)?;
+        Ok(Response::new(InitializeSessionResponse {
+            success: true,
+            error_message: String::new(),
+            initial_variables: HashMap::new(),
+        }))
+    }
+
+    async fn cleanup_session(
+        &self,
+        request: Request<CleanupSessionRequest>,
+    ) -> Result<Response<CleanupSessionResponse>, Status> {
+        let removed = self.store.delete_session(&request.into_inner().session_id).unwrap_or(0);
+        Ok(Response::new(CleanupSessionResponse {
+            success: true,
+            resources_cleaned: i32::try_from(removed).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<GetSessionRequest>,
+    ) -> Result<Response<GetSessionResponse>, Status> {
+        let info = self.store.get_session(&request.into_inner().session_id).map_err(store_err)?;
+        Ok(Response::new(GetSessionResponse {
+            session_id: info.id,
+            metadata: wire::metadata(&info.metadata),
+            created_at: Some(wire::timestamp(info.created_at_us)),
+            variable_count: i32::try_from(info.variable_count).unwrap_or(i32::MAX),
+            tool_count: 0,
+            watcher_count: 0,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let valid = self.store.touch_session(&request.into_inner().session_id);
+        Ok(Response::new(HeartbeatResponse { server_time: Some(now()), session_valid: valid }))
+    }
+
+    async fn get_variable(
+        &self,
+        request: Request<GetVariableRequest>,
+    ) -> Result<Response<GetVariableResponse>, Status> {
+        let req = request.into_inner();
+        let var = self
+            .store
+            .get_variable(&req.session_id, &req.variable_identifier)
+            .map_err(store_err)?;
+        Ok(Response::new(GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false }))
+    }
+
+    async fn set_variable(
+        &self,
+        request: Request<SetVariableRequest>,
+    ) -> Result<Response<SetVariableResponse>, Status> {
+        let req = request.into_inner();
+        let (declared, raw) =
+            wire::decode_any(req.value.as_ref(), &req.binary_value).map_err(store_err)?;
+        let change = Change { expected_version: req.expected_version, ..from_python(req.metadata) };
+        let input = Input { value: Ok(raw), declared: Some(declared) };
+        let version = self
+            .store
+            .update_variable(&req.session_id, &req.variable_identifier, input, &change)
+            .map_err(store_err)?;
+        Ok(Response::new(SetVariableResponse {
+            success: true,
+            error_message: String::new(),
+            new_version: version,
+        }))
+    }
+
+    async fn get_variables(
+        &self,
+        request: Request<BatchGetVariablesRequest>,
+    ) -> Result<Response<BatchGetVariablesResponse>, Status> {
+        let req = request.into_inner();
+        let (found, missing) = self
+            .store
+            .get_variables(&req.session_id, &req.variable_identifiers)
+            .map_err(store_err)?;
+        let variables = found.iter().map(|(k, v)| (k.clone(), wire::variable(v))).collect();
+        Ok(Response::new(BatchGetVariablesResponse { variables, missing_variables: missing }))
+    }
+
+    async fn set_variables(
+        &self,
+        request: Request<BatchSetVariablesRequest>,
+    ) -> Result<Response<BatchSetVariablesResponse>, Status> {
+        let req = request.into_inner();
+        let mut binary = req.binary_updates;
+        let mut updates: Vec<(String, Input)> = req
+            .updates
+            .into_iter()
+            .map(|(key, any)| {
+                let bytes = binary.remove(&key).unwrap_or_default();
+                let input = match wire::decode_any(Some(&any), &bytes) {
+                    Ok((declared, raw)) => Input { value: Ok(raw), declared: Some(declared) },
+                    Err(e) => Input { value: Err(e), declared: None },
+                };
+                (key, input)
+            })
+            .collect();
+        // Map order is random on the wire; a fixed order makes outcomes repeatable.
+        updates.sort_by(|a, b| a.0.cmp(&b.0));
+        let outcome = self
+            .store
+            .update_variables(&req.session_id, updates, req.atomic, &from_python(req.metadata))
+            .map_err(store_err)?;
+        let mut errors: HashMap<String, String> =
+            outcome.errors.into_iter().map(|(k, e)| (k, e.to_string())).collect();
+        for key in binary.into_keys() {
+            errors.insert(key, "binary_updates has this key but updates does not".into());
+        }
+        Ok(Response::new(BatchSetVariablesResponse {
+            success: errors.is_empty(),
+            errors,
+            new_versions: outcome.applied.into_iter().collect(),
+        }))
+    }
+
+    async fn register_variable(
+        &self,
+        request: Request<RegisterVariableRequest>,
+    ) -> Result<Response<RegisterVariableResponse>, Status> {
+        let req = request.into_inner();
+        let ty = VarType::parse(&req.r#type).map_err(store_err)?;
+        let value = wire::decode_value(ty, req.initial_value.as_ref(), &req.initial_binary_value)
+            .map_err(store_err)?;
+        let constraints = wire::constraints_from_json(&req.constraints_json).map_err(store_err)?;
+        let new = NewVariable {
+            name: req.name,
+            ty,
+            value,
+            constraints,
+            metadata: to_metadata(req.metadata),
+        };
+        let var = self
+            .store
+            .register_variable(&req.session_id, new, Source::Python)
+            .map_err(store_err)?;
+        Ok(Response::new(RegisterVariableResponse {
+            success: true,
+            variable_id: var.id.to_string(),
+            error_message: String::new(),
+        }))
+    }
+
+    async fn list_variables(
+        &self,
+        request: Request<ListVariablesRequest>,
+    ) -> Result<Response<ListVariablesResponse>, Status> {
+        let req = request.into_inner();
+        let vars = self
+            .store
+            .list_variables(&req.session_id, Some(&req.pattern))
+            .map_err(store_err)?;
+        Ok(Response::new(ListVariablesResponse { variables: vars.iter().map(wire::variable).collect() }))
+    }
+
+    async fn delete_variable(
+        &self,
+        request: Request<DeleteVariableRequest>,
+    ) -> Result<Response<DeleteVariableResponse>, Status> {
+        let req = request.into_inner();
+        self.store
+            .delete_variable(&req.session_id, &req.variable_identifier)
+            .map_err(store_err)?;
+        Ok(Response::new(DeleteVariableResponse { success: true, error_message: String::new() }))
+    }
+
+    type WatchVariablesStream = UpdateStream;
+
+    async fn watch_variables(
+        &self,
+        _request: Request<WatchVariablesRequest>,
+    ) -> Result<Response<Self::WatchVariablesStream>, Status> {
+        Err(Status::unimplemented("WatchVariables is not served by this build yet"))
+    }
+}

@@ -1,0 +1,545 @@
+//! The session store: sessions, and the typed, versioned variables in them.
+//!
+//! Lock order: the session map (`Store::sessions`) before a session's variables
+//! (`Session::vars`). Both are `std::sync` locks held only for in-memory work,
+//! never across an `.await` or I/O, so the NIF may take them on a scheduler.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::constraints::Constraints;
+use crate::error::{Result, StoreError};
+use crate::glob::glob_match;
+use crate::value::{normalize, Raw, Value, VarType};
+
+/// String-to-string metadata, as sessions, variables and updates carry it.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Longest session id or variable name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// The idle time after which a session expires unless told otherwise.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
+
+/// Ids are unique for the life of the process, whichever store made them.
+static NEXT_VARIABLE_SUFFIX: AtomicU64 = AtomicU64::new(1);
+
+/// Which side made a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Elixir,
+    Python,
+}
+
+impl Source {
+    /// `"elixir"` or `"python"`, as `update_source` carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Elixir => "elixir",
+            Source::Python => "python",
+        }
+    }
+}
+
+/// A snapshot of one variable. Cloning is cheap: the big parts are shared.
+#[derive(Debug, Clone)]
+pub struct Variable {
+    pub id: Arc<str>,
+    pub name: Arc<str>,
+    pub ty: VarType,
+    pub value: Arc<Value>,
+    pub constraints: Arc<Constraints>,
+    pub metadata: Arc<Metadata>,
+    /// 1 at registration, +1 on every change.
+    pub version: i64,
+    /// Who made the last change.
+    pub source: Source,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+}
+
+/// What a caller knows about a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub metadata: Metadata,
+    pub created_at_us: i64,
+    pub last_accessed_at_us: i64,
+    pub ttl: Duration,
+    pub variable_count: usize,
+}
+
+/// A variable to register.
+#[derive(Debug, Clone)]
+pub struct NewVariable {
+    pub name: String,
+    pub ty: VarType,
+    pub value: Raw,
+    /// A map of constraints for the type, or `Raw::Nil` for none.
+    pub constraints: Raw,
+    pub metadata: Metadata,
+}
+
+/// How a change is made: who makes it, with what metadata, under which check.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub source: Source,
+    /// Merged into the variable's metadata; later keys win.
+    pub metadata: Metadata,
+    /// Optimistic lock: the version the caller last saw; 0 means "don't check".
+    pub expected_version: i64,
+}
+
+impl Change {
+    /// A plain change from `source`: no metadata, no version check.
+    pub fn from(source: Source) -> Change {
+        Change { source, metadata: Metadata::new(), expected_version: 0 }
+    }
+}
+
+/// A value to write, as a door decoded it.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// The raw value, or why the door could not decode it (reported per key in a batch).
+    pub value: Result<Raw>,
+    /// The type the sender said the value has (gRPC's `type_url`); must match the variable's.
+    pub declared: Option<VarType>,
+}
+
+impl From<Raw> for Input {
+    fn from(value: Raw) -> Input {
+        Input { value: Ok(value), declared: None }
+    }
+}
+
+/// What a batch update did, key by key, in the order the keys were given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    /// Applied keys and their new versions. Empty when an atomic batch was refused.
+    pub applied: Vec<(String, i64)>,
+    /// Refused keys and why. In an atomic batch, any entry here means nothing was applied.
+    pub errors: Vec<(String, StoreError)>,
+}
+
+struct Session {
+    id: Arc<str>,
+    metadata: Metadata,
+    created_at_us: i64,
+    ttl: Duration,
+    /// Monotonic microseconds of the last access; read and written without the lock.
+    last_access_us: AtomicU64,
+    last_access_wall_us: AtomicU64,
+    vars: Mutex<Vars>,
+}
+
+#[derive(Default)]
+struct Vars {
+    by_id: HashMap<Arc<str>, Variable>,
+    /// Name → id.
+    by_name: HashMap<Arc<str>, Arc<str>>,
+}
+
+impl Vars {
+    /// Id first, then name: an id is never ambiguous, a name may look like an id.
+    fn resolve(&self, identifier: &str) -> Option<Arc<str>> {
+        if let Some((id, _)) = self.by_id.get_key_value(identifier) {
+            return Some(id.clone());
+        }
+        self.by_name.get(identifier).cloned()
+    }
+
+    fn get(&self, identifier: &str) -> Option<&Variable> {
+        match self.by_id.get(identifier) {
+            Some(v) => Some(v),
+            None => self.by_name.get(identifier).and_then(|id| self.by_id.get(id)),
+        }
+    }
+}
+
+/// The store. A cheap `Clone` handle: every clone sees the same sessions.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store::new()
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Checks a session id or variable name: non-empty UTF-8 of at most
+/// [`MAX_NAME_BYTES`] bytes without control characters.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(StoreError::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(StoreError::InvalidArgument(format!(
+            "{what} is {} bytes long; the limit is {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(StoreError::InvalidArgument(format!(
+            "{what} {name:?} contains the control character {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// A store on the system clock.
+    pub fn new() -> Store {
+        Store::with_clock(Arc::new(SystemClock::default()))
+    }
+
+    /// A store on the given clock (tests use [`crate::clock::ManualClock`]).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Store {
+        Store { inner: Arc::new(Inner { sessions: RwLock::default(), clock }) }
+    }
+
+    fn now_us(&self) -> i64 {
+        self.inner.clock.wall_micros()
+    }
+
+    fn mono_us(&self) -> u64 {
+        self.inner.clock.monotonic().as_micros() as u64
+    }
+
+    // A poisoned lock means a panic happened while it was held; the data it guards
+    // is only ever changed after all checks pass, so it is still consistent.
+    fn sessions_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.inner.sessions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sessions_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.inner.sessions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_expired(&self, s: &Session, mono_now: u64) -> bool {
+        let idle = mono_now.saturating_sub(s.last_access_us.load(Ordering::Relaxed));
+        idle > s.ttl.as_micros() as u64
+    }
+
+    /// The live session `id`, touched (its idle timer restarts). An expired
+    /// session found here is removed and reported as not found.
+    fn session(&self, id: &str) -> Result<Arc<Session>> {
+        let found = self.sessions_read().get(id).cloned();
+        let session = found.ok_or_else(|| StoreError::SessionNotFound(id.to_string()))?;
+        let now = self.mono_us();
+        if self.is_expired(&session, now) {
+            self.remove_if_expired(id);
+            return Err(StoreError::SessionNotFound(id.to_string()));
+        }
+        session.last_access_us.store(now, Ordering::Relaxed);
+        session.last_access_wall_us.store(self.now_us() as u64, Ordering::Relaxed);
+        Ok(session)
+    }
+
+    fn remove_if_expired(&self, id: &str) -> Option<Arc<Session>> {
+        let mut sessions = self.sessions_write();
+        let now = self.mono_us();
+        // Re-check under the write lock: an access may have refreshed it meanwhile.
+        if sessions.get(id).is_some_and(|s| self.is_expired(s, now)) {
+            sessions.remove(id)
+        } else {
+            None
+        }
+    }
+
+    /// Creates a session that expires after `ttl` without access.
+    pub fn create_session(&self, id: &str, metadata: Metadata, ttl: Duration) -> Result<SessionInfo> {
+        validate_name("session id", id)?;
+        if ttl.is_zero() {
+            return Err(StoreError::InvalidArgument("session ttl must be positive".into()));
+        }
+        let now = self.mono_us();
+        let wall = self.now_us();
+        let session = Arc::new(Session {
+            id: Arc::from(id),
+            metadata,
+            created_at_us: wall,
+            ttl,
+            last_access_us: AtomicU64::new(now),
+            last_access_wall_us: AtomicU64::new(wall as u64),
+            vars: Mutex::default(),
+        });
+        let mut sessions = self.sessions_write();
+        if let Some(existing) = sessions.get(id) {
+            if !self.is_expired(existing, now) {
+                return Err(StoreError::SessionExists(id.to_string()));
+            }
+        }
+        sessions.insert(session.id.clone(), session.clone());
+        drop(sessions);
+        Ok(info(&session, 0))
+    }
+
+    /// The session's description; counts as an access.
+    pub fn get_session(&self, id: &str) -> Result<SessionInfo> {
+        let s = self.session(id)?;
+        let count = lock(&s.vars).by_id.len();
+        Ok(info(&s, count))
+    }
+
+    /// Refreshes the session's idle timer; false if there is no live session `id`.
+    pub fn touch_session(&self, id: &str) -> bool {
+        self.session(id).is_ok()
+    }
+
+    /// Whether a live session `id` exists. Does not count as an access.
+    pub fn session_exists(&self, id: &str) -> bool {
+        let now = self.mono_us();
+        self.sessions_read().get(id).is_some_and(|s| !self.is_expired(s, now))
+    }
+
+    /// Deletes a session and its variables; returns how many variables went with
+    /// it, or `None` if there was no such session.
+    pub fn delete_session(&self, id: &str) -> Option<usize> {
+        let removed = self.sessions_write().remove(id)?;
+        let count = lock(&removed.vars).by_id.len();
+        Some(count)
+    }
+
+    /// Ids of the live sessions, sorted.
+    pub fn list_sessions(&self) -> Vec<String> {
+        let now = self.mono_us();
+        let mut ids: Vec<String> = self
+            .sessions_read()
+            .values()
+            .filter(|s| !self.is_expired(s, now))
+            .map(|s| s.id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Removes every expired session; returns their ids.
+    pub fn sweep_expired(&self) -> Vec<String> {
+        let now = self.mono_us();
+        let expired: Vec<Arc<str>> = self
+            .sessions_read()
+            .values()
+            .filter(|s| self.is_expired(s, now))
+            .map(|s| s.id.clone())
+            .collect();
+        expired
+            .iter()
+            .filter_map(|id| self.remove_if_expired(id))
+            .map(|s| s.id.to_string())
+            .collect()
+    }
+
+    /// Registers a variable; its version starts at 1.
+    pub fn register_variable(&self, session_id: &str, new: NewVariable, source: Source) -> Result<Variable> {
+        validate_name("variable name", &new.name)?;
+        let constraints = Constraints::parse(new.ty, &new.constraints)?;
+        let value = normalize(new.ty, new.value)?;
+        constraints.check(&value)?;
+        let session = self.session(session_id)?;
+        let mut vars = lock(&session.vars);
+        if vars.by_name.contains_key(new.name.as_str()) {
+            return Err(StoreError::VariableExists(new.name));
+        }
+        let suffix = NEXT_VARIABLE_SUFFIX.fetch_add(1, Ordering::Relaxed);
+        let id: Arc<str> = Arc::from(format!("var_{}_{suffix}", new.name));
+        let name: Arc<str> = Arc::from(new.name);
+        let now = self.now_us();
+        let variable = Variable {
+            id: id.clone(),
+            name: name.clone(),
+            ty: new.ty,
+            value: Arc::new(value),
+            constraints: Arc::new(constraints),
+            metadata: Arc::new(new.metadata),
+            version: 1,
+            source,
+            created_at_us: now,
+            updated_at_us: now,
+        };
+        vars.by_name.insert(name, id.clone());
+        vars.by_id.insert(id, variable.clone());
+        Ok(variable)
+    }
+
+    /// The variable with this id or name.
+    pub fn get_variable(&self, session_id: &str, identifier: &str) -> Result<Variable> {
+        let session = self.session(session_id)?;
+        let vars = lock(&session.vars);
+        vars.get(identifier).cloned().ok_or_else(|| not_found(session_id, identifier))
+    }
+
+    /// Whether the session has a variable with this id or name.
+    pub fn has_variable(&self, session_id: &str, identifier: &str) -> Result<bool> {
+        let session = self.session(session_id)?;
+        let found = lock(&session.vars).get(identifier).is_some();
+        Ok(found)
+    }
+
+    /// Sets a variable's value; returns its new version. Refused changes change nothing.
+    pub fn update_variable(&self, session_id: &str, identifier: &str, value: impl Into<Input>, change: &Change) -> Result<i64> {
+        let session = self.session(session_id)?;
+        let mut vars = lock(&session.vars);
+        let now = self.now_us();
+        let (id, value) = prepare(&vars, session_id, identifier, value.into(), change.expected_version)?;
+        Ok(apply(&mut vars, &id, value, change, now))
+    }
+
+    /// Looks up several variables at once: those found, keyed by the identifier
+    /// asked for, and the identifiers not found.
+    pub fn get_variables(&self, session_id: &str, identifiers: &[String]) -> Result<(Vec<(String, Variable)>, Vec<String>)> {
+        let session = self.session(session_id)?;
+        let vars = lock(&session.vars);
+        let mut found = Vec::with_capacity(identifiers.len());
+        let mut missing = Vec::new();
+        for ident in identifiers {
+            match vars.get(ident) {
+                Some(v) => found.push((ident.clone(), v.clone())),
+                None => missing.push(ident.clone()),
+            }
+        }
+        Ok((found, missing))
+    }
+
+    /// Sets several variables under one lock. With `atomic`, all are applied or
+    /// none (and every offending key is reported); otherwise each valid key is
+    /// applied and the rest reported. `change.expected_version` is ignored.
+    pub fn update_variables(&self, session_id: &str, updates: Vec<(String, Input)>, atomic: bool, change: &Change) -> Result<BatchOutcome> {
+        let session = self.session(session_id)?;
+        let mut vars = lock(&session.vars);
+        let now = self.now_us();
+        let mut outcome = BatchOutcome { applied: Vec::new(), errors: Vec::new() };
+        if atomic {
+            let mut ready = Vec::with_capacity(updates.len());
+            for (key, raw) in updates {
+                match prepare(&vars, session_id, &key, raw, 0) {
+                    Ok((id, value)) => ready.push((key, id, value)),
+                    Err(e) => outcome.errors.push((key, e)),
+                }
+            }
+            if outcome.errors.is_empty() {
+                for (key, id, value) in ready {
+                    let version = apply(&mut vars, &id, value, change, now);
+                    outcome.applied.push((key, version));
+                }
+            }
+        } else {
+            for (key, raw) in updates {
+                match prepare(&vars, session_id, &key, raw, 0) {
+                    Ok((id, value)) => {
+                        let version = apply(&mut vars, &id, value, change, now);
+                        outcome.applied.push((key, version));
+                    }
+                    Err(e) => outcome.errors.push((key, e)),
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The session's variables whose names match the glob `pattern` (all when
+    /// `None` or empty), sorted by name.
+    pub fn list_variables(&self, session_id: &str, pattern: Option<&str>) -> Result<Vec<Variable>> {
+        let session = self.session(session_id)?;
+        let vars = lock(&session.vars);
+        let pattern = pattern.filter(|p| !p.is_empty());
+        let mut out: Vec<Variable> = vars
+            .by_id
+            .values()
+            .filter(|v| pattern.is_none_or(|p| glob_match(p, &v.name)))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Deletes a variable; its id is never reused.
+    pub fn delete_variable(&self, session_id: &str, identifier: &str) -> Result<()> {
+        let session = self.session(session_id)?;
+        let mut vars = lock(&session.vars);
+        let id = vars.resolve(identifier).ok_or_else(|| not_found(session_id, identifier))?;
+        if let Some(var) = vars.by_id.remove(&id) {
+            vars.by_name.remove(&var.name);
+        }
+        Ok(())
+    }
+}
+
+fn lock(m: &Mutex<Vars>) -> MutexGuard<'_, Vars> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn info(s: &Session, variable_count: usize) -> SessionInfo {
+    SessionInfo {
+        id: s.id.to_string(),
+        metadata: s.metadata.clone(),
+        created_at_us: s.created_at_us,
+        last_accessed_at_us: s.last_access_wall_us.load(Ordering::Relaxed) as i64,
+        ttl: s.ttl,
+        variable_count,
+    }
+}
+
+fn not_found(session_id: &str, identifier: &str) -> StoreError {
+    StoreError::VariableNotFound { session_id: session_id.into(), identifier: identifier.into() }
+}
+
+/// Every check of a write, without changing anything: resolves the variable,
+/// checks the expected version, normalizes the value and checks constraints.
+fn prepare(vars: &Vars, session_id: &str, identifier: &str, input: Input, expected_version: i64) -> Result<(Arc<str>, Value)> {
+    let id = vars.resolve(identifier).ok_or_else(|| not_found(session_id, identifier))?;
+    let var = &vars.by_id[&id];
+    if let Some(declared) = input.declared.filter(|t| *t != var.ty) {
+        return Err(StoreError::InvalidArgument(format!(
+            "the value is declared as {declared} but variable {:?} is of type {}",
+            var.name, var.ty
+        )));
+    }
+    let raw = input.value?;
+    if expected_version != 0 && expected_version != var.version {
+        return Err(StoreError::VersionConflict { expected: expected_version, current: var.version });
+    }
+    let value = normalize(var.ty, raw).map_err(|e| in_variable(e, &var.name))?;
+    var.constraints.check(&value).map_err(|e| in_variable(e, &var.name))?;
+    Ok((id, value))
+}
+
+fn in_variable(e: StoreError, name: &str) -> StoreError {
+    match e {
+        StoreError::InvalidValue(m) => StoreError::InvalidValue(format!("variable {name:?}: {m}")),
+        other => other,
+    }
+}
+
+/// Applies a prepared write; cannot fail.
+fn apply(vars: &mut Vars, id: &Arc<str>, value: Value, change: &Change, now: i64) -> i64 {
+    let var = vars.by_id.get_mut(id).expect("prepared id is present under the same lock");
+    var.value = Arc::new(value);
+    if !change.metadata.is_empty() {
+        let mut merged = (*var.metadata).clone();
+        merged.extend(change.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+        var.metadata = Arc::new(merged);
+    }
+    var.version += 1;
+    var.source = change.source;
+    var.updated_at_us = now;
+    var.version
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,358 @@
+//! Conversions between the protobuf messages and the store's types: values in
+//! `google.protobuf.Any` (JSON, or the binary path for big numeric arrays),
+//! timestamps, and store errors as gRPC statuses.
+
+use prost_types::{Any, Timestamp};
+use serde_json::{Map, Number, Value as Json};
+use tonic::{Code, Status};
+
+use crate::error::StoreError;
+use crate::proto;
+use crate::store::{Metadata, Source, Variable};
+use crate::value::{element_count, Raw, Tensor, Value, VarType};
+
+/// Every `type_url` starts with this; the variable's type follows.
+pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/snakepit.";
+
+/// Embeddings and tensors with at least this many elements are sent on the
+/// binary path: 8 bytes a number instead of ~20 characters of JSON.
+pub const BINARY_THRESHOLD: usize = 1024;
+
+/// Trailing metadata key carrying [`StoreError::kind`], so clients can tell a
+/// missing session from a missing variable without parsing messages.
+pub const ERROR_KIND_KEY: &str = "snakepit-error-kind";
+/// Trailing metadata key carrying the current version on a version conflict.
+pub const CURRENT_VERSION_KEY: &str = "snakepit-current-version";
+
+/// A store error as a gRPC status a person (and a client library) can act on.
+pub fn status(e: &StoreError) -> Status {
+    let code = match e {
+        StoreError::SessionNotFound(_) | StoreError::VariableNotFound { .. } => Code::NotFound,
+        StoreError::SessionExists(_) | StoreError::VariableExists(_) => Code::AlreadyExists,
+        StoreError::VersionConflict { .. } => Code::FailedPrecondition,
+        StoreError::ResourceExhausted(_) => Code::ResourceExhausted,
+        StoreError::InvalidArgument(_)
+        | StoreError::InvalidType(_)
+        | StoreError::InvalidValue(_)
+        | StoreError::InvalidConstraints(_) => Code::InvalidArgument,
+    };
+    let mut status = Status::new(code, e.to_string());
+    let md = status.metadata_mut();
+    md.insert(ERROR_KIND_KEY, e.kind().parse().expect("kinds are ASCII"));
+    if let StoreError::VersionConflict { current, .. } = e {
+        md.insert(CURRENT_VERSION_KEY, current.to_string().parse().expect("digits are ASCII"));
+    }
+    status
+}
+
+/// Microseconds since the epoch as a protobuf timestamp.
+pub fn timestamp(us: i64) -> Timestamp {
+    Timestamp { seconds: us.div_euclid(1_000_000), nanos: (us.rem_euclid(1_000_000) * 1000) as i32 }
+}
+
+/// JSON as a raw value. Integers beyond i64 keep their digits as `BigInt`.
+pub fn raw_from_json(json: Json) -> Raw {
+    match json {
+        Json::Null => Raw::Nil,
+        Json::Bool(b) => Raw::Bool(b),
+        Json::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Raw::Int(i),
+            (None, _) if n.is_u64() => Raw::BigInt(n.to_string()),
+            (None, Some(f)) => Raw::Float(f),
+            (None, None) => Raw::BigInt(n.to_string()),
+        },
+        Json::String(s) => Raw::Str(s),
+        Json::Array(items) => Raw::List(items.into_iter().map(raw_from_json).collect()),
+        Json::Object(map) => Raw::Map(map.into_iter().map(|(k, v)| (k, raw_from_json(v))).collect()),
+    }
+}
+
+/// A raw value as JSON; special floats become the strings "NaN", "Infinity", "-Infinity".
+pub fn raw_to_json(raw: &Raw) -> Json {
+    match raw {
+        Raw::Nil => Json::Null,
+        Raw::Bool(b) => Json::Bool(*b),
+        Raw::Int(i) => Json::from(*i),
+        Raw::BigInt(s) => Json::String(s.clone()),
+        Raw::Float(x) => float_json(*x),
+        Raw::Str(s) | Raw::Atom(s) => Json::String(s.clone()),
+        Raw::List(items) => Json::Array(items.iter().map(raw_to_json).collect()),
+        Raw::Floats(xs) => floats_json(xs),
+        Raw::Map(entries) => {
+            Json::Object(entries.iter().map(|(k, v)| (k.clone(), raw_to_json(v))).collect())
+        }
+    }
+}
+
+fn float_json(x: f64) -> Json {
+    match Number::from_f64(x) {
+        Some(n) => Json::Number(n),
+        None if x.is_nan() => Json::String("NaN".into()),
+        None if x > 0.0 => Json::String("Infinity".into()),
+        None => Json::String("-Infinity".into()),
+    }
+}
+
+fn floats_json(xs: &[f64]) -> Json {
+    Json::Array(xs.iter().map(|x| float_json(*x)).collect())
+}
+
+/// Parses a `constraints_json` string; empty means no constraints.
+pub fn constraints_from_json(text: &str) -> Result<Raw, StoreError> {
+    if text.trim().is_empty() {
+        return Ok(Raw::Nil);
+    }
+    serde_json::from_str(text)
+        .map(raw_from_json)
+        .map_err(|e| StoreError::InvalidConstraints(format!("constraints_json is not valid JSON: {e}")))
+}
+
+fn bad(msg: String) -> StoreError {
+    StoreError::InvalidArgument(msg)
+}
+
+/// Decodes a value sent for a variable of type `ty`; `type_url` must name `ty`.
+pub fn decode_value(ty: VarType, any: Option<&Any>, binary: &[u8]) -> Result<Raw, StoreError> {
+    let (named, raw) = decode_any(any, binary)?;
+    if named != ty {
+        return Err(bad(format!("type_url names type {:?} but the variable is of type {:?}", named.as_str(), ty.as_str())));
+    }
+    Ok(raw)
+}
+
+/// Decodes a value and the type its `type_url` names: the JSON, or on the
+/// binary path the metadata and the raw little-endian numbers in `binary`.
+pub fn decode_any(any: Option<&Any>, binary: &[u8]) -> Result<(VarType, Raw), StoreError> {
+    let any = any.ok_or_else(|| bad("a value is required".into()))?;
+    let named = any.type_url.strip_prefix(TYPE_URL_PREFIX).ok_or_else(|| {
+        bad(format!("type_url {:?} must start with {TYPE_URL_PREFIX:?}", any.type_url))
+    })?;
+    let (named_type, is_binary) = match named.strip_suffix(".binary") {
+        Some(t) => (t, true),
+        None => (named, false),
+    };
+    let ty = VarType::parse(named_type)
+        .map_err(|_| bad(format!("type_url {:?} names no known type", any.type_url)))?;
+    let json: Json = serde_json::from_slice(&any.value)
+        .map_err(|e| bad(format!("value is not valid UTF-8 JSON: {e}")))?;
+    if !is_binary {
+        if !binary.is_empty() {
+            return Err(bad("binary data was sent but type_url does not end in \".binary\"".into()));
+        }
+        return Ok((ty, raw_from_json(json)));
+    }
+    if !ty.is_numeric_array() {
+        return Err(bad(format!("the binary path is for embedding and tensor, not {ty}")));
+    }
+    Ok((ty, decode_binary(ty, &json, binary)?))
+}
+
+fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreError> {
+    let format = meta.get("binary_format").and_then(Json::as_str).unwrap_or("raw_le");
+    if format != "raw_le" {
+        return Err(bad(format!("binary_format {format:?} is not supported; only \"raw_le\" is")));
+    }
+    let dtype = meta.get("dtype").and_then(Json::as_str).unwrap_or("float64");
+    let width = match dtype {
+        "float64" => 8,
+        "float32" => 4,
+        other => return Err(bad(format!("dtype {other:?} is not supported; use float32 or float64"))),
+    };
+    let shape = match meta.get("shape") {
+        Some(s) => crate::value::parse_shape(&raw_from_json(s.clone()), "binary shape").map_err(bad)?,
+        None if ty == VarType::Embedding => vec![bytes.len() / width],
+        None => return Err(bad("binary tensor metadata must carry a shape".into())),
+    };
+    let count = element_count(&shape)?;
+    if count.checked_mul(width) != Some(bytes.len()) {
+        return Err(bad(format!(
+            "binary value has {} bytes but shape {shape:?} of {dtype} needs {}",
+            bytes.len(),
+            count.saturating_mul(width)
+        )));
+    }
+    let data: Vec<f64> = if width == 8 {
+        bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+    } else {
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64).collect()
+    };
+    Ok(match ty {
+        VarType::Embedding if shape.len() == 1 => Raw::Floats(data),
+        VarType::Embedding => {
+            return Err(bad(format!("an embedding is one-dimensional, got shape {shape:?}")))
+        }
+        _ => Raw::Map(vec![
+            ("shape".into(), Raw::List(shape.iter().map(|d| Raw::Int(*d as i64)).collect())),
+            ("data".into(), Raw::Floats(data)),
+        ]),
+    })
+}
+
+/// Encodes a value as an `Any` plus, on the binary path, its raw bytes.
+pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
+    let plain = |json: Json| Any {
+        type_url: format!("{TYPE_URL_PREFIX}{}", ty.as_str()),
+        value: serde_json::to_vec(&json).expect("JSON values always serialize"),
+    };
+    let binary = |shape: &[usize], data: &[f64]| {
+        let meta = serde_json::json!({"shape": shape, "dtype": "float64", "binary_format": "raw_le"});
+        let any = Any {
+            type_url: format!("{TYPE_URL_PREFIX}{}.binary", ty.as_str()),
+            value: serde_json::to_vec(&meta).expect("JSON values always serialize"),
+        };
+        (any, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    };
+    match value {
+        Value::Embedding(v) if v.len() >= BINARY_THRESHOLD => binary(&[v.len()], v),
+        Value::Tensor(Tensor { shape, data }) if data.len() >= BINARY_THRESHOLD => binary(shape, data),
+        Value::Float(x) => (plain(float_json(*x)), Vec::new()),
+        Value::Integer(i) => (plain(Json::from(*i)), Vec::new()),
+        Value::Text(s) => (plain(Json::String(s.clone())), Vec::new()),
+        Value::Boolean(b) => (plain(Json::Bool(*b)), Vec::new()),
+        Value::Embedding(v) => (plain(floats_json(v)), Vec::new()),
+        Value::Tensor(Tensor { shape, data }) => {
+            let mut m = Map::new();
+            m.insert("shape".into(), Json::from(shape.clone()));
+            m.insert("data".into(), floats_json(data));
+            (plain(Json::Object(m)), Vec::new())
+        }
+    }
+}
+
+/// The proto enum value of a source.
+pub fn source(s: Source) -> proto::variable::Source {
+    match s {
+        Source::Elixir => proto::variable::Source::Elixir,
+        Source::Python => proto::variable::Source::Python,
+    }
+}
+
+/// A variable snapshot as its protobuf message.
+pub fn variable(v: &Variable) -> proto::Variable {
+    let (value, binary_value) = encode_value(v.ty, &v.value);
+    proto::Variable {
+        id: v.id.to_string(),
+        name: v.name.to_string(),
+        r#type: v.ty.as_str().to_string(),
+        value: Some(value),
+        constraints_json: raw_to_json(&v.constraints.to_raw()).to_string(),
+        metadata: metadata(&v.metadata),
+        source: source(v.source) as i32,
+        last_updated_at: Some(timestamp(v.updated_at_us)),
+        version: v.version,
+        binary_value,
+    }
+}
+
+/// Store metadata as a protobuf map.
+pub fn metadata(m: &Metadata) -> std::collections::HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::normalize;
+
+    fn any(ty: &str, json: &str) -> Any {
+        Any { type_url: format!("{TYPE_URL_PREFIX}{ty}"), value: json.as_bytes().to_vec() }
+    }
+
+    fn round_trip(ty: VarType, value: Value) -> Value {
+        let (a, bin) = encode_value(ty, &value);
+        normalize(ty, decode_value(ty, Some(&a), &bin).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_type_round_trips_through_any() {
+        let cases = [
+            (VarType::Float, Value::Float(0.25)),
+            (VarType::Float, Value::Float(f64::INFINITY)),
+            (VarType::Float, Value::Float(f64::NEG_INFINITY)),
+            (VarType::Integer, Value::Integer(i64::MAX)),
+            (VarType::String, Value::Text("héllo \"q\"".into())),
+            (VarType::Boolean, Value::Boolean(false)),
+            (VarType::Choice, Value::Text("beam".into())),
+            (VarType::Module, Value::Text("Elixir.Foo".into())),
+            (VarType::Embedding, Value::Embedding(vec![1.0, -2.5])),
+            (VarType::Embedding, Value::Embedding((0..2000).map(|i| i as f64).collect())),
+            (VarType::Tensor, Value::Tensor(Tensor { shape: vec![2, 1], data: vec![1.0, 2.0] })),
+            (VarType::Tensor, Value::Tensor(Tensor { shape: vec![32, 32], data: vec![0.5; 1024] })),
+        ];
+        for (ty, v) in cases {
+            assert_eq!(round_trip(ty, v.clone()), v, "{ty}");
+        }
+        match round_trip(VarType::Float, Value::Float(f64::NAN)) {
+            Value::Float(x) => assert!(x.is_nan()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn special_floats_travel_as_json_strings() {
+        let (a, _) = encode_value(VarType::Float, &Value::Float(f64::NAN));
+        assert_eq!(a.value, b"\"NaN\"");
+        assert_eq!(a.type_url, "type.googleapis.com/snakepit.float");
+    }
+
+    #[test]
+    fn big_arrays_take_the_binary_path() {
+        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![1.0; 1024]));
+        assert_eq!(a.type_url, "type.googleapis.com/snakepit.embedding.binary");
+        assert_eq!(bin.len(), 8 * 1024);
+        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![1.0; 1023]));
+        assert!(!a.type_url.ends_with(".binary") && bin.is_empty());
+    }
+
+    #[test]
+    fn float32_binary_input_is_accepted() {
+        let bytes: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let a = any("embedding.binary", r#"{"shape":[2],"dtype":"float32","binary_format":"raw_le"}"#);
+        assert_eq!(decode_value(VarType::Embedding, Some(&a), &bytes).unwrap(), Raw::Floats(vec![1.5, -2.0]));
+    }
+
+    #[test]
+    fn malformed_values_are_invalid_arguments() {
+        let cases: Vec<(VarType, Option<Any>, Vec<u8>, &str)> = vec![
+            (VarType::Float, None, vec![], "a value is required"),
+            (VarType::Float, Some(any("integer", "1")), vec![], "names type \"integer\""),
+            (VarType::Float, Some(Any { type_url: "x/y".into(), value: b"1".to_vec() }), vec![], "must start with"),
+            (VarType::Float, Some(any("decimal", "1")), vec![], "names no known type"),
+            (VarType::Float, Some(any("float", "{oops")), vec![], "not valid UTF-8 JSON"),
+            (VarType::Float, Some(any("float", "1")), vec![1], "does not end in \".binary\""),
+            (VarType::Float, Some(any("float.binary", "{}")), vec![], "for embedding and tensor"),
+            (VarType::Embedding, Some(any("embedding.binary", r#"{"shape":[1],"binary_format":"pickle"}"#)), vec![0; 8], "\"pickle\" is not supported"),
+            (VarType::Embedding, Some(any("embedding.binary", r#"{"shape":[2],"dtype":"float64"}"#)), vec![0; 8], "has 8 bytes"),
+            (VarType::Embedding, Some(any("embedding.binary", r#"{"shape":[1],"dtype":"int8"}"#)), vec![0], "dtype \"int8\""),
+            (VarType::Tensor, Some(any("tensor.binary", r#"{"dtype":"float64"}"#)), vec![], "must carry a shape"),
+        ];
+        for (ty, a, bin, want) in cases {
+            let e = decode_value(ty, a.as_ref(), &bin).expect_err(want);
+            assert_eq!(e.kind(), "invalid_argument");
+            assert!(e.to_string().contains(want), "{e} should contain {want}");
+        }
+    }
+
+    #[test]
+    fn json_numbers_keep_their_kind() {
+        assert_eq!(raw_from_json(serde_json::json!(3)), Raw::Int(3));
+        assert_eq!(raw_from_json(serde_json::json!(3.0)), Raw::Float(3.0));
+        assert_eq!(raw_from_json(serde_json::json!(u64::MAX)), Raw::BigInt(u64::MAX.to_string()));
+    }
+
+    #[test]
+    fn statuses_carry_code_and_kind() {
+        let s = status(&StoreError::VersionConflict { expected: 1, current: 4 });
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.metadata().get(ERROR_KIND_KEY).unwrap(), "version_conflict");
+        assert_eq!(s.metadata().get(CURRENT_VERSION_KEY).unwrap(), "4");
+        assert_eq!(status(&StoreError::SessionNotFound("s".into())).code(), Code::NotFound);
+        assert_eq!(status(&StoreError::InvalidValue("v".into())).code(), Code::InvalidArgument);
+    }
+
+    #[test]
+    fn timestamps_split_seconds_and_nanos() {
+        assert_eq!(timestamp(1_500_000), Timestamp { seconds: 1, nanos: 500_000_000 });
+        assert_eq!(timestamp(-1), Timestamp { seconds: -1, nanos: 999_999_000 });
+    }
+}

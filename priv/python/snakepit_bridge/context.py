@@ -1,0 +1,795 @@
+"""``SessionContext``: one session of the bridge, over a blocking or an asyncio channel.
+
+Layout
+    Each public method is written once. Its logic is a *plan*: a generator that
+    builds requests, yields them as :class:`_Rpc` values, receives the responses
+    (or has the call's :class:`~snakepit_bridge.errors.BridgeError` thrown into
+    it) and returns the parsed result. Two small drivers run plans:
+    :meth:`SessionContext._run_blocking` for a ``grpc.Channel`` and
+    :meth:`SessionContext._run_async` (a coroutine) for a ``grpc.aio.Channel``.
+    The ``@overload`` stubs above each method only tell type checkers which
+    mode returns what.
+
+Type cache
+    Setting a value needs the variable's type (the ``type_url`` must name it),
+    so the context remembers ``identifier -> type`` (and id <-> name) from every
+    register, get, batch get and list response, and fetches a type it does not
+    know with one ``GetVariable``. Types never change; an entry goes on delete.
+    If someone else deletes and re-registers a name with another type, the
+    first refused set re-reads the type once and retries.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Awaitable, Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, overload
+
+import grpc
+import grpc.aio
+from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2
+
+from ._proto import snakepit_bridge_pb2 as pb2
+from ._proto import snakepit_bridge_pb2_grpc as pb2_grpc
+from .errors import (
+    BridgeError,
+    BridgeUnavailableError,
+    ValidationError,
+    VariableNotFoundError,
+    error_from_status,
+)
+from .types import (
+    NOT_APPLIED_ATOMIC,
+    BatchGetResult,
+    BatchUpdateResult,
+    SessionInfo,
+    VariableInfo,
+    VariableSource,
+    VariableType,
+)
+from .values import EncodedValue, decode_value, encode_json, encode_value
+
+__all__ = ["DEFAULT_TIMEOUT", "SessionContext"]
+
+#: Seconds a call may take before it fails with BridgeTimeoutError.
+DEFAULT_TIMEOUT = 30.0
+
+_T = TypeVar("_T")
+_ChannelT = TypeVar("_ChannelT", grpc.Channel, grpc.aio.Channel)
+
+_MISSING: Any = object()
+_SOURCES: dict[int, VariableSource] = {
+    pb2.Variable.ELIXIR: "elixir",
+    pb2.Variable.PYTHON: "python",
+}
+
+
+@dataclass(frozen=True)
+class _Rpc:
+    """One unary call a plan asks its driver to make."""
+
+    method: str  # attribute name on BridgeServiceStub, e.g. "GetVariable"
+    request: _message.Message
+
+
+_Plan = Generator[_Rpc, Any, _T]
+
+
+def _timestamp(ts: timestamp_pb2.Timestamp, present: bool) -> Optional[datetime.datetime]:
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=datetime.timezone.utc)
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def _variable_info(var: pb2.Variable) -> VariableInfo:
+    try:
+        constraints = json.loads(var.constraints_json) if var.constraints_json else {}
+    except ValueError as exc:
+        raise BridgeError(f"server sent malformed constraints for {var.name!r}: {exc}") from exc
+    return VariableInfo(
+        id=var.id,
+        name=var.name,
+        type=VariableType.coerce(var.type),
+        value=decode_value(var.value, var.binary_value, var.type),
+        version=int(var.version),
+        source=_SOURCES.get(var.source, "elixir"),
+        metadata=dict(var.metadata),
+        constraints=constraints if isinstance(constraints, dict) else {"value": constraints},
+        last_updated_at=_timestamp(var.last_updated_at, var.HasField("last_updated_at")),
+    )
+
+
+def _check(response: Any, what: str) -> None:
+    """Raise for an old-style refusal: ``success = false`` with ``error_message``."""
+    if not response.success:
+        raise BridgeError(response.error_message or f"{what} failed without a message")
+
+
+class SessionContext(Generic[_ChannelT]):
+    """One session of the Snakepit bridge, seen from Python.
+
+    ``SessionContext(session_id, channel)`` works with either kind of channel:
+
+    - a blocking ``grpc.Channel`` (``grpc.insecure_channel(addr)``): every method
+      blocks and returns its result;
+    - a ``grpc.aio.Channel`` (``grpc.aio.insecure_channel(addr)``): every method
+      returns an awaitable (``await ctx.get_variable("x")``).
+
+    Mapping sugar: on a blocking context ``ctx["name"]`` is ``get_variable`` (a
+    missing name raises :class:`VariableNotFoundError`, which is a ``KeyError``)
+    and ``"name" in ctx`` is ``has_variable``. On an aio context ``ctx["name"]``
+    returns an awaitable (``await ctx["name"]``), and ``in`` raises ``TypeError``
+    because ``in`` cannot await: use ``await ctx.has_variable(name)``.
+
+    The context does not own the channel: close it yourself. It is not a
+    session by itself either: :meth:`initialize` creates the session on the
+    server (or attach to one created elsewhere, e.g. by Elixir) and
+    :meth:`cleanup` removes it.
+
+    Every method raises a :class:`~snakepit_bridge.errors.BridgeError`
+    subclass on failure; the ones below are the usual ones, and any call can
+    also raise :class:`BridgeUnavailableError` (server gone, channel closed) or
+    :class:`BridgeTimeoutError` (``timeout`` passed).
+
+    Args:
+        session_id: the session's id (non-empty UTF-8, at most 256 bytes, no
+            control characters; the server checks).
+        channel: a ``grpc.Channel`` or ``grpc.aio.Channel``.
+        timeout: per-call deadline in seconds (``None``: no deadline).
+
+    Raises:
+        TypeError: ``channel`` is neither kind of gRPC channel, or
+            ``session_id`` is not a string.
+    """
+
+    # Not iterable, even though it has __getitem__ (which would otherwise make
+    # iter() try ctx[0], ctx[1], ...).
+    __iter__: ClassVar[None] = None  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        session_id: str,
+        channel: _ChannelT,
+        *,
+        timeout: Optional[float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not isinstance(session_id, str):
+            raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+        if isinstance(channel, grpc.aio.Channel):
+            self._is_async = True
+        elif isinstance(channel, grpc.Channel):
+            self._is_async = False
+        else:
+            raise TypeError(
+                "channel must be a grpc.Channel or grpc.aio.Channel, "
+                f"not {type(channel).__name__}"
+            )
+        self._session_id = session_id
+        self._channel = channel
+        self._stub = pb2_grpc.BridgeServiceStub(channel)
+        self._timeout = timeout
+        # identifier (id or name) -> type name; id <-> name. See "Type cache".
+        self._types: dict[str, str] = {}
+        self._aliases: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def session_id(self) -> str:
+        """The session this context talks to."""
+        return self._session_id
+
+    @property
+    def channel(self) -> _ChannelT:
+        """The channel given at construction (not owned: the caller closes it)."""
+        return self._channel
+
+    @property
+    def is_async(self) -> bool:
+        """``True`` for a ``grpc.aio`` channel (methods return awaitables)."""
+        return self._is_async
+
+    def __repr__(self) -> str:
+        mode = "aio" if self._is_async else "blocking"
+        return f"SessionContext({self._session_id!r}, {mode})"
+
+    # ------------------------------------------------------------------ drivers
+
+    def _run(self, plan: _Plan[_T]) -> Any:
+        return self._run_async(plan) if self._is_async else self._run_blocking(plan)
+
+    def _run_blocking(self, plan: _Plan[_T]) -> _T:
+        try:
+            rpc = next(plan)
+            while True:
+                try:
+                    response = self._invoke_blocking(rpc)
+                except BridgeError as err:
+                    rpc = plan.throw(err)
+                else:
+                    rpc = plan.send(response)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _run_async(self, plan: _Plan[_T]) -> _T:
+        try:
+            rpc = next(plan)
+            while True:
+                try:
+                    response = await self._invoke_async(rpc)
+                except BridgeError as err:
+                    rpc = plan.throw(err)
+                else:
+                    rpc = plan.send(response)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def _invoke_blocking(self, rpc: _Rpc) -> Any:
+        method = getattr(self._stub, rpc.method)
+        try:
+            return method(rpc.request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from exc
+        except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+            if "closed channel" in str(exc):
+                raise BridgeUnavailableError(f"the gRPC channel is closed ({exc})") from exc
+            raise
+
+    async def _invoke_async(self, rpc: _Rpc) -> Any:
+        method = getattr(self._stub, rpc.method)
+        try:
+            return await method(rpc.request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from exc
+        except grpc.aio.UsageError as exc:  # e.g. the channel is closed
+            raise BridgeUnavailableError(f"the gRPC channel cannot be used: {exc}") from exc
+
+    # ------------------------------------------------------------------ type cache
+
+    def _remember(self, var: pb2.Variable, *asked: str) -> VariableInfo:
+        info = _variable_info(var)
+        for key in (var.id, var.name, *asked):
+            if key:
+                self._types[key] = var.type
+        if var.id and var.name:
+            self._aliases[var.id] = var.name
+            self._aliases[var.name] = var.id
+        return info
+
+    def _forget(self, identifier: str) -> None:
+        for key in (identifier, self._aliases.pop(identifier, None)):
+            if key:
+                self._types.pop(key, None)
+                self._aliases.pop(key, None)
+
+    def _fetch_type(self, identifier: str) -> _Plan[str]:
+        request = pb2.GetVariableRequest(session_id=self._session_id, variable_identifier=identifier)
+        try:
+            response = yield _Rpc("GetVariable", request)
+        except VariableNotFoundError:
+            self._forget(identifier)
+            raise
+        self._remember(response.variable, identifier)
+        return str(response.variable.type)
+
+    # ------------------------------------------------------------------ session
+
+    @overload
+    def ping(self: SessionContext[grpc.aio.Channel], message: str = "") -> Awaitable[str]: ...
+    @overload
+    def ping(self: SessionContext[grpc.Channel], message: str = "") -> str: ...
+    def ping(self, message: str = "") -> Any:
+        """Check the server is alive; returns ``message`` as the server echoed it.
+
+        Raises:
+            BridgeUnavailableError: the server cannot be reached.
+        """
+        return self._run(self._ping(message))
+
+    def _ping(self, message: str) -> _Plan[str]:
+        response = yield _Rpc("Ping", pb2.PingRequest(message=message))
+        return str(response.message)
+
+    @overload
+    def initialize(
+        self: SessionContext[grpc.aio.Channel], metadata: Optional[Mapping[str, str]] = None
+    ) -> Awaitable[dict[str, VariableInfo]]: ...
+    @overload
+    def initialize(
+        self: SessionContext[grpc.Channel], metadata: Optional[Mapping[str, str]] = None
+    ) -> dict[str, VariableInfo]: ...
+    def initialize(self, metadata: Optional[Mapping[str, str]] = None) -> Any:
+        """Create this session on the server (``InitializeSession``).
+
+        Returns the session's initial variables by name (empty for a new session).
+
+        Raises:
+            AlreadyExistsError: a session with this id already exists.
+            ValidationError: the session id is not acceptable (the server's message says why).
+        """
+        return self._run(self._initialize(metadata))
+
+    def _initialize(self, metadata: Optional[Mapping[str, str]]) -> _Plan[dict[str, VariableInfo]]:
+        request = pb2.InitializeSessionRequest(session_id=self._session_id, metadata=dict(metadata or {}))
+        response = yield _Rpc("InitializeSession", request)
+        _check(response, "InitializeSession")
+        return {name: self._remember(var, name) for name, var in response.initial_variables.items()}
+
+    @overload
+    def cleanup(self: SessionContext[grpc.aio.Channel], force: bool = False) -> Awaitable[int]: ...
+    @overload
+    def cleanup(self: SessionContext[grpc.Channel], force: bool = False) -> int: ...
+    def cleanup(self, force: bool = False) -> Any:
+        """Remove the session and its variables (``CleanupSession``); returns how many variables went.
+
+        Idempotent: cleaning up an unknown session returns 0. Watchers of the
+        session get ``session_closed``.
+
+        Raises:
+            BridgeUnavailableError: the server cannot be reached.
+        """
+        return self._run(self._cleanup(force))
+
+    def _cleanup(self, force: bool) -> _Plan[int]:
+        request = pb2.CleanupSessionRequest(session_id=self._session_id, force=force)
+        response = yield _Rpc("CleanupSession", request)
+        self._types.clear()
+        self._aliases.clear()
+        return int(response.resources_cleaned)
+
+    @overload
+    def get_session(self: SessionContext[grpc.aio.Channel]) -> Awaitable[SessionInfo]: ...
+    @overload
+    def get_session(self: SessionContext[grpc.Channel]) -> SessionInfo: ...
+    def get_session(self) -> Any:
+        """Describe the session: id, metadata, created_at (UTC datetime), variable_count, watcher_count.
+
+        Raises:
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._get_session())
+
+    def _get_session(self) -> _Plan[SessionInfo]:
+        response = yield _Rpc("GetSession", pb2.GetSessionRequest(session_id=self._session_id))
+        return SessionInfo(
+            session_id=response.session_id,
+            metadata=dict(response.metadata),
+            created_at=_timestamp(response.created_at, response.HasField("created_at")),
+            variable_count=int(response.variable_count),
+            watcher_count=int(response.watcher_count),
+        )
+
+    @overload
+    def heartbeat(self: SessionContext[grpc.aio.Channel]) -> Awaitable[bool]: ...
+    @overload
+    def heartbeat(self: SessionContext[grpc.Channel]) -> bool: ...
+    def heartbeat(self) -> Any:
+        """Keep the session alive; returns ``False`` if it no longer exists (never raises for that).
+
+        Raises:
+            BridgeUnavailableError: the server cannot be reached.
+        """
+        return self._run(self._heartbeat())
+
+    def _heartbeat(self) -> _Plan[bool]:
+        request = pb2.HeartbeatRequest(session_id=self._session_id, client_time=_now())
+        response = yield _Rpc("Heartbeat", request)
+        return bool(response.session_valid)
+
+    # ------------------------------------------------------------------ variables
+
+    @overload
+    def register_variable(
+        self: SessionContext[grpc.aio.Channel],
+        name: str,
+        var_type: Union[VariableType, str],
+        initial_value: Any,
+        constraints: Optional[Mapping[str, Any]] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Awaitable[str]: ...
+    @overload
+    def register_variable(
+        self: SessionContext[grpc.Channel],
+        name: str,
+        var_type: Union[VariableType, str],
+        initial_value: Any,
+        constraints: Optional[Mapping[str, Any]] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> str: ...
+    def register_variable(
+        self,
+        name: str,
+        var_type: Union[VariableType, str],
+        initial_value: Any,
+        constraints: Optional[Mapping[str, Any]] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Any:
+        """Create a variable; returns its id (``var_<name>_<suffix>``). Its version is 1.
+
+        ``constraints`` depend on the type: ``min``/``max`` (float, integer),
+        ``min_length``/``max_length``/``pattern``/``enum`` (string),
+        ``choices`` (choice), ``allowed_modules`` (module), ``dimensions``
+        (embedding), ``shape`` (tensor).
+
+        Raises:
+            AlreadyExistsError: the session already has a variable of that name.
+            ValidationError: unknown type, bad constraints, or a value that
+                breaks the type or the constraints (``.kind`` says which).
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._register_variable(name, var_type, initial_value, constraints, metadata))
+
+    def _register_variable(
+        self,
+        name: str,
+        var_type: Union[VariableType, str],
+        initial_value: Any,
+        constraints: Optional[Mapping[str, Any]],
+        metadata: Optional[Mapping[str, str]],
+    ) -> _Plan[str]:
+        type_name = str(VariableType.coerce(var_type))
+        encoded = encode_value(type_name, initial_value)
+        request = pb2.RegisterVariableRequest(
+            session_id=self._session_id,
+            name=name,
+            type=type_name,
+            initial_value=encoded.any,
+            constraints_json=encode_json(dict(constraints)).decode("utf-8") if constraints else "",
+            metadata=dict(metadata or {}),
+            initial_binary_value=encoded.binary or b"",
+        )
+        response = yield _Rpc("RegisterVariable", request)
+        _check(response, "RegisterVariable")
+        var_id = str(response.variable_id)
+        self._types[name] = type_name
+        if var_id:
+            self._types[var_id] = type_name
+            self._aliases[var_id] = name
+            self._aliases[name] = var_id
+        return var_id
+
+    @overload
+    def get_variable(self: SessionContext[grpc.aio.Channel], identifier: str, default: Any = ...) -> Awaitable[Any]: ...
+    @overload
+    def get_variable(self: SessionContext[grpc.Channel], identifier: str, default: Any = ...) -> Any: ...
+    def get_variable(self, identifier: str, default: Any = _MISSING) -> Any:
+        """The current value of a variable, by id or name.
+
+        With ``default`` given, a missing variable returns ``default`` instead of raising.
+
+        Raises:
+            VariableNotFoundError: no such variable (and no ``default``).
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._get_value(identifier, default))
+
+    def _get_value(self, identifier: str, default: Any) -> _Plan[Any]:
+        try:
+            info = yield from self._get_info(identifier)
+        except VariableNotFoundError:
+            if default is _MISSING:
+                raise
+            return default
+        return info.value
+
+    @overload
+    def get_variable_info(self: SessionContext[grpc.aio.Channel], identifier: str) -> Awaitable[VariableInfo]: ...
+    @overload
+    def get_variable_info(self: SessionContext[grpc.Channel], identifier: str) -> VariableInfo: ...
+    def get_variable_info(self, identifier: str) -> Any:
+        """Everything about a variable: id, name, type, value, version, source, metadata, constraints, last_updated_at.
+
+        Raises:
+            VariableNotFoundError: no such variable.
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._get_info(identifier))
+
+    def _get_info(self, identifier: str) -> _Plan[VariableInfo]:
+        request = pb2.GetVariableRequest(session_id=self._session_id, variable_identifier=identifier)
+        try:
+            response = yield _Rpc("GetVariable", request)
+        except VariableNotFoundError:
+            self._forget(identifier)
+            raise
+        return self._remember(response.variable, identifier)
+
+    @overload
+    def update_variable(
+        self: SessionContext[grpc.aio.Channel],
+        identifier: str,
+        value: Any,
+        metadata: Optional[Mapping[str, str]] = None,
+        expected_version: Optional[int] = None,
+    ) -> Awaitable[int]: ...
+    @overload
+    def update_variable(
+        self: SessionContext[grpc.Channel],
+        identifier: str,
+        value: Any,
+        metadata: Optional[Mapping[str, str]] = None,
+        expected_version: Optional[int] = None,
+    ) -> int: ...
+    def update_variable(
+        self,
+        identifier: str,
+        value: Any,
+        metadata: Optional[Mapping[str, str]] = None,
+        expected_version: Optional[int] = None,
+    ) -> Any:
+        """Set a variable's value; returns its new version.
+
+        ``expected_version`` (optimistic locking): the set happens only if the
+        variable's version is still that one. ``None`` (or 0) does not check.
+
+        Raises:
+            VersionConflictError: the version moved on (``.current_version`` says to what).
+            ValidationError: the value breaks the type or the constraints.
+            VariableNotFoundError: no such variable.
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._update_variable(identifier, value, metadata, expected_version))
+
+    def _update_variable(
+        self,
+        identifier: str,
+        value: Any,
+        metadata: Optional[Mapping[str, str]],
+        expected_version: Optional[int],
+    ) -> _Plan[int]:
+        var_type = self._types.get(identifier)
+        from_cache = var_type is not None
+        if var_type is None:
+            var_type = yield from self._fetch_type(identifier)
+
+        def request_for(type_name: str) -> pb2.SetVariableRequest:
+            encoded = encode_value(type_name, value)
+            return pb2.SetVariableRequest(
+                session_id=self._session_id,
+                variable_identifier=identifier,
+                value=encoded.any,
+                metadata=dict(metadata or {}),
+                expected_version=expected_version or 0,
+                binary_value=encoded.binary or b"",
+            )
+
+        try:
+            response = yield _Rpc("SetVariable", request_for(var_type))
+        except VariableNotFoundError:
+            self._forget(identifier)
+            raise
+        except ValidationError as refused:
+            if not from_cache:
+                raise
+            # The cached type may belong to a deleted variable whose name was
+            # registered again with another type: re-read it once.
+            fresh = yield from self._fetch_type(identifier)
+            if fresh == var_type:
+                raise refused
+            response = yield _Rpc("SetVariable", request_for(fresh))
+        _check(response, "SetVariable")
+        return int(response.new_version)
+
+    @overload
+    def get_variables(self: SessionContext[grpc.aio.Channel], identifiers: Iterable[str]) -> Awaitable[BatchGetResult]: ...
+    @overload
+    def get_variables(self: SessionContext[grpc.Channel], identifiers: Iterable[str]) -> BatchGetResult: ...
+    def get_variables(self, identifiers: Iterable[str]) -> Any:
+        """Read many variables in one call.
+
+        Returns a :class:`BatchGetResult`: a ``dict`` identifier → value of the
+        variables found (in the order asked), with ``.missing`` listing the
+        identifiers that were not found. Missing identifiers never raise.
+
+        Raises:
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._get_variables(list(identifiers)))
+
+    def _get_variables(self, identifiers: list[str]) -> _Plan[BatchGetResult]:
+        request = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=identifiers)
+        response = yield _Rpc("GetVariables", request)
+        found: dict[str, Any] = {}
+        for key in identifiers:
+            if key in response.variables and key not in found:
+                found[key] = self._remember(response.variables[key], key).value
+        return BatchGetResult(found, list(response.missing_variables))
+
+    @overload
+    def update_variables(
+        self: SessionContext[grpc.aio.Channel],
+        updates: Mapping[str, Any],
+        atomic: bool = False,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Awaitable[BatchUpdateResult]: ...
+    @overload
+    def update_variables(
+        self: SessionContext[grpc.Channel],
+        updates: Mapping[str, Any],
+        atomic: bool = False,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> BatchUpdateResult: ...
+    def update_variables(
+        self,
+        updates: Mapping[str, Any],
+        atomic: bool = False,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Any:
+        """Set many variables (identifier → value) in one call.
+
+        Returns a :class:`BatchUpdateResult`: per key ``True`` if applied, else
+        the reason (the server's message). ``atomic=True``: all or nothing — on
+        a refusal the offending keys carry their messages and every other key
+        ``"not applied: the atomic batch was rejected"``. ``atomic=False``: the
+        valid updates are applied and the others reported. Per-key problems
+        (including unknown identifiers) never raise.
+
+        Raises:
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._update_variables(dict(updates), atomic, metadata))
+
+    def _update_variables(
+        self,
+        updates: dict[str, Any],
+        atomic: bool,
+        metadata: Optional[Mapping[str, str]],
+    ) -> _Plan[BatchUpdateResult]:
+        if not updates:
+            return BatchUpdateResult({}, True, {})
+        local_errors: dict[str, str] = {}
+
+        unknown = [key for key in updates if key not in self._types]
+        if unknown:
+            request = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=unknown)
+            found = yield _Rpc("GetVariables", request)
+            for key, var in found.variables.items():
+                self._remember(var, key)
+            for key in found.missing_variables:
+                local_errors[key] = f"variable {key!r} not found in session {self._session_id!r}"
+
+        encoded: dict[str, EncodedValue] = {}
+        for key, value in updates.items():
+            if key in local_errors:
+                continue
+            try:
+                encoded[key] = encode_value(self._types[key], value)
+            except ValidationError as exc:
+                local_errors[key] = exc.message
+
+        if local_errors and atomic:
+            outcome = {key: local_errors.get(key, NOT_APPLIED_ATOMIC) for key in updates}
+            return BatchUpdateResult(dict(outcome), False, {})
+        if not encoded:
+            return BatchUpdateResult(dict(local_errors), False, {})
+
+        request = pb2.BatchSetVariablesRequest(
+            session_id=self._session_id,
+            updates={key: enc.any for key, enc in encoded.items()},
+            binary_updates={key: enc.binary for key, enc in encoded.items() if enc.binary is not None},
+            metadata=dict(metadata or {}),
+            atomic=atomic,
+        )
+        response = yield _Rpc("SetVariables", request)
+        errors = dict(response.errors)
+        versions = {key: int(v) for key, v in response.new_versions.items()}
+        outcome: dict[str, Union[bool, str]] = {}
+        for key in updates:
+            if key in local_errors:
+                outcome[key] = local_errors[key]
+            elif key in errors:
+                outcome[key] = errors[key]
+            elif key in versions or (response.success and not errors):
+                outcome[key] = True
+            else:
+                outcome[key] = NOT_APPLIED_ATOMIC if atomic else "not applied"
+        success = bool(response.success) and not local_errors
+        return BatchUpdateResult(outcome, success, versions)
+
+    @overload
+    def list_variables(
+        self: SessionContext[grpc.aio.Channel], pattern: Optional[str] = None
+    ) -> Awaitable[list[VariableInfo]]: ...
+    @overload
+    def list_variables(self: SessionContext[grpc.Channel], pattern: Optional[str] = None) -> list[VariableInfo]: ...
+    def list_variables(self, pattern: Optional[str] = None) -> Any:
+        """The session's variables, optionally only names matching a glob (``*`` any run, ``?`` one character).
+
+        The glob covers the whole name: ``"temp_*"`` matches ``temp_a`` but not ``my_temp_a``.
+
+        Raises:
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._list_variables(pattern))
+
+    def _list_variables(self, pattern: Optional[str]) -> _Plan[list[VariableInfo]]:
+        request = pb2.ListVariablesRequest(session_id=self._session_id, pattern=pattern or "")
+        response = yield _Rpc("ListVariables", request)
+        return [self._remember(var) for var in response.variables]
+
+    @overload
+    def delete_variable(self: SessionContext[grpc.aio.Channel], identifier: str) -> Awaitable[None]: ...
+    @overload
+    def delete_variable(self: SessionContext[grpc.Channel], identifier: str) -> None: ...
+    def delete_variable(self, identifier: str) -> Any:
+        """Delete a variable by id or name. Watchers of it get ``deleted``.
+
+        Raises:
+            VariableNotFoundError: no such variable.
+            SessionNotFoundError: the session does not exist.
+        """
+        return self._run(self._delete_variable(identifier))
+
+    def _delete_variable(self, identifier: str) -> _Plan[None]:
+        request = pb2.DeleteVariableRequest(session_id=self._session_id, variable_identifier=identifier)
+        try:
+            response = yield _Rpc("DeleteVariable", request)
+        finally:
+            self._forget(identifier)
+        _check(response, "DeleteVariable")
+
+    @overload
+    def has_variable(self: SessionContext[grpc.aio.Channel], identifier: str) -> Awaitable[bool]: ...
+    @overload
+    def has_variable(self: SessionContext[grpc.Channel], identifier: str) -> bool: ...
+    def has_variable(self, identifier: str) -> Any:
+        """Whether the session has a variable with this name (or id).
+
+        Raises:
+            SessionNotFoundError: the session does not exist (that is not ``False``).
+        """
+        return self._run(self._has_variable(identifier))
+
+    def _has_variable(self, identifier: str) -> _Plan[bool]:
+        try:
+            yield from self._get_info(identifier)
+        except VariableNotFoundError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ mapping sugar
+
+    @overload
+    def __getitem__(self: SessionContext[grpc.aio.Channel], identifier: str) -> Awaitable[Any]: ...
+    @overload
+    def __getitem__(self: SessionContext[grpc.Channel], identifier: str) -> Any: ...
+    def __getitem__(self, identifier: str) -> Any:
+        """``ctx[name]``: :meth:`get_variable` (an awaitable on an aio context).
+
+        Raises:
+            VariableNotFoundError: no such variable (it is a ``KeyError``).
+        """
+        return self._run(self._get_value(identifier, _MISSING))
+
+    def __contains__(self, identifier: object) -> bool:
+        """``name in ctx``: :meth:`has_variable`, on a blocking context only.
+
+        Raises:
+            TypeError: on an aio context, where ``in`` cannot await; use
+                ``await ctx.has_variable(name)``.
+            SessionNotFoundError: the session does not exist.
+        """
+        if self._is_async:
+            raise TypeError(
+                "'in' cannot await on a grpc.aio SessionContext; use 'await ctx.has_variable(name)'"
+            )
+        if not isinstance(identifier, str):
+            return False
+        return self._run_blocking(self._has_variable(identifier))
+
+
+def _translate(exc: grpc.RpcError) -> BridgeError:
+    """The package's exception for a failed call (a grpc.Call or aio.AioRpcError)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = exc.details() if callable(getattr(exc, "details", None)) else None
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+    return error_from_status(code, details, trailing)

@@ -1,0 +1,205 @@
+"""The package's exceptions, and the mapping from gRPC statuses to them.
+
+Every failure of a :class:`~snakepit_bridge.SessionContext` call is a
+:class:`BridgeError`. The server attaches the trailing metadata
+``snakepit-error-kind`` to every error status; the class is chosen by that kind
+first and by the status code when the kind is absent (an older or foreign
+server)::
+
+    BridgeError                      .code .message .kind
+    ├── NotFoundError                NOT_FOUND
+    │   ├── SessionNotFoundError     kind session_not_found
+    │   └── VariableNotFoundError    kind variable_not_found (also a KeyError)
+    ├── ValidationError              INVALID_ARGUMENT (also a ValueError)
+    ├── AlreadyExistsError           ALREADY_EXISTS
+    ├── VersionConflictError         FAILED_PRECONDITION, .current_version
+    ├── ResourceExhaustedError       RESOURCE_EXHAUSTED
+    ├── AuthenticationError          UNAUTHENTICATED / PERMISSION_DENIED
+    └── BridgeUnavailableError       UNAVAILABLE, closed channel
+        └── BridgeTimeoutError       DEADLINE_EXCEEDED
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Optional
+
+import grpc
+
+__all__ = [
+    "AlreadyExistsError",
+    "AuthenticationError",
+    "BridgeError",
+    "BridgeTimeoutError",
+    "BridgeUnavailableError",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "SessionNotFoundError",
+    "ValidationError",
+    "VariableNotFoundError",
+    "VersionConflictError",
+    "ERROR_KIND_KEY",
+    "CURRENT_VERSION_KEY",
+    "error_from_status",
+]
+
+#: Trailing-metadata key naming the kind of every error status the server sends.
+ERROR_KIND_KEY = "snakepit-error-kind"
+#: Trailing-metadata key carrying the variable's current version on a version conflict.
+CURRENT_VERSION_KEY = "snakepit-current-version"
+
+
+class BridgeError(Exception):
+    """Base of every error this package raises for a failed bridge call.
+
+    Attributes:
+        code: the gRPC status code, or ``None`` for a failure detected before
+            anything reached the server.
+        message: the server's own text (the status details), meant for people.
+        kind: the server's ``snakepit-error-kind`` (e.g. ``"invalid_value"``),
+            or ``None`` when the status carried none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: Optional[grpc.StatusCode] = None,
+        kind: Optional[str] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        code = self.code.name if self.code is not None else None
+        return f"{type(self).__name__}({self.message!r}, code={code}, kind={self.kind!r})"
+
+
+class NotFoundError(BridgeError):
+    """A session or variable does not exist (NOT_FOUND)."""
+
+
+class SessionNotFoundError(NotFoundError):
+    """The session does not exist: never created, cleaned up, or expired."""
+
+
+class VariableNotFoundError(NotFoundError, KeyError):
+    """No variable has that id or name in the session.
+
+    It is also a ``KeyError``, so ``session["name"]`` behaves like a mapping.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message
+
+
+class ValidationError(BridgeError, ValueError):
+    """A value, type, constraint or argument was refused (INVALID_ARGUMENT).
+
+    ``.kind`` says which rule: ``invalid_value``, ``invalid_constraints``,
+    ``invalid_type`` or ``invalid_argument``. Also raised, with code
+    INVALID_ARGUMENT, for a value this client cannot encode at all.
+    """
+
+
+class AlreadyExistsError(BridgeError):
+    """A variable with that name, or a session with that id, already exists."""
+
+
+class VersionConflictError(BridgeError):
+    """``expected_version`` did not match (FAILED_PRECONDITION); nothing changed.
+
+    Attributes:
+        current_version: the variable's version at the time of the refusal, when
+            the server said so (``snakepit-current-version``), else ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: Optional[grpc.StatusCode] = None,
+        kind: Optional[str] = None,
+        current_version: Optional[int] = None,
+    ) -> None:
+        super().__init__(message, code, kind)
+        self.current_version = current_version
+
+
+class ResourceExhaustedError(BridgeError):
+    """A limit was hit (RESOURCE_EXHAUSTED), e.g. a message over the size limit."""
+
+
+class AuthenticationError(BridgeError):
+    """The server refused the caller (UNAUTHENTICATED or PERMISSION_DENIED)."""
+
+
+class BridgeUnavailableError(BridgeError):
+    """The server cannot be reached (UNAVAILABLE) or the channel is closed."""
+
+
+class BridgeTimeoutError(BridgeUnavailableError):
+    """The call's deadline passed before the server answered (DEADLINE_EXCEEDED)."""
+
+
+_BY_KIND: dict[str, type[BridgeError]] = {
+    "session_not_found": SessionNotFoundError,
+    "variable_not_found": VariableNotFoundError,
+    "invalid_value": ValidationError,
+    "invalid_constraints": ValidationError,
+    "invalid_type": ValidationError,
+    "invalid_argument": ValidationError,
+    "already_exists": AlreadyExistsError,
+    "version_conflict": VersionConflictError,
+    "resource_exhausted": ResourceExhaustedError,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[BridgeError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: ValidationError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: VersionConflictError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
+    grpc.StatusCode.UNAVAILABLE: BridgeUnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: BridgeTimeoutError,
+}
+
+
+def error_from_status(
+    code: Optional[grpc.StatusCode],
+    details: Optional[str],
+    trailing_metadata: Optional[Iterable[tuple[str, object]]] = None,
+) -> BridgeError:
+    """Build the :class:`BridgeError` subclass for a failed call.
+
+    The class comes from the ``snakepit-error-kind`` trailing metadata when
+    present and known, otherwise from ``code``; an unknown combination gives a
+    plain :class:`BridgeError`. Never raises.
+    """
+    metadata: dict[str, str] = {}
+    for key, value in trailing_metadata or ():
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        metadata[str(key).lower()] = str(value)
+
+    kind = metadata.get(ERROR_KIND_KEY) or None
+    cls = _BY_KIND.get(kind) if kind else None
+    if cls is None:
+        cls = _BY_CODE.get(code, BridgeError) if code is not None else BridgeError
+    message = details or (f"bridge call failed with {code.name}" if code is not None else "bridge call failed")
+
+    if cls is VersionConflictError:
+        current: Optional[int] = None
+        raw = metadata.get(CURRENT_VERSION_KEY)
+        if raw is not None:
+            try:
+                current = int(raw)
+            except ValueError:
+                current = None
+        return VersionConflictError(message, code, kind, current_version=current)
+    return cls(message, code, kind)

@@ -1,0 +1,148 @@
+"""Records the client hands back: variable types, variable info, session info, batch results."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal, Optional, TypedDict, Union
+
+__all__ = [
+    "BatchGetResult",
+    "BatchUpdateResult",
+    "NOT_APPLIED_ATOMIC",
+    "SessionInfo",
+    "VariableInfo",
+    "VariableSource",
+    "VariableType",
+]
+
+
+class VariableType(str, Enum):
+    """The variable types the bridge knows; the value is the wire name.
+
+    Being a ``str`` enum, ``VariableType.FLOAT == "float"``, and every method
+    taking a type accepts either form.
+    """
+
+    FLOAT = "float"
+    INTEGER = "integer"
+    STRING = "string"
+    BOOLEAN = "boolean"
+    CHOICE = "choice"
+    MODULE = "module"
+    EMBEDDING = "embedding"
+    TENSOR = "tensor"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def coerce(cls, value: Union["VariableType", str]) -> Union["VariableType", str]:
+        """Return the member named by ``value``, or ``value`` itself if it names none.
+
+        Unknown names are passed through so the server, which owns the rules,
+        gives the verdict (INVALID_ARGUMENT) rather than the client. Raises
+        ``TypeError`` if ``value`` is not a string.
+        """
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"var_type must be a VariableType or str, not {type(value).__name__}")
+        try:
+            return cls(value)
+        except ValueError:
+            return value
+
+
+#: Who made a variable's last change.
+VariableSource = Literal["elixir", "python"]
+
+#: The per-key message of an atomic batch update that was refused as a whole.
+NOT_APPLIED_ATOMIC = "not applied: the atomic batch was rejected"
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    """Everything the server knows about one variable, as of one read.
+
+    ``value`` is decoded as :func:`snakepit_bridge.values.decode_value` does:
+    float → ``float`` (NaN and infinities included), integer → ``int``,
+    embedding → ``list[float]``, tensor → ``{"shape": [...], "data": [flat floats]}``.
+    """
+
+    id: str
+    name: str
+    type: Union[VariableType, str]
+    value: Any
+    version: int
+    source: VariableSource
+    metadata: dict[str, str] = field(default_factory=dict)
+    constraints: dict[str, Any] = field(default_factory=dict)
+    last_updated_at: Optional[datetime.datetime] = None
+
+
+class SessionInfo(TypedDict):
+    """What :meth:`SessionContext.get_session` returns."""
+
+    session_id: str
+    metadata: dict[str, str]
+    #: Timezone-aware (UTC); ``None`` if the server sent no time.
+    created_at: Optional[datetime.datetime]
+    variable_count: int
+    #: Live subscriptions of the session (gRPC streams plus Elixir subscribers).
+    watcher_count: int
+
+
+class BatchGetResult(dict[str, Any]):
+    """The values found by a batch get, keyed by the identifier asked for.
+
+    It is a plain ``dict`` of the found values (in the order asked), plus
+    ``missing``: the identifiers the session has no variable for, in the
+    server's order. Nothing is raised for missing identifiers.
+    """
+
+    missing: list[str]
+
+    def __init__(self, found: dict[str, Any], missing: list[str]) -> None:
+        super().__init__(found)
+        self.missing = missing
+
+    def __repr__(self) -> str:
+        return f"BatchGetResult({dict.__repr__(self)}, missing={self.missing!r})"
+
+
+class BatchUpdateResult(dict[str, Union[bool, str]]):
+    """Per key of a batch update: ``True`` if applied, else the reason as a string.
+
+    For a refused atomic batch nothing was applied: the offending keys carry the
+    server's message and every other key :data:`NOT_APPLIED_ATOMIC`.
+
+    Attributes:
+        success: the server's verdict for the whole batch.
+        new_versions: the new version of every key that was applied.
+    """
+
+    success: bool
+    new_versions: dict[str, int]
+
+    def __init__(
+        self,
+        outcome: dict[str, Union[bool, str]],
+        success: bool,
+        new_versions: dict[str, int],
+    ) -> None:
+        super().__init__(outcome)
+        self.success = success
+        self.new_versions = new_versions
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Only the keys that were not applied, with their messages."""
+        return {k: v for k, v in self.items() if isinstance(v, str)}
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchUpdateResult({dict.__repr__(self)}, success={self.success!r}, "
+            f"new_versions={self.new_versions!r})"
+        )

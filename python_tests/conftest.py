@@ -1,0 +1,122 @@
+"""Fixtures: the real server binary on an ephemeral port, and a fresh session per test.
+
+The server is ``$SNAKEPIT_SERVER_BIN`` or ``<repo>/target/release/snakepit-bridge-server``;
+a missing binary fails the tests that need it (it never skips them).
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+# Test the package in this repo even when it is not pip-installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "priv" / "python"))
+
+from _support import AnyMode, ServerProcess, start_server  # noqa: E402
+
+from snakepit_bridge import SessionContext  # noqa: E402
+
+MODES = ["blocking", "aio"]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the whole run, stopped with SIGTERM at the end."""
+    proc = start_server(tmp_path_factory.mktemp("server"))
+    yield proc
+    proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def server_address(server: ServerProcess) -> str:
+    """``host:port`` of the shared server."""
+    return server.address
+
+
+@pytest.fixture
+def session_id(request: pytest.FixtureRequest) -> str:
+    """A session id no other test uses."""
+    return f"py-{request.node.name[:80]}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def blocking_channel(server_address: str) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server_address) as channel:
+        yield channel
+
+
+@pytest.fixture
+async def aio_channel(server_address: str) -> AsyncIterator[grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(server_address)
+    yield channel
+    await channel.close()
+
+
+@pytest.fixture
+def blocking_ctx(session_id: str, blocking_channel: grpc.Channel) -> Iterator[SessionContext[grpc.Channel]]:
+    """An initialized session on a blocking channel, cleaned up afterwards."""
+    ctx = SessionContext(session_id, blocking_channel)
+    ctx.initialize()
+    yield ctx
+    ctx.cleanup(force=True)
+
+
+@pytest.fixture
+async def aio_ctx(session_id: str, aio_channel: grpc.aio.Channel) -> AsyncIterator[SessionContext[grpc.aio.Channel]]:
+    """An initialized session on a grpc.aio channel, cleaned up afterwards."""
+    ctx = SessionContext(session_id, aio_channel)
+    await ctx.initialize()
+    yield ctx
+    await ctx.cleanup(force=True)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def channel_factory(mode: str, server_address: str) -> AsyncIterator[Any]:
+    """Makes channels of the test's mode to the shared server; all closed at the end."""
+    opened: list[Any] = []
+
+    def make() -> Any:
+        ch = grpc.aio.insecure_channel(server_address) if mode == "aio" else grpc.insecure_channel(server_address)
+        opened.append(ch)
+        return ch
+
+    yield make
+    for ch in opened:
+        if mode == "aio":
+            await ch.close()
+        else:
+            ch.close()
+
+
+@pytest.fixture
+async def ctx(mode: str, session_id: str, channel_factory: Any) -> AsyncIterator[AnyMode]:
+    """An initialized session in the test's mode (blocking and aio), every method awaitable.
+
+    Tests using it run twice, once per mode.
+    """
+    wrapped = AnyMode(SessionContext(session_id, channel_factory()))
+    await wrapped.initialize()
+    yield wrapped
+    await wrapped.cleanup(force=True)
+
+
+@pytest.fixture
+def other_ctx(mode: str, channel_factory: Any) -> Any:
+    """Returns AnyMode contexts on new channels of the test's mode: ``other_ctx(session_id)``."""
+
+    def make(session_id: str) -> AnyMode:
+        return AnyMode(SessionContext(session_id, channel_factory()))
+
+    return make
