@@ -1,1 +1,23 @@
+//! The Rustler NIF of the Snakepit bridge: `Elixir.Snakepit.Bridge.Native`.
+//!
+//! Each NIF decodes its terms, calls `snakepit_core` once, and encodes the
+//! result; no logic of the store lives here. Expected failures return
+//! `{:error, reason}`; a term of the wrong shape raises `ArgumentError`
+//! (the Elixir modules check shapes first and name the bad argument). Rustler
+//! turns a panic into an Erlang error, so none crosses the boundary as a crash.
+//!
+//! Rust modules mirror the Elixir modules they serve: `session_store` for
+//! `Snakepit.Bridge.SessionStore`, `server` for `Snakepit.Bridge.Server`.
 
+use once_cell::sync::Lazy;
+use snakepit_core::Store;
+
+mod atoms;
+mod convert;
+mod server;
+mod session_store;
+
+/// The one store of this BEAM: every server and every Elixir call shares it.
+pub(crate) static STORE: Lazy<Store> = Lazy::new(Store::new);
+
+rustler::init!("Elixir.Snakepit.Bridge.Native");

@@ -1,0 +1,37 @@
+defmodule Snakepit.Bridge.Native do
+  @moduledoc false
+  # One stub per NIF of native/snakepit_nif. Public modules call these; users never do.
+
+  @on_load :load_nif
+
+  def load_nif do
+    path = :snakepit |> :code.priv_dir() |> Path.join("native/libsnakepit_nif")
+    :erlang.load_nif(String.to_charlist(path), 0)
+  end
+
+  defp err, do: :erlang.nif_error(:nif_not_loaded)
+
+  # Snakepit.Bridge.Server
+  def server_start(_host, _port, _opts), do: err()
+  def server_port(_server), do: err()
+  def server_stop(_server, _grace_ms), do: err()
+
+  # Snakepit.Bridge.SessionStore: sessions
+  def create_session(_id, _metadata, _ttl_ms), do: err()
+  def get_session(_id), do: err()
+  def delete_session(_id), do: err()
+  def list_sessions, do: err()
+  def session_exists(_id), do: err()
+  def touch_session(_id), do: err()
+
+  # Snakepit.Bridge.SessionStore: variables
+  def register_variable(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
+  def get_variable(_session_id, _identifier), do: err()
+  def get_variable_value(_session_id, _identifier), do: err()
+  def has_variable(_session_id, _identifier), do: err()
+  def update_variable(_session_id, _identifier, _value, _metadata, _expected_version), do: err()
+  def get_variables(_session_id, _identifiers), do: err()
+  def update_variables(_session_id, _updates, _metadata, _atomic), do: err()
+  def list_variables(_session_id, _pattern), do: err()
+  def delete_variable(_session_id, _identifier), do: err()
+end

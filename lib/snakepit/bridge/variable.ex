@@ -1,0 +1,56 @@
+defmodule Snakepit.Bridge.Variable do
+  @moduledoc """
+  A snapshot of one typed, versioned variable, as `Snakepit.Bridge.SessionStore`
+  returns it.
+
+  The store owns the variable; this struct is a copy taken at one version.
+  `version` starts at 1 and grows by one on every change; `source` says who
+  made the last change (`:elixir` or `:python`).
+
+  Special floats are the atoms `:nan`, `:infinity` and `:negative_infinity`;
+  tensors are maps `%{shape: [..], data: [..]}` with `data` flat, row-major.
+  """
+
+  @typedoc "The eight variable types."
+  @type var_type ::
+          :float | :integer | :string | :boolean | :choice | :module | :embedding | :tensor
+
+  @typedoc "A float, including the special values."
+  @type float_value :: float() | :nan | :infinity | :negative_infinity
+
+  @typedoc "A variable's value, by type."
+  @type value ::
+          float_value()
+          | integer()
+          | String.t()
+          | boolean()
+          | [float_value()]
+          | %{shape: [non_neg_integer()], data: [float_value()]}
+
+  @type t :: %__MODULE__{
+          id: String.t(),
+          name: String.t(),
+          type: var_type(),
+          value: value(),
+          constraints: map(),
+          metadata: %{optional(String.t()) => String.t()},
+          version: pos_integer(),
+          source: :elixir | :python,
+          created_at: DateTime.t(),
+          last_updated_at: DateTime.t()
+        }
+
+  @enforce_keys [:id, :name, :type, :value, :version]
+  defstruct [
+    :id,
+    :name,
+    :type,
+    :value,
+    :version,
+    :source,
+    :created_at,
+    :last_updated_at,
+    constraints: %{},
+    metadata: %{}
+  ]
+end

@@ -1,0 +1,277 @@
+//! Elixir terms ⇄ core values. Decoding is shape-only: the core decides what a
+//! value means for a type.
+
+use std::borrow::Cow;
+
+use rustler::{Encoder, Env, Error, ListIterator, MapIterator, NifResult, Term, TermType};
+use snakepit_core::store::{Metadata, Source, Variable};
+use snakepit_core::value::{Raw, Tensor, Value, VarType};
+use snakepit_core::StoreError;
+
+use crate::atoms;
+
+/// Deeper nesting than this in a value is refused rather than risk the stack.
+const MAX_DEPTH: usize = 64;
+
+/// A binary or an atom as text; anything else raises ArgumentError.
+pub fn text<'a>(term: Term<'a>) -> NifResult<Cow<'a, str>> {
+    match term.get_type() {
+        TermType::Binary => {
+            let bin = term.decode_as_binary()?;
+            std::str::from_utf8(bin.as_slice()).map(Cow::Borrowed).map_err(|_| Error::BadArg)
+        }
+        TermType::Atom => Ok(Cow::Owned(term.atom_to_string()?)),
+        _ => Err(Error::BadArg),
+    }
+}
+
+/// A variable type from an atom or a string.
+pub fn var_type(term: Term) -> Result<VarType, StoreError> {
+    let name = text(term).map_err(|_| StoreError::InvalidType("a type must be an atom or a string".into()))?;
+    VarType::parse(&name)
+}
+
+/// Any supported term as a raw value.
+pub fn raw(term: Term) -> Result<Raw, StoreError> {
+    raw_at(term, 0)
+}
+
+fn unsupported(term: Term, why: &str) -> StoreError {
+    StoreError::InvalidValue(format!("{why}: {term:?}"))
+}
+
+fn raw_at(term: Term, depth: usize) -> Result<Raw, StoreError> {
+    if depth > MAX_DEPTH {
+        return Err(StoreError::InvalidValue(format!("value is nested deeper than {MAX_DEPTH} levels")));
+    }
+    Ok(match term.get_type() {
+        TermType::Atom => match term.atom_to_string().map_err(|_| unsupported(term, "unreadable atom"))?.as_str() {
+            "nil" => Raw::Nil,
+            "true" => Raw::Bool(true),
+            "false" => Raw::Bool(false),
+            other => Raw::Atom(other.to_string()),
+        },
+        TermType::Integer => match term.decode::<i64>() {
+            Ok(i) => Raw::Int(i),
+            Err(_) => Raw::BigInt(format!("{term:?}")),
+        },
+        TermType::Float => Raw::Float(term.decode::<f64>().map_err(|_| unsupported(term, "unreadable float"))?),
+        TermType::Binary => {
+            let bin = term.decode_as_binary().map_err(|_| unsupported(term, "unreadable binary"))?;
+            match std::str::from_utf8(bin.as_slice()) {
+                Ok(s) => Raw::Str(s.to_string()),
+                Err(_) => return Err(StoreError::InvalidValue("binary is not valid UTF-8 text".into())),
+            }
+        }
+        TermType::List => {
+            let items: ListIterator = term.decode().map_err(|_| unsupported(term, "improper list"))?;
+            Raw::List(items.map(|t| raw_at(t, depth + 1)).collect::<Result<_, _>>()?)
+        }
+        TermType::Map => {
+            let iter = MapIterator::new(term).ok_or_else(|| unsupported(term, "unreadable map"))?;
+            let mut entries = Vec::new();
+            for (k, v) in iter {
+                let key = text(k).map_err(|_| unsupported(k, "map keys must be atoms or strings"))?;
+                if key == "__struct__" {
+                    return Err(unsupported(term, "structs are not values"));
+                }
+                entries.push((key.into_owned(), raw_at(v, depth + 1)?));
+            }
+            Raw::Map(entries)
+        }
+        _ => return Err(unsupported(term, "unsupported term")),
+    })
+}
+
+/// Metadata from a map whose keys are atoms or strings and whose values are
+/// atoms, strings or numbers; `nil` or an empty map is none.
+pub fn metadata(term: Term) -> Result<Metadata, StoreError> {
+    let bad = || StoreError::InvalidArgument("metadata must be a map of strings (atoms and numbers are converted)".into());
+    if term.get_type() == TermType::Atom && term.atom_to_string().is_ok_and(|a| a == "nil") {
+        return Ok(Metadata::new());
+    }
+    let iter = MapIterator::new(term).ok_or_else(bad)?;
+    let mut out = Metadata::new();
+    for (k, v) in iter {
+        let key = text(k).map_err(|_| bad())?.into_owned();
+        let val = match v.get_type() {
+            TermType::Integer => v.decode::<i64>().map(|i| i.to_string()).map_err(|_| bad())?,
+            TermType::Float => v.decode::<f64>().map(|f| f.to_string()).map_err(|_| bad())?,
+            _ => text(v).map_err(|_| bad())?.into_owned(),
+        };
+        out.insert(key, val);
+    }
+    Ok(out)
+}
+
+/// `{:error, reason}` for a store error.
+pub fn error<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
+    (atoms::error(), reason(env, e)).encode(env)
+}
+
+/// The reason term of a store error, as the Elixir API documents it.
+pub fn reason<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
+    match e {
+        StoreError::VariableNotFound { .. } => atoms::not_found().encode(env),
+        StoreError::SessionNotFound(id) => (atoms::session_not_found(), id.as_str()).encode(env),
+        StoreError::SessionExists(id) => (atoms::already_exists(), id.as_str()).encode(env),
+        StoreError::VariableExists(name) => (atoms::already_exists(), name.as_str()).encode(env),
+        StoreError::VersionConflict { current, .. } => (atoms::version_conflict(), *current).encode(env),
+        other => {
+            let kind = match other {
+                StoreError::InvalidType(_) => atoms::invalid_type(),
+                StoreError::InvalidValue(_) => atoms::invalid_value(),
+                StoreError::InvalidConstraints(_) => atoms::invalid_constraints(),
+                StoreError::ResourceExhausted(_) => atoms::resource_exhausted(),
+                _ => atoms::invalid_argument(),
+            };
+            (kind, other.to_string()).encode(env)
+        }
+    }
+}
+
+/// `{:ok, value}` or `{:error, reason}`.
+pub fn result<'a, T: Encoder>(env: Env<'a>, r: Result<T, StoreError>) -> Term<'a> {
+    match r {
+        Ok(v) => (atoms::ok(), v).encode(env),
+        Err(e) => error(env, &e),
+    }
+}
+
+fn float<'a>(env: Env<'a>, x: f64) -> Term<'a> {
+    if x.is_nan() {
+        atoms::nan().encode(env)
+    } else if x == f64::INFINITY {
+        atoms::infinity().encode(env)
+    } else if x == f64::NEG_INFINITY {
+        atoms::negative_infinity().encode(env)
+    } else {
+        x.encode(env)
+    }
+}
+
+fn floats<'a>(env: Env<'a>, xs: &[f64]) -> Term<'a> {
+    let terms: Vec<Term> = xs.iter().map(|x| float(env, *x)).collect();
+    terms.encode(env)
+}
+
+/// A value as the term Elixir code expects; special floats become atoms.
+pub fn value<'a>(env: Env<'a>, v: &Value) -> Term<'a> {
+    match v {
+        Value::Float(x) => float(env, *x),
+        Value::Integer(i) => i.encode(env),
+        Value::Text(s) => s.as_str().encode(env),
+        Value::Boolean(b) => b.encode(env),
+        Value::Embedding(xs) => floats(env, xs),
+        Value::Tensor(Tensor { shape, data }) => {
+            let keys = [atoms::shape().encode(env), atoms::data().encode(env)];
+            let values = [shape.encode(env), floats(env, data)];
+            Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+        }
+    }
+}
+
+/// A raw value (constraints) as a term; map keys become atoms.
+pub fn raw_term<'a>(env: Env<'a>, r: &Raw) -> Term<'a> {
+    match r {
+        Raw::Nil => atoms::nil().encode(env),
+        Raw::Bool(b) => b.encode(env),
+        Raw::Int(i) => i.encode(env),
+        Raw::BigInt(s) | Raw::Str(s) => s.as_str().encode(env),
+        Raw::Atom(a) => rustler::Atom::from_str(env, a).map(|a| a.encode(env)).unwrap_or_else(|_| a.as_str().encode(env)),
+        Raw::Float(x) => float(env, *x),
+        Raw::List(items) => items.iter().map(|i| raw_term(env, i)).collect::<Vec<_>>().encode(env),
+        Raw::Floats(xs) => floats(env, xs),
+        Raw::Map(entries) => {
+            let keys: Vec<Term> = entries
+                .iter()
+                .map(|(k, _)| rustler::Atom::from_str(env, k).map(|a| a.encode(env)).unwrap_or_else(|_| k.as_str().encode(env)))
+                .collect();
+            let values: Vec<Term> = entries.iter().map(|(_, v)| raw_term(env, v)).collect();
+            Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+        }
+    }
+}
+
+pub fn type_atom<'a>(env: Env<'a>, ty: VarType) -> Term<'a> {
+    match ty {
+        VarType::Float => atoms::float(),
+        VarType::Integer => atoms::integer(),
+        VarType::String => atoms::string(),
+        VarType::Boolean => atoms::boolean(),
+        VarType::Choice => atoms::choice(),
+        VarType::Module => atoms::module(),
+        VarType::Embedding => atoms::embedding(),
+        VarType::Tensor => atoms::tensor(),
+    }
+    .encode(env)
+}
+
+pub fn source_atom<'a>(env: Env<'a>, s: Source) -> Term<'a> {
+    match s {
+        Source::Elixir => atoms::elixir(),
+        Source::Python => atoms::python(),
+    }
+    .encode(env)
+}
+
+pub fn metadata_term<'a>(env: Env<'a>, m: &Metadata) -> Term<'a> {
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    let values: Vec<&str> = m.values().map(String::as_str).collect();
+    Term::map_from_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+/// A `%DateTime{}` in UTC from Unix microseconds, built here because doing it
+/// in Elixir would cost more than the rest of a read.
+pub fn datetime<'a>(env: Env<'a>, unix_us: i64) -> Term<'a> {
+    let secs = unix_us.div_euclid(1_000_000);
+    let micros = unix_us.rem_euclid(1_000_000);
+    let (y, mo, d) = snakepit_core::clock::civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let keys = [
+        atoms::struct_(), atoms::calendar(), atoms::year(), atoms::month(), atoms::day(),
+        atoms::hour(), atoms::minute(), atoms::second(), atoms::microsecond(),
+        atoms::std_offset(), atoms::utc_offset(), atoms::time_zone(), atoms::zone_abbr(),
+    ]
+    .map(|a| a.encode(env));
+    let values = [
+        atoms::datetime_struct().encode(env),
+        atoms::calendar_iso().encode(env),
+        y.encode(env),
+        mo.encode(env),
+        d.encode(env),
+        (sod / 3600).encode(env),
+        (sod % 3600 / 60).encode(env),
+        (sod % 60).encode(env),
+        (micros, 6).encode(env),
+        0.encode(env),
+        0.encode(env),
+        "Etc/UTC".encode(env),
+        "UTC".encode(env),
+    ];
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+/// A `%Snakepit.Bridge.Variable{}`.
+pub fn variable<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
+    let keys = [
+        atoms::struct_(), atoms::id(), atoms::name(), atoms::type_(), atoms::value(),
+        atoms::constraints(), atoms::metadata(), atoms::version(), atoms::source(),
+        atoms::created_at(), atoms::last_updated_at(),
+    ]
+    .map(|a| a.encode(env));
+    let values = [
+        atoms::variable_struct().encode(env),
+        v.id.as_ref().encode(env),
+        v.name.as_ref().encode(env),
+        type_atom(env, v.ty),
+        value(env, &v.value),
+        raw_term(env, &v.constraints.to_raw()),
+        metadata_term(env, &v.metadata),
+        v.version.encode(env),
+        source_atom(env, v.source),
+        datetime(env, v.created_at_us),
+        datetime(env, v.updated_at_us),
+    ];
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}

@@ -1,0 +1,219 @@
+//! NIFs behind `Snakepit.Bridge.SessionStore`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rustler::{Encoder, Env, NifResult, Term};
+use snakepit_core::store::{Change, NewVariable, Source};
+
+use crate::atoms;
+use crate::convert::{self, text};
+use crate::STORE;
+
+fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> Term<'a> {
+    let keys = [
+        atoms::id(), atoms::metadata(), atoms::created_at(), atoms::last_accessed_at(),
+        atoms::ttl_ms(), atoms::variable_count(),
+    ]
+    .map(|a| a.encode(env));
+    let values = [
+        info.id.as_str().encode(env),
+        convert::metadata_term(env, &info.metadata),
+        convert::datetime(env, info.created_at_us),
+        convert::datetime(env, info.last_accessed_at_us),
+        (info.ttl.as_millis() as u64).encode(env),
+        info.variable_count.encode(env),
+    ];
+    Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+#[rustler::nif]
+fn create_session<'a>(env: Env<'a>, id: &str, metadata: Term<'a>, ttl_ms: u64) -> Term<'a> {
+    let created = convert::metadata(metadata)
+        .and_then(|m| STORE.create_session(id, m, Duration::from_millis(ttl_ms)));
+    match created {
+        Ok(info) => (atoms::ok(), session_info(env, &info)).encode(env),
+        Err(e) => convert::error(env, &e),
+    }
+}
+
+#[rustler::nif]
+fn get_session<'a>(env: Env<'a>, id: &str) -> Term<'a> {
+    match STORE.get_session(id) {
+        Ok(info) => (atoms::ok(), session_info(env, &info)).encode(env),
+        Err(e) => convert::error(env, &e),
+    }
+}
+
+#[rustler::nif]
+fn delete_session(id: &str) -> usize {
+    STORE.delete_session(id).unwrap_or(0)
+}
+
+#[rustler::nif]
+fn list_sessions() -> Vec<String> {
+    STORE.list_sessions()
+}
+
+#[rustler::nif]
+fn session_exists(id: &str) -> bool {
+    STORE.session_exists(id)
+}
+
+#[rustler::nif]
+fn touch_session(id: &str) -> bool {
+    STORE.touch_session(id)
+}
+
+#[rustler::nif]
+fn register_variable<'a>(
+    env: Env<'a>,
+    session_id: &str,
+    name: Term<'a>,
+    var_type: Term<'a>,
+    value: Term<'a>,
+    constraints: Term<'a>,
+    metadata: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let name = text(name)?.into_owned();
+    let registered = (|| {
+        let new = NewVariable {
+            name,
+            ty: convert::var_type(var_type)?,
+            value: convert::raw(value)?,
+            constraints: convert::raw(constraints)
+                .map_err(|e| snakepit_core::StoreError::InvalidConstraints(e.to_string()))?,
+            metadata: convert::metadata(metadata)?,
+        };
+        STORE.register_variable(session_id, new, Source::Elixir)
+    })();
+    Ok(convert::result(env, registered.map(|v| v.id.to_string())))
+}
+
+#[rustler::nif]
+fn get_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    let identifier = text(identifier)?;
+    Ok(match STORE.get_variable(session_id, &identifier) {
+        Ok(v) => (atoms::ok(), convert::variable(env, &v)).encode(env),
+        Err(e) => convert::error(env, &e),
+    })
+}
+
+#[rustler::nif]
+fn get_variable_value<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    let identifier = text(identifier)?;
+    Ok(match STORE.get_variable(session_id, &identifier) {
+        Ok(v) => (atoms::ok(), convert::value(env, &v.value)).encode(env),
+        Err(e) => convert::error(env, &e),
+    })
+}
+
+#[rustler::nif]
+fn has_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    let identifier = text(identifier)?;
+    Ok(convert::result(env, STORE.has_variable(session_id, &identifier)))
+}
+
+#[rustler::nif]
+fn update_variable<'a>(
+    env: Env<'a>,
+    session_id: &str,
+    identifier: Term<'a>,
+    value: Term<'a>,
+    metadata: Term<'a>,
+    expected_version: i64,
+) -> NifResult<Term<'a>> {
+    let identifier = text(identifier)?;
+    let updated = (|| {
+        let change = Change { source: Source::Elixir, metadata: convert::metadata(metadata)?, expected_version };
+        STORE.update_variable(session_id, &identifier, convert::raw(value)?, &change)
+    })();
+    Ok(convert::result(env, updated))
+}
+
+#[rustler::nif]
+fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>) -> NifResult<Term<'a>> {
+    // Results are keyed by the identifier term as given (atom or string).
+    let mut keys = HashMap::with_capacity(identifiers.len());
+    let mut names = Vec::with_capacity(identifiers.len());
+    for term in identifiers {
+        let name = text(term)?.into_owned();
+        keys.insert(name.clone(), term);
+        names.push(name);
+    }
+    Ok(match STORE.get_variables(session_id, &names) {
+        Ok((found, missing)) => {
+            let (fk, fv): (Vec<Term>, Vec<Term>) =
+                found.iter().map(|(k, v)| (keys[k], convert::variable(env, v))).unzip();
+            let found = Term::map_from_term_arrays(env, &fk, &fv)?;
+            let missing: Vec<Term> = missing.iter().map(|k| keys[k]).collect();
+            (atoms::ok(), (found, missing)).encode(env)
+        }
+        Err(e) => convert::error(env, &e),
+    })
+}
+
+/// `updates` is a list of `{identifier, value}`. Returns `{:ok, %{key => version}}`,
+/// `{:partial, %{key => version}, %{key => reason}}` (non-atomic, some refused) or
+/// `{:error, {:batch_failed, %{key => reason}}}` (atomic, nothing applied).
+#[rustler::nif]
+fn update_variables<'a>(
+    env: Env<'a>,
+    session_id: &str,
+    updates: Vec<(Term<'a>, Term<'a>)>,
+    metadata: Term<'a>,
+    atomic: bool,
+) -> NifResult<Term<'a>> {
+    let mut keys = HashMap::with_capacity(updates.len());
+    let mut inputs = Vec::with_capacity(updates.len());
+    for (key, value) in updates {
+        let name = text(key)?.into_owned();
+        keys.insert(name.clone(), key);
+        inputs.push((name, snakepit_core::store::Input { value: convert::raw(value), declared: None }));
+    }
+    let metadata = match convert::metadata(metadata) {
+        Ok(m) => m,
+        Err(e) => return Ok(convert::error(env, &e)),
+    };
+    let change = Change { source: Source::Elixir, metadata, expected_version: 0 };
+    let outcome = match STORE.update_variables(session_id, inputs, atomic, &change) {
+        Ok(o) => o,
+        Err(e) => return Ok(convert::error(env, &e)),
+    };
+    let (ak, av): (Vec<Term>, Vec<Term>) =
+        outcome.applied.iter().map(|(k, v)| (keys[k], v.encode(env))).unzip();
+    let applied = Term::map_from_term_arrays(env, &ak, &av)?;
+    let (ek, ev): (Vec<Term>, Vec<Term>) = outcome
+        .errors
+        .iter()
+        .map(|(k, e)| (keys[k], convert::reason(env, e)))
+        .unzip();
+    let errors = Term::map_from_term_arrays(env, &ek, &ev)?;
+    Ok(if outcome.errors.is_empty() {
+        (atoms::ok(), applied).encode(env)
+    } else if atomic {
+        (atoms::error(), (atoms::batch_failed(), errors)).encode(env)
+    } else {
+        (atoms::partial(), applied, errors).encode(env)
+    })
+}
+
+#[rustler::nif]
+fn list_variables<'a>(env: Env<'a>, session_id: &str, pattern: Option<&str>) -> Term<'a> {
+    match STORE.list_variables(session_id, pattern) {
+        Ok(vars) => {
+            let terms: Vec<Term> = vars.iter().map(|v| convert::variable(env, v)).collect();
+            (atoms::ok(), terms).encode(env)
+        }
+        Err(e) => convert::error(env, &e),
+    }
+}
+
+#[rustler::nif]
+fn delete_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    let identifier = text(identifier)?;
+    Ok(match STORE.delete_variable(session_id, &identifier) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => convert::error(env, &e),
+    })
+}
