@@ -89,6 +89,7 @@ def start_server(log_dir: Path, *extra_args: str) -> ServerProcess:
     if match is None:
         process.kill()
         process.wait()
+        process.stdout.close()
         pytest.fail(
             f"{binary} did not print 'listening on HOST:PORT' as its first line within "
             f"{STARTUP_DEADLINE}s (exit code {process.returncode}); first line: {first_line!r}; "
@@ -118,7 +119,7 @@ def _read_first_line(process: subprocess.Popen[bytes], deadline_s: float) -> byt
 
 
 def _drain(stream: Any, log_path: Path) -> None:
-    with open(log_path, "ab") as out:
+    with stream, open(log_path, "ab") as out:
         while chunk := stream.read(4096):
             out.write(chunk)
 

@@ -46,6 +46,7 @@ def test_kind_wins_over_the_code() -> None:
         (C.ALREADY_EXISTS, sb.AlreadyExistsError),
         (C.FAILED_PRECONDITION, sb.VersionConflictError),
         (C.RESOURCE_EXHAUSTED, sb.ResourceExhaustedError),
+        (C.OUT_OF_RANGE, sb.ResourceExhaustedError),
         (C.UNAUTHENTICATED, sb.AuthenticationError),
         (C.UNAVAILABLE, sb.BridgeUnavailableError),
         (C.DEADLINE_EXCEEDED, sb.BridgeTimeoutError),

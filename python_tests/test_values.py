@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ from snakepit_bridge.values import BINARY_THRESHOLD, decode_value, encode_value,
 PREFIX = "type.googleapis.com/snakepit."
 
 
-def _json(encoded_any: any_pb2.Any) -> object:
+def _json(encoded_any: any_pb2.Any) -> Any:
     return json.loads(encoded_any.value.decode("utf-8"))
 
 
@@ -199,3 +204,28 @@ def test_malformed_json_from_the_server_is_a_bridge_error() -> None:
     bad = any_pb2.Any(type_url=type_url("float"), value=b"{nope")
     with pytest.raises(BridgeError, match="malformed float"):
         decode_value(bad)
+
+
+def test_the_package_works_without_numpy() -> None:
+    script = """
+import sys, struct, json
+sys.modules["numpy"] = None  # any "import numpy" now fails
+import snakepit_bridge
+from snakepit_bridge.values import encode_value, decode_value, type_url
+from google.protobuf import any_pb2
+assert "numpy" not in [m for m in sys.modules if sys.modules[m] is not None]
+assert json.loads(encode_value("embedding", [1, 2.5]).any.value) == [1, 2.5]
+meta = any_pb2.Any(type_url=type_url("embedding", True),
+                   value=b'{"shape":[2],"dtype":"float64","binary_format":"raw_le"}')
+assert decode_value(meta, struct.pack("<2d", 1.0, 2.0)) == [1.0, 2.0]
+print("ok")
+"""
+    pkg = Path(__file__).resolve().parent.parent / "priv" / "python"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(pkg)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -108,6 +108,10 @@ def _variable_info(var: pb2.Variable) -> VariableInfo:
     )
 
 
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _check(response: Any, what: str) -> None:
     """Raise for an old-style refusal: ``success = false`` with ``error_message``."""
     if not response.success:
@@ -153,7 +157,7 @@ class SessionContext(Generic[_ChannelT]):
 
     # Not iterable, even though it has __getitem__ (which would otherwise make
     # iter() try ctx[0], ctx[1], ...).
-    __iter__: ClassVar[None] = None  # type: ignore[assignment]
+    __iter__: ClassVar[None] = None
 
     def __init__(
         self,
@@ -164,6 +168,7 @@ class SessionContext(Generic[_ChannelT]):
     ) -> None:
         if not isinstance(session_id, str):
             raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
+        self._is_async: bool
         if isinstance(channel, grpc.aio.Channel):
             self._is_async = True
         elif isinstance(channel, grpc.Channel):
@@ -174,8 +179,9 @@ class SessionContext(Generic[_ChannelT]):
                 f"not {type(channel).__name__}"
             )
         self._session_id = session_id
-        self._channel = channel
-        self._stub = pb2_grpc.BridgeServiceStub(channel)
+        self._channel: _ChannelT = channel
+        # The generated stub is untyped; calls go through _invoke_*, typed by plans.
+        self._stub: Any = pb2_grpc.BridgeServiceStub(channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         # identifier (id or name) -> type name; id <-> name. See "Type cache".
         self._types: dict[str, str] = {}
@@ -568,10 +574,11 @@ class SessionContext(Generic[_ChannelT]):
             self._forget(identifier)
             raise
         except ValidationError as refused:
-            if not from_cache:
+            # A declared-type mismatch (kind invalid_argument, not invalid_value)
+            # means the cached type may belong to a deleted variable whose name
+            # was registered again with another type: re-read it once.
+            if not from_cache or refused.kind != "invalid_argument":
                 raise
-            # The cached type may belong to a deleted variable whose name was
-            # registered again with another type: re-read it once.
             fresh = yield from self._fetch_type(identifier)
             if fresh == var_type:
                 raise refused
@@ -650,12 +657,13 @@ class SessionContext(Generic[_ChannelT]):
 
         unknown = [key for key in updates if key not in self._types]
         if unknown:
-            request = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=unknown)
-            found = yield _Rpc("GetVariables", request)
+            lookup = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=unknown)
+            found = yield _Rpc("GetVariables", lookup)
             for key, var in found.variables.items():
                 self._remember(var, key)
             for key in found.missing_variables:
-                local_errors[key] = f"variable {key!r} not found in session {self._session_id!r}"
+                # Worded as the server words it (the key was never sent).
+                local_errors[key] = f"variable {_quote(key)} not found in session {_quote(self._session_id)}"
 
         encoded: dict[str, EncodedValue] = {}
         for key, value in updates.items():
@@ -666,11 +674,13 @@ class SessionContext(Generic[_ChannelT]):
             except ValidationError as exc:
                 local_errors[key] = exc.message
 
+        outcome: dict[str, Union[bool, str]] = {}
         if local_errors and atomic:
-            outcome = {key: local_errors.get(key, NOT_APPLIED_ATOMIC) for key in updates}
-            return BatchUpdateResult(dict(outcome), False, {})
+            outcome.update((key, local_errors.get(key, NOT_APPLIED_ATOMIC)) for key in updates)
+            return BatchUpdateResult(outcome, False, {})
         if not encoded:
-            return BatchUpdateResult(dict(local_errors), False, {})
+            outcome.update(local_errors)
+            return BatchUpdateResult(outcome, False, {})
 
         request = pb2.BatchSetVariablesRequest(
             session_id=self._session_id,
@@ -682,7 +692,6 @@ class SessionContext(Generic[_ChannelT]):
         response = yield _Rpc("SetVariables", request)
         errors = dict(response.errors)
         versions = {key: int(v) for key, v in response.new_versions.items()}
-        outcome: dict[str, Union[bool, str]] = {}
         for key in updates:
             if key in local_errors:
                 outcome[key] = local_errors[key]

@@ -13,7 +13,7 @@ server)::
     ├── ValidationError              INVALID_ARGUMENT (also a ValueError)
     ├── AlreadyExistsError           ALREADY_EXISTS
     ├── VersionConflictError         FAILED_PRECONDITION, .current_version
-    ├── ResourceExhaustedError       RESOURCE_EXHAUSTED
+    ├── ResourceExhaustedError       RESOURCE_EXHAUSTED, OUT_OF_RANGE
     ├── AuthenticationError          UNAUTHENTICATED / PERMISSION_DENIED
     └── BridgeUnavailableError       UNAVAILABLE, closed channel
         └── BridgeTimeoutError       DEADLINE_EXCEEDED
@@ -22,7 +22,7 @@ server)::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Optional
+from typing import Any, Optional
 
 import grpc
 
@@ -130,7 +130,11 @@ class VersionConflictError(BridgeError):
 
 
 class ResourceExhaustedError(BridgeError):
-    """A limit was hit (RESOURCE_EXHAUSTED), e.g. a message over the size limit."""
+    """A limit was hit (RESOURCE_EXHAUSTED), e.g. a message over the size limit.
+
+    Also raised for OUT_OF_RANGE without a kind: tonic's own status for a
+    request larger than the server's message limit.
+    """
 
 
 class AuthenticationError(BridgeError):
@@ -163,6 +167,7 @@ _BY_CODE: dict[grpc.StatusCode, type[BridgeError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.FAILED_PRECONDITION: VersionConflictError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.OUT_OF_RANGE: ResourceExhaustedError,
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
     grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
     grpc.StatusCode.UNAVAILABLE: BridgeUnavailableError,
@@ -173,19 +178,20 @@ _BY_CODE: dict[grpc.StatusCode, type[BridgeError]] = {
 def error_from_status(
     code: Optional[grpc.StatusCode],
     details: Optional[str],
-    trailing_metadata: Optional[Iterable[tuple[str, object]]] = None,
+    trailing_metadata: Optional[Iterable[Any]] = None,
 ) -> BridgeError:
     """Build the :class:`BridgeError` subclass for a failed call.
 
     The class comes from the ``snakepit-error-kind`` trailing metadata when
     present and known, otherwise from ``code``; an unknown combination gives a
-    plain :class:`BridgeError`. Never raises.
+    plain :class:`BridgeError`. ``trailing_metadata`` is what grpc gives: an
+    iterable of ``(key, value)`` pairs (tuples or grpc's metadatum named
+    tuples), values ``str`` or ``bytes``. Never raises.
     """
     metadata: dict[str, str] = {}
     for key, value in trailing_metadata or ():
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        metadata[str(key).lower()] = str(value)
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        metadata[str(key).lower()] = text
 
     kind = metadata.get(ERROR_KIND_KEY) or None
     cls = _BY_KIND.get(kind) if kind else None

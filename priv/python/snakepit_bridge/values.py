@@ -99,7 +99,7 @@ def encode_value(var_type: Union[VariableType, str], value: Any) -> EncodedValue
             arbitrary object, a complex number, ...).
     """
     var_type = VariableType.coerce(var_type)
-    if var_type in _NUMERIC_TYPES:
+    if isinstance(var_type, VariableType) and var_type in _NUMERIC_TYPES:
         binary = _encode_binary(var_type, value)
         if binary is not None:
             return binary

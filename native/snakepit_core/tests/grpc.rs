@@ -1,0 +1,363 @@
+//! The gRPC door end to end: a real server on an ephemeral port, a tonic client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prost_types::Any;
+use snakepit_core::proto::bridge_service_client::BridgeServiceClient;
+use snakepit_core::proto::*;
+use snakepit_core::server::{serve, RunningServer, ServerConfig};
+use snakepit_core::Store;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start(config: ServerConfig) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            serve(Store::new(), listener, config, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer { addr, stop: Some(stop), task }
+    }
+
+    async fn client(&self) -> BridgeServiceClient<Channel> {
+        BridgeServiceClient::connect(format!("http://{}", self.addr)).await.unwrap()
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.task).await.unwrap().unwrap();
+    }
+}
+
+fn any(ty: &str, json: &str) -> Option<Any> {
+    Some(Any { type_url: format!("type.googleapis.com/snakepit.{ty}"), value: json.as_bytes().to_vec() })
+}
+
+async fn session(client: &mut BridgeServiceClient<Channel>, id: &str) {
+    client
+        .initialize_session(InitializeSessionRequest { session_id: id.into(), ..Default::default() })
+        .await
+        .unwrap();
+}
+
+async fn register(client: &mut BridgeServiceClient<Channel>, sid: &str, name: &str, ty: &str, json: &str, constraints: &str) -> String {
+    client
+        .register_variable(RegisterVariableRequest {
+            session_id: sid.into(),
+            name: name.into(),
+            r#type: ty.into(),
+            initial_value: any(ty, json),
+            constraints_json: constraints.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .variable_id
+}
+
+async fn get(client: &mut BridgeServiceClient<Channel>, sid: &str, ident: &str) -> Variable {
+    client
+        .get_variable(GetVariableRequest { session_id: sid.into(), variable_identifier: ident.into(), bypass_cache: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .variable
+        .unwrap()
+}
+
+fn kind(status: &tonic::Status) -> &str {
+    status.metadata().get("snakepit-error-kind").unwrap().to_str().unwrap()
+}
+
+#[tokio::test]
+async fn sessions_over_grpc() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    let pong = c.ping(PingRequest { message: "hi".into() }).await.unwrap().into_inner();
+    assert_eq!(pong.message, "hi");
+    assert!(pong.server_time.is_some());
+
+    let meta: HashMap<String, String> = [("k".to_string(), "v".to_string())].into();
+    c.initialize_session(InitializeSessionRequest { session_id: "s".into(), metadata: meta.clone(), config: None })
+        .await
+        .unwrap();
+    let dup = c
+        .initialize_session(InitializeSessionRequest { session_id: "s".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let bad = c
+        .initialize_session(InitializeSessionRequest { session_id: "".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    let info = c.get_session(GetSessionRequest { session_id: "s".into() }).await.unwrap().into_inner();
+    assert_eq!((info.session_id.as_str(), info.metadata, info.variable_count), ("s", meta, 0));
+    let missing = c.get_session(GetSessionRequest { session_id: "nope".into() }).await.unwrap_err();
+    assert_eq!((missing.code(), kind(&missing)), (Code::NotFound, "session_not_found"));
+
+    let hb = |id: &str| HeartbeatRequest { session_id: id.into(), client_time: None };
+    assert!(c.heartbeat(hb("s")).await.unwrap().into_inner().session_valid);
+    assert!(!c.heartbeat(hb("nope")).await.unwrap().into_inner().session_valid);
+
+    register(&mut c, "s", "x", "integer", "1", "").await;
+    let cleanup = |id: &str| CleanupSessionRequest { session_id: id.into(), force: false };
+    let done = c.cleanup_session(cleanup("s")).await.unwrap().into_inner();
+    assert_eq!((done.success, done.resources_cleaned), (true, 1));
+    let again = c.cleanup_session(cleanup("s")).await.unwrap().into_inner();
+    assert_eq!((again.success, again.resources_cleaned), (true, 0));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_created_over_grpc_expire_after_the_configured_ttl() {
+    let config = ServerConfig {
+        session_ttl: Duration::from_millis(100),
+        sweep_interval: Duration::from_millis(20),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(config).await;
+    let mut c = server.client().await;
+    session(&mut c, "brief").await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let gone = c.get_session(GetSessionRequest { session_id: "brief".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn variables_over_grpc() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    let id = register(&mut c, "s", "temp", "float", "0.5", r#"{"min": 0, "max": 1}"#).await;
+    assert!(id.starts_with("var_temp_"));
+
+    let set = |ident: &str, value: Option<Any>, expected: i64| SetVariableRequest {
+        session_id: "s".into(),
+        variable_identifier: ident.into(),
+        value,
+        metadata: HashMap::new(),
+        expected_version: expected,
+        binary_value: vec![],
+    };
+    let r = c.set_variable(set("temp", any("float", "1"), 0)).await.unwrap().into_inner();
+    assert_eq!((r.success, r.new_version), (true, 2));
+    let v = get(&mut c, "s", &id).await;
+    assert_eq!((v.version, v.source, v.value.unwrap().value), (2, variable::Source::Python as i32, b"1.0".to_vec()));
+    assert_eq!(v.constraints_json, r#"{"max":1.0,"min":0.0}"#);
+
+    // Every refusal names the rule and changes nothing.
+    let cases = [
+        (set("temp", any("float", "1.5"), 0), Code::InvalidArgument, "value 1.5 is above maximum 1.0"),
+        (set("temp", any("integer", "1"), 0), Code::InvalidArgument, "declared as integer"),
+        (set("temp", any("float", "{"), 0), Code::InvalidArgument, "not valid UTF-8 JSON"),
+        (set("temp", any("float", "0.1"), 1), Code::FailedPrecondition, "current version is 2"),
+        (set("nope", any("float", "0.1"), 0), Code::NotFound, "variable \"nope\" not found"),
+    ];
+    for (req, code, text) in cases {
+        let e = c.set_variable(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{text}");
+        assert!(e.message().contains(text), "{} should contain {text}", e.message());
+    }
+    let conflict = c.set_variable(set("temp", any("float", "0.1"), 1)).await.unwrap_err();
+    assert_eq!(conflict.metadata().get("snakepit-current-version").unwrap(), "2");
+    assert_eq!(get(&mut c, "s", "temp").await.version, 2);
+
+    let dup = c
+        .register_variable(RegisterVariableRequest {
+            session_id: "s".into(),
+            name: "temp".into(),
+            r#type: "float".into(),
+            initial_value: any("float", "0"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    for (ty, value, constraints, text) in [
+        ("decimal", any("decimal", "1"), "", "unknown variable type"),
+        ("float", any("integer", "1"), "", "names type \"integer\""),
+        ("float", any("float", "1"), "{bad", "constraints_json is not valid JSON"),
+        ("float", any("float", "1"), r#"{"min": 2, "max": 1}"#, "greater than max"),
+        ("string", any("string", "\"a\""), r#"{"pattern": "(["}"#, "not a valid regular expression"),
+    ] {
+        let e = c
+            .register_variable(RegisterVariableRequest {
+                session_id: "s".into(),
+                name: "fresh".into(),
+                r#type: ty.into(),
+                initial_value: value,
+                constraints_json: constraints.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{text}");
+        assert!(e.message().contains(text), "{} should contain {text}", e.message());
+    }
+
+    let list = c
+        .list_variables(ListVariablesRequest { session_id: "s".into(), pattern: "te*".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.variables.len(), 1);
+    c.delete_variable(DeleteVariableRequest { session_id: "s".into(), variable_identifier: id.clone() })
+        .await
+        .unwrap();
+    let gone = c
+        .get_variable(GetVariableRequest { session_id: "s".into(), variable_identifier: id, bypass_cache: false })
+        .await
+        .unwrap_err();
+    assert_eq!((gone.code(), kind(&gone)), (Code::NotFound, "variable_not_found"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn batches_over_grpc() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    for name in ["a", "b"] {
+        register(&mut c, "s", name, "integer", "0", r#"{"min": 0}"#).await;
+    }
+    let got = c
+        .get_variables(BatchGetVariablesRequest {
+            session_id: "s".into(),
+            variable_identifiers: vec!["a".into(), "zzz".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.variables.contains_key("a"));
+    assert_eq!(got.missing_variables, vec!["zzz".to_string()]);
+
+    let batch = |atomic: bool, b: &str| BatchSetVariablesRequest {
+        session_id: "s".into(),
+        updates: [("a".to_string(), any("integer", "1").unwrap()), ("b".to_string(), any("integer", b).unwrap())].into(),
+        metadata: HashMap::new(),
+        atomic,
+        binary_updates: HashMap::new(),
+    };
+    let refused = c.set_variables(batch(true, "-1")).await.unwrap().into_inner();
+    assert!(!refused.success);
+    assert!(refused.new_versions.is_empty());
+    assert!(refused.errors["b"].contains("below minimum 0"));
+    assert!(!refused.errors.contains_key("a"));
+    assert_eq!(get(&mut c, "s", "a").await.version, 1);
+
+    let partial = c.set_variables(batch(false, "\"x\"")).await.unwrap().into_inner();
+    assert!(!partial.success);
+    assert_eq!(partial.new_versions, [("a".to_string(), 2)].into());
+    assert!(partial.errors.contains_key("b"));
+
+    let ok = c.set_variables(batch(true, "7")).await.unwrap().into_inner();
+    assert!(ok.success && ok.errors.is_empty());
+    assert_eq!(ok.new_versions, [("a".to_string(), 3), ("b".to_string(), 2)].into());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn binary_path_round_trips_and_refuses_other_formats() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    let data: Vec<f64> = (0..2048).map(|i| i as f64 * 0.5).collect();
+    let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let meta = r#"{"shape": [2048], "dtype": "float64", "binary_format": "raw_le"}"#;
+    c.register_variable(RegisterVariableRequest {
+        session_id: "s".into(),
+        name: "emb".into(),
+        r#type: "embedding".into(),
+        initial_value: any("embedding.binary", meta),
+        initial_binary_value: bytes.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let v = get(&mut c, "s", "emb").await;
+    assert_eq!(v.value.unwrap().type_url, "type.googleapis.com/snakepit.embedding.binary");
+    assert_eq!(v.binary_value, bytes);
+
+    let pickle = c
+        .set_variable(SetVariableRequest {
+            session_id: "s".into(),
+            variable_identifier: "emb".into(),
+            value: any("embedding.binary", r#"{"shape": [1], "binary_format": "pickle"}"#),
+            binary_value: vec![0; 8],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(pickle.code(), Code::InvalidArgument);
+    assert_eq!(get(&mut c, "s", "emb").await.version, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_and_change_nothing() {
+    let config = ServerConfig { max_message_bytes: 64 * 1024, ..ServerConfig::default() };
+    let server = TestServer::start(config).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    register(&mut c, "s", "text", "string", "\"small\"", "").await;
+    let huge = format!("\"{}\"", "x".repeat(100 * 1024));
+    let e = c
+        .set_variable(SetVariableRequest {
+            session_id: "s".into(),
+            variable_identifier: "text".into(),
+            value: any("string", &huge),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
+    assert_eq!(get(&mut c, "s", "text").await.version, 1);
+    server.shutdown().await;
+}
+
+#[test]
+fn running_server_starts_stops_and_restarts_on_the_same_port() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::new();
+    let start = |port: u16| {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        RunningServer::start(rt.handle(), store.clone(), listener, ServerConfig::default()).unwrap()
+    };
+    let ping = |addr: SocketAddr| {
+        rt.block_on(async move {
+            let mut c = BridgeServiceClient::connect(format!("http://{addr}")).await?;
+            c.ping(PingRequest { message: "p".into() }).await.map_err(Into::into).map(|_| ())
+        })
+    };
+    let first = start(0);
+    let addr = first.local_addr();
+    assert_ne!(addr.port(), 0);
+    ping(addr).map_err(|e: Box<dyn std::error::Error>| e.to_string()).unwrap();
+    assert!(first.stop(Duration::from_secs(5)), "stops within the grace period");
+    assert!(ping(addr).is_err(), "nothing answers after stop");
+
+    let second = start(addr.port());
+    assert_eq!(second.local_addr(), addr);
+    ping(addr).map_err(|e| e.to_string()).unwrap();
+    drop(second); // Dropping also stops it.
+}

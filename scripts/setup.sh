@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian machine, idempotently:
+# Debian's elixir and erlang-dev, and a Python venv (.venv) with the pinned
+# development packages and snakepit_bridge installed from priv/python.
+# The Rust toolchain is expected to be there already (cargo on PATH).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "[setup] cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+missing=()
+command -v mix >/dev/null 2>&1 || missing+=(elixir)
+dpkg -s erlang-dev >/dev/null 2>&1 || missing+=(erlang-dev)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+venv="$root/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating the Python venv in .venv"
+  python3 -m venv "$venv"
+fi
+# Reinstall only when the pins or the package metadata changed.
+stamp="$venv/.snakepit-installed"
+want="$(cat priv/python/requirements-dev.txt priv/python/pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing Python packages into .venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    -r priv/python/requirements-dev.txt -e priv/python
+  echo "$want" > "$stamp"
+fi
+say "ready"

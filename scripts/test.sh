@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test: cargo (Rust core), ExUnit (Elixir + NIF + real Python
+# processes) and pytest (Python package against the standalone server).
+# Exits non-zero if any suite fails; all suites run either way.
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/setup.sh || exit 1
+
+# One release build of the whole workspace (NIF, server binary); cargo test,
+# mix compile and pytest all reuse it.
+echo "[test] cargo build --release"
+cargo build --release --workspace || exit 1
+
+export SNAKEPIT_PYTHON="$root/.venv/bin/python"
+export SNAKEPIT_SERVER_BIN="$root/target/release/snakepit-bridge-server"
+
+failed=()
+echo "[test] cargo test"
+cargo test --release --workspace || failed+=(cargo)
+
+echo "[test] mix test"
+MIX_ENV=test mix test || failed+=(mix)
+
+echo "[test] pytest"
+"$SNAKEPIT_PYTHON" -m pytest python_tests -q || failed+=(pytest)
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "[test] FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "[test] all suites passed"
