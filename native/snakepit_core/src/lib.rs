@@ -4,6 +4,7 @@
 //! - [`value`]: the eight variable types, raw input values and normalisation.
 //! - [`constraints`]: per-type constraints, parsed at registration, checked on writes.
 //! - [`store`]: sessions and typed, versioned variables behind a cheap `Clone` handle.
+//! - [`watch`]: subscriptions, coalescing and fan-out (the dispatcher thread).
 //! - [`wire`]: protobuf ⇄ store conversions (values in `Any`, timestamps, statuses).
 //! - [`service`]: the tonic `BridgeService` over a store.
 //! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
@@ -20,6 +21,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod value;
+pub mod watch;
 pub mod wire;
 
 /// Messages and the service generated from `proto/snakepit_bridge.proto`.

@@ -53,7 +53,14 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let sweeper = tokio::spawn(sweep(store.clone(), config.sweep_interval));
     let _stop_sweeper = AbortOnDrop(sweeper);
-    let service = BridgeServiceServer::new(Service::new(store, config.session_ttl))
+    // Graceful shutdown waits for open calls; watch streams never end on their
+    // own, so they are told to finish (with UNAVAILABLE) when shutdown begins.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let service = BridgeServiceServer::new(Service::new(store, config.session_ttl, stopping))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     // serve_with_incoming ignores Server::tcp_nodelay; without nodelay on the

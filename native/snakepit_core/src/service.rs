@@ -2,16 +2,18 @@
 //! store once, and encodes. Store calls are short and in memory, so they run
 //! inline on the runtime's worker threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::*;
-use crate::store::{Change, Input, Metadata, NewVariable, Source, Store};
+use crate::store::{Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
+use crate::watch::{Owner, Subscription, Update};
 use crate::value::VarType;
 use crate::wire;
 
@@ -21,12 +23,15 @@ pub struct Service {
     store: Store,
     /// Idle TTL of sessions created through InitializeSession.
     session_ttl: Duration,
+    /// Becomes true when the server shuts down; open watch streams then end.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Service {
-    /// A service over `store`; sessions it creates expire after `session_ttl` idle.
-    pub fn new(store: Store, session_ttl: Duration) -> Service {
-        Service { store, session_ttl }
+    /// A service over `store`; sessions it creates expire after `session_ttl`
+    /// idle; watch streams end with UNAVAILABLE once `stopping` turns true.
+    pub fn new(store: Store, session_ttl: Duration, stopping: watch::Receiver<bool>) -> Service {
+        Service { store, session_ttl, stopping }
     }
 }
 
@@ -48,6 +53,13 @@ fn to_metadata(m: HashMap<String, String>) -> Metadata {
 
 fn from_python(metadata: HashMap<String, String>) -> Change {
     Change { source: Source::Python, metadata: to_metadata(metadata), expected_version: 0 }
+}
+
+struct WatchState {
+    sub: Subscription,
+    buffered: VecDeque<Update>,
+    stopping: watch::Receiver<bool>,
+    stopped: bool,
 }
 
 /// The stream type of WatchVariables.
@@ -97,7 +109,7 @@ impl BridgeService for Service {
             created_at: Some(wire::timestamp(info.created_at_us)),
             variable_count: i32::try_from(info.variable_count).unwrap_or(i32::MAX),
             tool_count: 0,
-            watcher_count: 0,
+            watcher_count: i32::try_from(info.watcher_count).unwrap_or(i32::MAX),
         }))
     }
 
@@ -244,8 +256,45 @@ impl BridgeService for Service {
 
     async fn watch_variables(
         &self,
-        _request: Request<WatchVariablesRequest>,
+        request: Request<WatchVariablesRequest>,
     ) -> Result<Response<Self::WatchVariablesStream>, Status> {
-        Err(Status::unimplemented("WatchVariables is not served by this build yet"))
+        let req = request.into_inner();
+        let watch = WatchRequest {
+            identifiers: req.variable_identifiers,
+            include_initial: req.include_initial_values,
+            since_versions: req.since_versions,
+        };
+        // Refusals (unknown session or variable, empty list) happen here,
+        // before anything is streamed.
+        let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc).map_err(store_err)?;
+        let state = WatchState { sub, buffered: VecDeque::new(), stopping: self.stopping.clone(), stopped: false };
+        // Polled by the connection when it can send: a slow client simply polls
+        // less often, and its updates coalesce in the subscription meanwhile.
+        // Dropping the stream (client gone, any reason) drops the subscription.
+        let stream = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(u) = st.buffered.pop_front() {
+                    return Some((Ok(wire::update(&u)), st));
+                }
+                if st.stopped {
+                    return None;
+                }
+                let stop = tokio::select! {
+                    batch = st.sub.next_batch() => match batch {
+                        Some(batch) => {
+                            st.buffered.extend(batch);
+                            false
+                        }
+                        None => return None,
+                    },
+                    _ = st.stopping.wait_for(|stopping| *stopping) => true,
+                };
+                if stop {
+                    st.stopped = true;
+                    return Some((Err(Status::unavailable("the server is shutting down")), st));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -14,6 +14,7 @@ use crate::constraints::Constraints;
 use crate::error::{Result, StoreError};
 use crate::glob::glob_match;
 use crate::value::{normalize, Raw, Value, VarType};
+use crate::watch::{Hub, Owner, SessionWatch, Subscription, Update, UpdateKind, WatchStats};
 
 /// String-to-string metadata, as sessions, variables and updates carry it.
 pub type Metadata = BTreeMap<String, String>;
@@ -70,6 +71,30 @@ pub struct SessionInfo {
     pub last_accessed_at_us: i64,
     pub ttl: Duration,
     pub variable_count: usize,
+    /// Live subscriptions: gRPC streams plus Elixir subscribers.
+    pub watcher_count: usize,
+}
+
+/// Totals over the whole store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreStats {
+    pub sessions: usize,
+    pub grpc_watchers: usize,
+    pub elixir_watchers: usize,
+    /// Subscriptions made since the store started, ended or not.
+    pub watchers_opened: u64,
+}
+
+/// What to watch and how to start.
+#[derive(Debug, Clone, Default)]
+pub struct WatchRequest {
+    /// Ids or names; at least one.
+    pub identifiers: Vec<String>,
+    /// Start with each variable's current value.
+    pub include_initial: bool,
+    /// Per identifier, the last version the caller saw: its current value is
+    /// sent first if (and only if) it is newer.
+    pub since_versions: HashMap<String, i64>,
 }
 
 /// A variable to register.
@@ -133,6 +158,7 @@ struct Session {
     last_access_us: AtomicU64,
     last_access_wall_us: AtomicU64,
     vars: Mutex<Vars>,
+    watch: Arc<SessionWatch>,
 }
 
 #[derive(Default)]
@@ -168,6 +194,10 @@ pub struct Store {
 struct Inner {
     sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
     clock: Arc<dyn Clock>,
+    hub: Arc<Hub>,
+    watch_stats: Arc<WatchStats>,
+    /// Numbers atomic batches, so watchers (and tests) can tell them apart.
+    next_batch: AtomicU64,
 }
 
 impl Default for Store {
@@ -210,7 +240,15 @@ impl Store {
 
     /// A store on the given clock (tests use [`crate::clock::ManualClock`]).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Store {
-        Store { inner: Arc::new(Inner { sessions: RwLock::default(), clock }) }
+        Store {
+            inner: Arc::new(Inner {
+                sessions: RwLock::default(),
+                clock,
+                hub: Arc::default(),
+                watch_stats: Arc::default(),
+                next_batch: AtomicU64::new(1),
+            }),
+        }
     }
 
     fn now_us(&self) -> i64 {
@@ -255,11 +293,16 @@ impl Store {
         let mut sessions = self.sessions_write();
         let now = self.mono_us();
         // Re-check under the write lock: an access may have refreshed it meanwhile.
-        if sessions.get(id).is_some_and(|s| self.is_expired(s, now)) {
+        let removed = if sessions.get(id).is_some_and(|s| self.is_expired(s, now)) {
             sessions.remove(id)
         } else {
             None
+        };
+        drop(sessions);
+        if let Some(s) = &removed {
+            s.watch.close(self.now_us());
         }
+        removed
     }
 
     /// Creates a session that expires after `ttl` without access.
@@ -278,6 +321,7 @@ impl Store {
             last_access_us: AtomicU64::new(now),
             last_access_wall_us: AtomicU64::new(wall as u64),
             vars: Mutex::default(),
+            watch: Arc::new(SessionWatch::new(self.inner.hub.clone(), self.inner.watch_stats.clone())),
         });
         let mut sessions = self.sessions_write();
         if let Some(existing) = sessions.get(id) {
@@ -285,8 +329,11 @@ impl Store {
                 return Err(StoreError::SessionExists(id.to_string()));
             }
         }
-        sessions.insert(session.id.clone(), session.clone());
+        let replaced = sessions.insert(session.id.clone(), session.clone());
         drop(sessions);
+        if let Some(old) = replaced {
+            old.watch.close(wall);
+        }
         Ok(info(&session, 0))
     }
 
@@ -312,8 +359,63 @@ impl Store {
     /// it, or `None` if there was no such session.
     pub fn delete_session(&self, id: &str) -> Option<usize> {
         let removed = self.sessions_write().remove(id)?;
+        removed.watch.close(self.now_us());
         let count = lock(&removed.vars).by_id.len();
         Some(count)
+    }
+
+    /// Totals over the whole store.
+    pub fn stats(&self) -> StoreStats {
+        let st = &self.inner.watch_stats;
+        StoreStats {
+            sessions: self.list_sessions().len(),
+            grpc_watchers: st.grpc.load(Ordering::Relaxed),
+            elixir_watchers: st.elixir.load(Ordering::Relaxed),
+            watchers_opened: st.opened.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Subscribes to changes of some variables of a session. Unknown
+    /// identifiers, an empty list or an unknown session refuse the whole watch.
+    /// The subscription ends when dropped, cancelled, or the session closes.
+    pub fn watch(&self, session_id: &str, request: &WatchRequest, owner: Owner) -> Result<Subscription> {
+        if request.identifiers.is_empty() {
+            return Err(StoreError::InvalidArgument("watch at least one variable".into()));
+        }
+        let session = self.session(session_id)?;
+        let vars = lock(&session.vars);
+        let mut ids = Vec::with_capacity(request.identifiers.len());
+        let mut seen = HashMap::new();
+        let mut initial = Vec::new();
+        for ident in &request.identifiers {
+            let var = vars.get(ident).ok_or_else(|| not_found(session_id, ident))?;
+            if seen.contains_key(&var.id) {
+                continue;
+            }
+            ids.push(var.id.clone());
+            let since = request.since_versions.get(ident).copied();
+            let wants_current = match since {
+                Some(v) => var.version > v,
+                None => request.include_initial,
+            };
+            if wants_current {
+                initial.push(Update {
+                    kind: UpdateKind::InitialValue,
+                    variable: Some(var.clone()),
+                    source: var.source,
+                    metadata: Arc::default(),
+                    at_us: var.updated_at_us,
+                    batch: None,
+                });
+            }
+            // Changes up to the current version are in the initial value or
+            // were already seen by the caller; only later ones are delivered.
+            seen.insert(var.id.clone(), var.version);
+        }
+        // Subscribing under the variable lock: no write can slip in between.
+        let sub = session.watch.subscribe(owner, ids, seen, initial);
+        drop(vars);
+        Ok(sub)
     }
 
     /// Ids of the live sessions, sorted.
@@ -397,7 +499,11 @@ impl Store {
         let mut vars = lock(&session.vars);
         let now = self.now_us();
         let (id, value) = prepare(&vars, session_id, identifier, value.into(), change.expected_version)?;
-        Ok(apply(&mut vars, &id, value, change, now))
+        let version = apply(&mut vars, &id, value, change, now);
+        if session.watch.count() > 0 {
+            session.watch.publish([changed(&vars, &id, change, now, None)]);
+        }
+        Ok(version)
     }
 
     /// Looks up several variables at once: those found, keyed by the identifier
@@ -433,20 +539,31 @@ impl Store {
                 }
             }
             if outcome.errors.is_empty() {
+                let mut ids = Vec::with_capacity(ready.len());
                 for (key, id, value) in ready {
                     let version = apply(&mut vars, &id, value, change, now);
                     outcome.applied.push((key, version));
+                    ids.push(id);
+                }
+                if session.watch.count() > 0 {
+                    let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
+                    session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, now, Some(batch))));
                 }
             }
         } else {
+            let mut ids = Vec::new();
             for (key, raw) in updates {
                 match prepare(&vars, session_id, &key, raw, 0) {
                     Ok((id, value)) => {
                         let version = apply(&mut vars, &id, value, change, now);
                         outcome.applied.push((key, version));
+                        ids.push(id);
                     }
                     Err(e) => outcome.errors.push((key, e)),
                 }
+            }
+            if session.watch.count() > 0 {
+                session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, now, None)));
             }
         }
         Ok(outcome)
@@ -475,6 +592,16 @@ impl Store {
         let id = vars.resolve(identifier).ok_or_else(|| not_found(session_id, identifier))?;
         if let Some(var) = vars.by_id.remove(&id) {
             vars.by_name.remove(&var.name);
+            if session.watch.count() > 0 {
+                session.watch.publish([Update {
+                    kind: UpdateKind::Deleted,
+                    source: var.source,
+                    variable: Some(var),
+                    metadata: Arc::default(),
+                    at_us: self.now_us(),
+                    batch: None,
+                }]);
+            }
         }
         Ok(())
     }
@@ -492,6 +619,7 @@ fn info(s: &Session, variable_count: usize) -> SessionInfo {
         last_accessed_at_us: s.last_access_wall_us.load(Ordering::Relaxed) as i64,
         ttl: s.ttl,
         variable_count,
+        watcher_count: s.watch.count(),
     }
 }
 
@@ -523,6 +651,18 @@ fn in_variable(e: StoreError, name: &str) -> StoreError {
     match e {
         StoreError::InvalidValue(m) => StoreError::InvalidValue(format!("variable {name:?}: {m}")),
         other => other,
+    }
+}
+
+/// The update watchers get for a change just applied to `id`.
+fn changed(vars: &Vars, id: &Arc<str>, change: &Change, now: i64, batch: Option<u64>) -> Update {
+    Update {
+        kind: UpdateKind::ValueChange,
+        variable: Some(vars.by_id[id].clone()),
+        source: change.source,
+        metadata: Arc::new(change.metadata.clone()),
+        at_us: now,
+        batch,
     }
 }
 

@@ -244,6 +244,18 @@ pub fn variable(v: &Variable) -> proto::Variable {
     }
 }
 
+/// A watch update as its protobuf message.
+pub fn update(u: &crate::watch::Update) -> proto::VariableUpdate {
+    proto::VariableUpdate {
+        variable_id: u.variable.as_ref().map(|v| v.id.to_string()).unwrap_or_default(),
+        variable: u.variable.as_ref().map(variable),
+        update_source: u.source.as_str().to_string(),
+        update_metadata: metadata(&u.metadata),
+        timestamp: Some(timestamp(u.at_us)),
+        update_type: u.kind.as_str().to_string(),
+    }
+}
+
 /// Store metadata as a protobuf map.
 pub fn metadata(m: &Metadata) -> std::collections::HashMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()

@@ -1,0 +1,510 @@
+//! Watching variables: subscriptions, coalescing, and fan-out.
+//!
+//! # Guarantees
+//! A watcher is owed the latest value of every variable it watches, in
+//! version order — not every intermediate value:
+//! - **Ordered and unique**: per variable, delivered versions strictly increase.
+//! - **Coalesced, never disconnected**: a watcher that falls behind holds at
+//!   most one pending update per variable (the newest); memory per watcher is
+//!   bounded by the number of variables it watches.
+//! - **Writers never wait**: a write only records the change in its session's
+//!   pending set and, if the session was not already queued, queues it for the
+//!   dispatcher thread — O(1), whatever the number of watchers.
+//! - **Atomic batches stay adjacent**: the changes of one batch enter every
+//!   pending set together, at its end, so a watcher reads them back to back.
+//! - **No race with initial values**: a subscription is registered and its
+//!   initial values taken under the same lock writers hold, so a racing write
+//!   is either in the initial value or delivered after it.
+//!
+//! # Flow
+//! writer (holds the session's variable lock) → `SessionWatch::publish` →
+//! session pending set → dispatcher thread → each watcher's pending set →
+//! `Subscription::next_batch` (gRPC stream, or the NIF's delivery task).
+//!
+//! Lock order: a session's variable lock, then `SessionWatch::table`, then a
+//! watcher's `state`, then `SessionWatch::pending`. None is held across I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use tokio::sync::Notify;
+
+use crate::store::{Metadata, Source, Variable};
+
+/// What an update says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateKind {
+    /// The value when the watch started (or resumed).
+    InitialValue,
+    /// A change made after the watch started.
+    ValueChange,
+    /// The variable was deleted; nothing more comes for it.
+    Deleted,
+    /// The session was cleaned up or expired; this is the last update.
+    SessionClosed,
+}
+
+impl UpdateKind {
+    /// The wire name: `initial_value`, `value_change`, `deleted`, `session_closed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateKind::InitialValue => "initial_value",
+            UpdateKind::ValueChange => "value_change",
+            UpdateKind::Deleted => "deleted",
+            UpdateKind::SessionClosed => "session_closed",
+        }
+    }
+}
+
+/// One update delivered to a watcher.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub kind: UpdateKind,
+    /// The variable as of this update; `None` only for `SessionClosed`.
+    pub variable: Option<Variable>,
+    /// Who made the change (for initial values: who made the last one).
+    pub source: Source,
+    /// Metadata sent with the change itself.
+    pub metadata: Arc<Metadata>,
+    /// When the change was made, Unix microseconds.
+    pub at_us: i64,
+    /// Changes of one atomic batch share a batch number.
+    pub batch: Option<u64>,
+}
+
+impl Update {
+    fn key(&self) -> &str {
+        self.variable.as_ref().map_or("", |v| &v.id)
+    }
+
+    fn version(&self) -> i64 {
+        self.variable.as_ref().map_or(0, |v| v.version)
+    }
+}
+
+/// Pending updates, at most one per variable, in arrival order. A newer update
+/// for a variable replaces the older one and moves to the end, which keeps the
+/// members of one batch together. A change that replaces a pending initial
+/// value is itself delivered as the initial value, so streams that asked for
+/// initial values always start with them.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    order: BTreeMap<u64, Arc<Update>>,
+    position: HashMap<Arc<str>, u64>,
+}
+
+impl Pending {
+    fn push(&mut self, mut update: Arc<Update>) {
+        let key: Arc<str> = Arc::from(update.key());
+        if let Some(old) = self.position.insert(key, self.next) {
+            let replaced = self.order.remove(&old);
+            if replaced.is_some_and(|r| r.kind == UpdateKind::InitialValue)
+                && update.kind == UpdateKind::ValueChange
+            {
+                Arc::make_mut(&mut update).kind = UpdateKind::InitialValue;
+            }
+        }
+        self.order.insert(self.next, update);
+        self.next += 1;
+    }
+
+    fn take(&mut self) -> Vec<Arc<Update>> {
+        self.position.clear();
+        std::mem::take(&mut self.order).into_values().collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// Who holds a subscription; counted separately in the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    Grpc,
+    Elixir,
+}
+
+/// Counters shared by every session of a store.
+#[derive(Debug, Default)]
+pub(crate) struct WatchStats {
+    pub grpc: AtomicUsize,
+    pub elixir: AtomicUsize,
+    /// Watchers created since start; with `grpc + elixir`, shows nothing leaks.
+    pub opened: AtomicU64,
+}
+
+impl WatchStats {
+    fn counter(&self, owner: Owner) -> &AtomicUsize {
+        match owner {
+            Owner::Grpc => &self.grpc,
+            Owner::Elixir => &self.elixir,
+        }
+    }
+}
+
+struct WatcherState {
+    pending: Pending,
+    /// Highest version placed in `pending` (or sent) per variable id.
+    seen: HashMap<Arc<str>, i64>,
+    deleted: HashSet<Arc<str>>,
+    /// The session closed: `pending` ends with `SessionClosed`.
+    closed: bool,
+    /// The last update was handed out, or the subscription was cancelled.
+    finished: bool,
+}
+
+pub(crate) struct Watcher {
+    id: u64,
+    owner: Owner,
+    state: Mutex<WatcherState>,
+    notify: Notify,
+}
+
+impl Watcher {
+    fn state(&self) -> MutexGuard<'_, WatcherState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds updates (one dispatch round's worth) under one lock, dropping
+    /// anything not newer than what this watcher already has.
+    fn offer(&self, updates: &[Arc<Update>]) {
+        let mut st = self.state();
+        if st.closed || st.finished {
+            return;
+        }
+        let mut added = false;
+        for u in updates {
+            match u.kind {
+                UpdateKind::SessionClosed => {
+                    st.pending.push(u.clone());
+                    st.closed = true;
+                    added = true;
+                    break;
+                }
+                UpdateKind::Deleted => {
+                    let key: Arc<str> = Arc::from(u.key());
+                    if st.deleted.insert(key) {
+                        st.pending.push(u.clone());
+                        added = true;
+                    }
+                }
+                UpdateKind::ValueChange | UpdateKind::InitialValue => {
+                    let key = u.key();
+                    if st.deleted.contains(key) || st.seen.get(key).is_some_and(|v| *v >= u.version()) {
+                        continue;
+                    }
+                    st.seen.insert(Arc::from(key), u.version());
+                    st.pending.push(u.clone());
+                    added = true;
+                }
+            }
+        }
+        drop(st);
+        if added {
+            self.notify.notify_one();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    /// Variable id → ids of the watchers watching it.
+    by_variable: HashMap<Arc<str>, Vec<u64>>,
+    watchers: HashMap<u64, (Arc<Watcher>, Vec<Arc<str>>)>,
+}
+
+#[derive(Default)]
+struct SessionPending {
+    updates: Pending,
+    /// Already in the dispatcher's queue; later changes just join `updates`.
+    queued: bool,
+}
+
+/// The watch side of one session.
+pub(crate) struct SessionWatch {
+    table: Mutex<Table>,
+    pending: Mutex<SessionPending>,
+    /// Live watchers; writers read it to skip all watch work when zero.
+    count: AtomicUsize,
+    stats: Arc<WatchStats>,
+    hub: Arc<Hub>,
+    closed: AtomicBool,
+}
+
+impl SessionWatch {
+    pub(crate) fn new(hub: Arc<Hub>, stats: Arc<WatchStats>) -> SessionWatch {
+        SessionWatch {
+            table: Mutex::default(),
+            pending: Mutex::default(),
+            count: AtomicUsize::new(0),
+            stats,
+            hub,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Live watchers of this session.
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records changes for the watchers. The caller holds the session's variable
+    /// lock, which orders publications the same way as versions. O(1) per change.
+    pub(crate) fn publish(self: &Arc<Self>, updates: impl IntoIterator<Item = Update>) {
+        if self.count() == 0 {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for u in updates {
+            p.updates.push(Arc::new(u));
+        }
+        if !p.queued {
+            p.queued = true;
+            drop(p);
+            self.hub.schedule(self.clone());
+        }
+    }
+
+    /// Ends every subscription with `SessionClosed`, after whatever is pending.
+    pub(crate) fn close(self: &Arc<Self>, at_us: i64) {
+        if self.closed.swap(true, Ordering::AcqRel) || self.count() == 0 {
+            return;
+        }
+        let closing = Update {
+            kind: UpdateKind::SessionClosed,
+            variable: None,
+            source: Source::Elixir,
+            metadata: Arc::default(),
+            at_us,
+            batch: None,
+        };
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.updates.push(Arc::new(closing));
+        if !p.queued {
+            p.queued = true;
+            drop(p);
+            self.hub.schedule(self.clone());
+        }
+    }
+
+    /// Registers a watcher of `variables` (ids) whose pending set starts with
+    /// `initial`, and the versions it already has. The caller holds the
+    /// session's variable lock, so no write slips between snapshot and registration.
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        owner: Owner,
+        variables: Vec<Arc<str>>,
+        seen: HashMap<Arc<str>, i64>,
+        initial: Vec<Update>,
+    ) -> Subscription {
+        let mut state = WatcherState {
+            pending: Pending::default(),
+            seen,
+            deleted: HashSet::new(),
+            closed: false,
+            finished: false,
+        };
+        for u in initial {
+            state.pending.push(Arc::new(u));
+        }
+        let id = self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let watcher = Arc::new(Watcher { id, owner, state: Mutex::new(state), notify: Notify::new() });
+        let mut table = self.table();
+        for v in &variables {
+            table.by_variable.entry(v.clone()).or_default().push(id);
+        }
+        table.watchers.insert(id, (watcher.clone(), variables));
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.stats.counter(owner).fetch_add(1, Ordering::Relaxed);
+        drop(table);
+        self.hub.ensure_started();
+        if self.closed.load(Ordering::Acquire) {
+            // The session closed while this subscription was being made.
+            watcher.offer(&[Arc::new(Update {
+                kind: UpdateKind::SessionClosed,
+                variable: None,
+                source: Source::Elixir,
+                metadata: Arc::default(),
+                at_us: 0,
+                batch: None,
+            })]);
+        }
+        Subscription { watcher, session: Arc::downgrade(self) }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut table = self.table();
+        let Some((watcher, variables)) = table.watchers.remove(&id) else {
+            return;
+        };
+        for v in variables {
+            if let Some(ids) = table.by_variable.get_mut(&v) {
+                ids.retain(|w| *w != id);
+                if ids.is_empty() {
+                    table.by_variable.remove(&v);
+                }
+            }
+        }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.stats.counter(watcher.owner).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// One dispatch round: hands this session's pending changes to its watchers.
+    fn dispatch(&self) {
+        let updates = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.queued = false;
+            p.updates.take()
+        };
+        if updates.is_empty() {
+            return;
+        }
+        let table = self.table();
+        let mut per_watcher: HashMap<u64, Vec<Arc<Update>>> = HashMap::new();
+        for u in &updates {
+            if u.kind == UpdateKind::SessionClosed {
+                for id in table.watchers.keys() {
+                    per_watcher.entry(*id).or_default().push(u.clone());
+                }
+                continue;
+            }
+            if let Some(ids) = table.by_variable.get(u.key()) {
+                for id in ids {
+                    per_watcher.entry(*id).or_default().push(u.clone());
+                }
+            }
+        }
+        for (id, list) in per_watcher {
+            if let Some((w, _)) = table.watchers.get(&id) {
+                w.offer(&list);
+            }
+        }
+    }
+}
+
+/// A live watch. Dropping it ends the subscription.
+pub struct Subscription {
+    watcher: Arc<Watcher>,
+    session: Weak<SessionWatch>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("id", &self.watcher.id).finish()
+    }
+}
+
+impl Subscription {
+    /// Everything pending now, oldest first; empty if nothing is. After the
+    /// batch holding `SessionClosed`, or after `cancel`, the subscription is finished.
+    pub fn try_next_batch(&self) -> Vec<Update> {
+        let mut st = self.watcher.state();
+        if st.finished {
+            return Vec::new();
+        }
+        let batch = st.pending.take();
+        if st.closed {
+            st.finished = true;
+        }
+        batch.into_iter().map(|u| (*u).clone()).collect()
+    }
+
+    /// Waits for updates; `None` once the subscription is finished.
+    pub async fn next_batch(&self) -> Option<Vec<Update>> {
+        loop {
+            // Register interest before looking, so a notify in between is not lost.
+            let notified = self.watcher.notify.notified();
+            {
+                let st = self.watcher.state();
+                if st.finished {
+                    return None;
+                }
+                if !st.pending.is_empty() {
+                    drop(st);
+                    return Some(self.try_next_batch());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the last update was handed out or the subscription was cancelled.
+    pub fn is_finished(&self) -> bool {
+        self.watcher.state().finished
+    }
+
+    /// A handle that can end this subscription from elsewhere.
+    pub fn canceller(&self) -> Canceller {
+        Canceller(Arc::downgrade(&self.watcher))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.upgrade() {
+            session.unsubscribe(self.watcher.id);
+        }
+    }
+}
+
+/// Ends a subscription from another thread: its `next_batch` returns `None`.
+#[derive(Debug, Clone)]
+pub struct Canceller(Weak<Watcher>);
+
+impl Canceller {
+    /// Ends the subscription; pending updates are dropped.
+    pub fn cancel(&self) {
+        if let Some(w) = self.0.upgrade() {
+            w.state().finished = true;
+            w.notify.notify_one();
+        }
+    }
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").field("id", &self.id).finish()
+    }
+}
+
+/// The dispatcher: one thread per store, started by the first subscription.
+/// It owns all fan-out work, so writers never do any.
+#[derive(Default)]
+pub(crate) struct Hub {
+    queue: OnceLock<mpsc::Sender<Arc<SessionWatch>>>,
+}
+
+impl Hub {
+    fn ensure_started(&self) {
+        self.queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Arc<SessionWatch>>();
+            std::thread::Builder::new()
+                .name("snakepit-watch".into())
+                .spawn(move || {
+                    // Ends when the store (every sender) is gone.
+                    while let Ok(session) = rx.recv() {
+                        session.dispatch();
+                    }
+                })
+                .expect("the watch dispatcher thread starts");
+            tx
+        });
+    }
+
+    fn schedule(&self, session: Arc<SessionWatch>) {
+        // Only sessions with watchers publish, and subscribing started the thread.
+        if let Some(tx) = self.queue.get() {
+            let _ = tx.send(session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

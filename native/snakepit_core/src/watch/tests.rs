@@ -1,0 +1,289 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::ManualClock;
+use crate::store::{Change, Metadata, NewVariable, Source, Store, WatchRequest, DEFAULT_SESSION_TTL};
+use crate::value::{Raw, Value, VarType};
+use crate::watch::{Owner, Subscription, Update, UpdateKind};
+
+fn store_with(names: &[&str]) -> Store {
+    let store = Store::new();
+    store.create_session("s", Metadata::new(), DEFAULT_SESSION_TTL).unwrap();
+    for n in names {
+        let new = NewVariable {
+            name: n.to_string(),
+            ty: VarType::Integer,
+            value: Raw::Int(0),
+            constraints: Raw::Nil,
+            metadata: Metadata::new(),
+        };
+        store.register_variable("s", new, Source::Elixir).unwrap();
+    }
+    store
+}
+
+fn watch(store: &Store, names: &[&str], initial: bool) -> Subscription {
+    let req = WatchRequest {
+        identifiers: names.iter().map(|s| s.to_string()).collect(),
+        include_initial: initial,
+        since_versions: HashMap::new(),
+    };
+    store.watch("s", &req, Owner::Grpc).unwrap()
+}
+
+fn set(store: &Store, name: &str, v: i64) -> i64 {
+    store.update_variable("s", name, Raw::Int(v), &Change::from(Source::Elixir)).unwrap()
+}
+
+/// Collects updates until `done` says stop, failing after a few seconds.
+async fn collect(sub: &Subscription, mut done: impl FnMut(&[Update]) -> bool) -> Vec<Update> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(&got) {
+        match tokio::time::timeout_at(deadline, sub.next_batch()).await {
+            Ok(Some(batch)) => got.extend(batch),
+            Ok(None) => break,
+            Err(_) => panic!("timed out; got {} updates: {:?}", got.len(), summary(&got)),
+        }
+    }
+    got
+}
+
+fn summary(updates: &[Update]) -> Vec<(String, UpdateKind, i64)> {
+    updates
+        .iter()
+        .map(|u| {
+            let (name, version) = u.variable.as_ref().map_or((String::new(), 0), |v| (v.name.to_string(), v.version));
+            (name, u.kind, version)
+        })
+        .collect()
+}
+
+fn int(u: &Update) -> i64 {
+    match *u.variable.as_ref().unwrap().value {
+        Value::Integer(i) => i,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn initial_values_then_changes_in_order() {
+    let store = store_with(&["a", "b"]);
+    set(&store, "a", 5);
+    let sub = watch(&store, &["a", "b"], true);
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 1);
+    set(&store, "b", 1);
+    set(&store, "a", 6);
+    let got = collect(&sub, |g| g.len() >= 4).await;
+    assert_eq!(
+        summary(&got),
+        vec![
+            ("a".into(), UpdateKind::InitialValue, 2),
+            ("b".into(), UpdateKind::InitialValue, 1),
+            ("b".into(), UpdateKind::ValueChange, 2),
+            ("a".into(), UpdateKind::ValueChange, 3),
+        ]
+    );
+    assert_eq!(int(&got[3]), 6);
+    assert_eq!(got[3].source, Source::Elixir);
+}
+
+#[tokio::test]
+async fn without_initial_values_only_later_changes_arrive() {
+    let store = store_with(&["a", "other"]);
+    set(&store, "a", 1);
+    let sub = watch(&store, &["a"], false);
+    set(&store, "other", 9);
+    set(&store, "a", 2);
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("a".into(), UpdateKind::ValueChange, 3)]);
+}
+
+#[tokio::test]
+async fn a_watcher_that_reads_nothing_is_coalesced_to_the_latest_value() {
+    let store = store_with(&["a", "b"]);
+    let sub = watch(&store, &["a", "b"], false);
+    for i in 1..=20_000 {
+        set(&store, if i % 2 == 0 { "a" } else { "b" }, i);
+    }
+    // Wait until the dispatcher has caught up, checking the bound all along.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending: Vec<(String, i64)> = sub
+            .watcher
+            .state()
+            .pending
+            .order
+            .values()
+            .map(|u| (u.variable.as_ref().unwrap().name.to_string(), u.version()))
+            .collect();
+        assert!(pending.len() <= 2, "at most one pending update per watched variable: {pending:?}");
+        let caught_up = pending.contains(&("a".into(), 10_001)) && pending.contains(&("b".into(), 10_001));
+        if caught_up {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "dispatcher never caught up: {pending:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("b".into(), UpdateKind::ValueChange, 10_001), ("a".into(), UpdateKind::ValueChange, 10_001)]);
+    assert_eq!((int(&got[0]), int(&got[1])), (19_999, 20_000));
+}
+
+#[tokio::test]
+async fn atomic_batches_arrive_adjacent() {
+    let store = store_with(&["a", "b", "c"]);
+    let sub = watch(&store, &["a", "b", "c"], false);
+    set(&store, "a", 1);
+    set(&store, "c", 1);
+    let batch = vec![("a".to_string(), Raw::Int(2).into()), ("b".to_string(), Raw::Int(2).into())];
+    store.update_variables("s", batch, true, &Change::from(Source::Python)).unwrap();
+    set(&store, "c", 2);
+    let got = collect(&sub, |g| g.iter().any(|u| u.variable.as_ref().unwrap().name.as_ref() == "c" && int(u) == 2)).await;
+    let names: Vec<(String, i64)> = got.iter().map(|u| (u.variable.as_ref().unwrap().name.to_string(), int(u))).collect();
+    let pos = |n: &str, v: i64| names.iter().position(|x| x.0 == n && x.1 == v);
+    let (a, b) = (pos("a", 2).unwrap(), pos("b", 2).unwrap());
+    assert_eq!(a.abs_diff(b), 1, "batch members adjacent in {names:?}");
+    let batch_ids: Vec<_> = got.iter().filter(|u| u.source == Source::Python).map(|u| u.batch).collect();
+    assert!(batch_ids.len() == 2 && batch_ids[0].is_some() && batch_ids[0] == batch_ids[1]);
+}
+
+#[tokio::test]
+async fn deletion_is_reported_once_and_nothing_follows() {
+    let store = store_with(&["a", "b"]);
+    let sub = watch(&store, &["a", "b"], false);
+    set(&store, "a", 1);
+    store.delete_variable("s", "a").unwrap();
+    // A new variable with the same name is a different variable: not watched.
+    let new = NewVariable { name: "a".into(), ty: VarType::Integer, value: Raw::Int(7), constraints: Raw::Nil, metadata: Metadata::new() };
+    store.register_variable("s", new, Source::Elixir).unwrap();
+    set(&store, "a", 8);
+    set(&store, "b", 1);
+    let got = collect(&sub, |g| g.iter().any(|u| u.variable.as_ref().unwrap().name.as_ref() == "b")).await;
+    let s = summary(&got);
+    let deleted: Vec<_> = s.iter().filter(|x| x.1 == UpdateKind::Deleted).collect();
+    assert_eq!(deleted, vec![&("a".to_string(), UpdateKind::Deleted, 2)]);
+    let after = s.iter().position(|x| x.1 == UpdateKind::Deleted).unwrap();
+    assert!(s[after + 1..].iter().all(|x| x.0 != "a"), "{s:?}");
+}
+
+#[tokio::test]
+async fn closing_the_session_ends_every_stream_after_pending_changes() {
+    let store = store_with(&["a"]);
+    let first = watch(&store, &["a"], false);
+    let second = watch(&store, &["a"], false);
+    set(&store, "a", 1);
+    store.delete_session("s").unwrap();
+    for sub in [&first, &second] {
+        let got = collect(sub, |_| false).await;
+        let kinds: Vec<_> = got.iter().map(|u| u.kind).collect();
+        assert_eq!(kinds, vec![UpdateKind::ValueChange, UpdateKind::SessionClosed]);
+        assert!(sub.is_finished());
+        assert!(sub.next_batch().await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn expiry_closes_streams_too() {
+    let clock = Arc::new(ManualClock::default());
+    let store = Store::with_clock(clock.clone());
+    store.create_session("s", Metadata::new(), Duration::from_secs(5)).unwrap();
+    let new = NewVariable { name: "a".into(), ty: VarType::Integer, value: Raw::Int(0), constraints: Raw::Nil, metadata: Metadata::new() };
+    store.register_variable("s", new, Source::Elixir).unwrap();
+    let sub = watch(&store, &["a"], false);
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(store.sweep_expired(), vec!["s".to_string()]);
+    let got = collect(&sub, |_| false).await;
+    assert_eq!(summary(&got), vec![(String::new(), UpdateKind::SessionClosed, 0)]);
+}
+
+#[tokio::test]
+async fn dropping_or_cancelling_ends_the_subscription_and_frees_it() {
+    let store = store_with(&["a"]);
+    let before = store.stats();
+    let subs: Vec<_> = (0..100).map(|_| watch(&store, &["a"], true)).collect();
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 100);
+    assert_eq!(store.stats().grpc_watchers, before.grpc_watchers + 100);
+    drop(subs);
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 0);
+    assert_eq!(store.stats().grpc_watchers, before.grpc_watchers);
+
+    let sub = watch(&store, &["a"], false);
+    let cancel = sub.canceller();
+    let waiter = tokio::spawn(async move { sub.next_batch().await.is_none() });
+    tokio::task::yield_now().await;
+    cancel.cancel();
+    assert!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap());
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 0);
+}
+
+#[tokio::test]
+async fn resuming_with_since_versions_sends_only_what_is_newer() {
+    let store = store_with(&["a", "b"]);
+    set(&store, "a", 1); // a at version 2, b at 1
+    let req = WatchRequest {
+        identifiers: vec!["a".into(), "b".into()],
+        include_initial: true,
+        since_versions: [("a".to_string(), 2), ("b".to_string(), 0)].into(),
+    };
+    let sub = store.watch("s", &req, Owner::Grpc).unwrap();
+    set(&store, "a", 2);
+    let got = collect(&sub, |g| g.len() >= 2).await;
+    assert_eq!(
+        summary(&got),
+        vec![("b".into(), UpdateKind::InitialValue, 1), ("a".into(), UpdateKind::ValueChange, 3)]
+    );
+}
+
+#[test]
+fn bad_watch_requests_register_nothing() {
+    let store = store_with(&["a"]);
+    let req = |ids: &[&str]| WatchRequest { identifiers: ids.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    assert_eq!(store.watch("s", &req(&[]), Owner::Grpc).unwrap_err().kind(), "invalid_argument");
+    assert_eq!(store.watch("s", &req(&["a", "zzz"]), Owner::Grpc).unwrap_err().kind(), "variable_not_found");
+    assert_eq!(store.watch("nope", &req(&["a"]), Owner::Grpc).unwrap_err().kind(), "session_not_found");
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 0);
+}
+
+#[tokio::test]
+async fn writes_racing_a_subscription_are_never_lost_or_repeated() {
+    let store = store_with(&["a"]);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 1..=5_000 {
+                set(&store, "a", i);
+            }
+        })
+    };
+    let mut subs = Vec::new();
+    for _ in 0..20 {
+        subs.push(watch(&store, &["a"], true));
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    writer.join().unwrap();
+    let final_version = store.get_variable("s", "a").unwrap().version;
+    for sub in &subs {
+        let got = collect(sub, |g| g.last().is_some_and(|u| u.version() == final_version)).await;
+        let versions: Vec<i64> = got.iter().map(|u| u.version()).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {versions:?}");
+        assert_eq!(got[0].kind, UpdateKind::InitialValue);
+        assert_eq!(int(got.last().unwrap()), 5_000);
+    }
+}
+
+#[tokio::test]
+async fn update_metadata_and_source_travel_with_the_change() {
+    let store = store_with(&["a"]);
+    let sub = watch(&store, &["a"], false);
+    let change = Change {
+        source: Source::Python,
+        metadata: [("why".to_string(), "tuning".to_string())].into(),
+        expected_version: 0,
+    };
+    store.update_variable("s", "a", Raw::Int(3), &change).unwrap();
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(got[0].source, Source::Python);
+    assert_eq!(got[0].metadata.get("why").map(String::as_str), Some("tuning"));
+}
