@@ -23,6 +23,7 @@ defmodule Snakepit.Bridge.Native do
   def list_sessions, do: err()
   def session_exists(_id), do: err()
   def touch_session(_id), do: err()
+  def stats, do: err()
 
   # Snakepit.Bridge.SessionStore: variables
   def register_variable(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
@@ -34,4 +35,8 @@ defmodule Snakepit.Bridge.Native do
   def update_variables(_session_id, _updates, _metadata, _atomic), do: err()
   def list_variables(_session_id, _pattern), do: err()
   def delete_variable(_session_id, _identifier), do: err()
+
+  # Snakepit.Bridge.SessionStore: watching
+  def watch_variables(_session_id, _identifiers, _pid, _include_initial, _since_versions), do: err()
+  def unwatch_variables(_ref), do: err()
 end

@@ -27,6 +27,16 @@ defmodule Snakepit.Bridge.SessionStore do
   id or its name (atom or string). A write that breaks the type or a constraint
   is refused and changes nothing.
 
+  ## Watching
+
+      {:ok, ref} = SessionStore.watch_variables("run-1", [:temperature], include_initial: true)
+      receive do
+        {:snakepit_variable_update, ^ref, %Snakepit.Bridge.VariableUpdate{value: v}} -> v
+      end
+
+  Changes from any source (Elixir, or Python over gRPC) are pushed to the
+  watching process; see `Snakepit.Bridge.VariableUpdate` for the guarantees.
+
   ## Errors
 
   Expected failures are `{:error, reason}`:
@@ -42,7 +52,7 @@ defmodule Snakepit.Bridge.SessionStore do
   `ArgumentError` naming the argument.
   """
 
-  alias Snakepit.Bridge.{Native, Variable}
+  alias Snakepit.Bridge.{Native, Variable, VariableUpdate}
 
   @default_ttl_seconds 3600
 
@@ -64,7 +74,16 @@ defmodule Snakepit.Bridge.SessionStore do
           created_at: DateTime.t(),
           last_accessed_at: DateTime.t(),
           ttl_ms: pos_integer(),
-          variable_count: non_neg_integer()
+          variable_count: non_neg_integer(),
+          watcher_count: non_neg_integer()
+        }
+
+  @type stats :: %{
+          sessions: non_neg_integer(),
+          grpc_watchers: non_neg_integer(),
+          elixir_watchers: non_neg_integer(),
+          watchers: non_neg_integer(),
+          watchers_opened: non_neg_integer()
         }
 
   @type batch_results :: %{optional(identifier_t()) => {:ok, pos_integer()} | {:error, reason()}}
@@ -125,6 +144,16 @@ defmodule Snakepit.Bridge.SessionStore do
   def session_exists?(session_id) do
     check_session_id!(session_id)
     Native.session_exists(session_id)
+  end
+
+  @doc """
+  Totals for the whole store: live sessions, live watchers (gRPC streams,
+  Elixir subscriptions, and both together) and watchers opened since start.
+  """
+  @spec stats() :: stats()
+  def stats do
+    stats = Native.stats()
+    Map.put(stats, :watchers, stats.grpc_watchers + stats.elixir_watchers)
   end
 
   @doc "Restarts the session's idle timer, like a gRPC Heartbeat."
@@ -320,6 +349,71 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
     Native.delete_variable(session_id, identifier)
+  end
+
+  # -- watching ------------------------------------------------------------------
+
+  @doc """
+  Subscribes a process to changes of variables, from any source.
+
+  The process (the caller, or `opts[:pid]`) receives
+  `t:Snakepit.Bridge.VariableUpdate.message/0` messages tagged with the
+  returned `ref`. The subscription ends with `unwatch_variables/1`, when the
+  process exits (it is monitored), or after the `:session_closed` update.
+
+  Options:
+    * `:pid` — who receives the updates (default `self()`)
+    * `:include_initial` — start with each variable's current value (default `false`)
+    * `:since_versions` — `%{identifier => version}` the process already has;
+      a variable's current value is sent first only if it is newer
+
+  Every identifier must exist: `{:error, :not_found}` otherwise, and nothing
+  is subscribed.
+  """
+  @spec watch_variables(session_id(), [identifier_t()], keyword()) :: {:ok, reference()} | {:error, reason()}
+  def watch_variables(session_id, identifiers, opts \\ []) do
+    check_session_id!(session_id)
+
+    unless is_list(identifiers) do
+      raise ArgumentError, "identifiers must be a list, got: #{inspect(identifiers)}"
+    end
+
+    Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
+    check_keyword!(opts, "opts")
+    pid = Keyword.get(opts, :pid, self())
+    unless is_pid(pid) and node(pid) == node(), do: raise(ArgumentError, "the :pid option must be a local pid, got: #{inspect(pid)}")
+    include_initial = Keyword.get(opts, :include_initial, false)
+    unless is_boolean(include_initial), do: raise(ArgumentError, "the :include_initial option must be a boolean, got: #{inspect(include_initial)}")
+
+    since =
+      opts
+      |> Keyword.get(:since_versions, %{})
+      |> Map.new(fn
+        {k, v} when (is_binary(k) or is_atom(k)) and is_integer(v) and v >= 0 -> {to_string(k), v}
+        other -> raise ArgumentError, "the :since_versions option maps identifiers to versions, got entry: #{inspect(other)}"
+      end)
+
+    Native.watch_variables(session_id, identifiers, pid, include_initial, since)
+  end
+
+  @doc """
+  Ends a subscription at once (it stops counting in `watcher_count`).
+  Idempotent. Updates already delivered stay in the mailbox; when the caller
+  is the watching process, they are flushed.
+  """
+  @spec unwatch_variables(reference()) :: :ok
+  def unwatch_variables(ref) do
+    unless is_reference(ref), do: raise(ArgumentError, "ref must be the reference watch_variables/3 returned, got: #{inspect(ref)}")
+    :ok = Native.unwatch_variables(ref)
+    flush(ref)
+  end
+
+  defp flush(ref) do
+    receive do
+      {:snakepit_variable_update, ^ref, %VariableUpdate{}} -> flush(ref)
+    after
+      0 -> :ok
+    end
   end
 
   # -- argument checks ----------------------------------------------------------

@@ -442,7 +442,7 @@ impl Subscription {
 
     /// A handle that can end this subscription from elsewhere.
     pub fn canceller(&self) -> Canceller {
-        Canceller(Arc::downgrade(&self.watcher))
+        Canceller { watcher: Arc::downgrade(&self.watcher), session: self.session.clone() }
     }
 }
 
@@ -455,15 +455,28 @@ impl Drop for Subscription {
 }
 
 /// Ends a subscription from another thread: its `next_batch` returns `None`.
-#[derive(Debug, Clone)]
-pub struct Canceller(Weak<Watcher>);
+#[derive(Clone)]
+pub struct Canceller {
+    watcher: Weak<Watcher>,
+    session: Weak<SessionWatch>,
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller").finish_non_exhaustive()
+    }
+}
 
 impl Canceller {
-    /// Ends the subscription; pending updates are dropped.
+    /// Ends the subscription at once: it stops counting as a watcher and
+    /// pending updates are dropped. Idempotent.
     pub fn cancel(&self) {
-        if let Some(w) = self.0.upgrade() {
+        if let Some(w) = self.watcher.upgrade() {
             w.state().finished = true;
             w.notify.notify_one();
+            if let Some(session) = self.session.upgrade() {
+                session.unsubscribe(w.id);
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //! turns a panic into an Erlang error, so none crosses the boundary as a crash.
 //!
 //! Rust modules mirror the Elixir modules they serve: `session_store` for
-//! `Snakepit.Bridge.SessionStore`, `server` for `Snakepit.Bridge.Server`.
+//! `Snakepit.Bridge.SessionStore`, `server` for `Snakepit.Bridge.Server`, `watch` for the watch half of
+//! `SessionStore`.
 
 use once_cell::sync::Lazy;
 use snakepit_core::Store;
@@ -16,6 +17,7 @@ mod atoms;
 mod convert;
 mod server;
 mod session_store;
+mod watch;
 
 /// The one store of this BEAM: every server and every Elixir call shares it.
 pub(crate) static STORE: Lazy<Store> = Lazy::new(Store::new);

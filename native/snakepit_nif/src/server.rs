@@ -16,7 +16,7 @@ use crate::STORE;
 /// inside the compiler's VM, which must not start threads it cannot stop.
 static RUNTIME: OnceCell<Runtime> = OnceCell::new();
 
-fn runtime() -> std::io::Result<&'static Runtime> {
+pub(crate) fn runtime() -> std::io::Result<&'static Runtime> {
     RUNTIME.get_or_try_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .thread_name("snakepit-bridge")

@@ -13,7 +13,7 @@ use crate::STORE;
 fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> Term<'a> {
     let keys = [
         atoms::id(), atoms::metadata(), atoms::created_at(), atoms::last_accessed_at(),
-        atoms::ttl_ms(), atoms::variable_count(),
+        atoms::ttl_ms(), atoms::variable_count(), atoms::watcher_count(),
     ]
     .map(|a| a.encode(env));
     let values = [
@@ -23,6 +23,7 @@ fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> T
         convert::datetime(env, info.last_accessed_at_us),
         (info.ttl.as_millis() as u64).encode(env),
         info.variable_count.encode(env),
+        info.watcher_count.encode(env),
     ];
     Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
 }
@@ -53,6 +54,14 @@ fn delete_session(id: &str) -> usize {
 #[rustler::nif]
 fn list_sessions() -> Vec<String> {
     STORE.list_sessions()
+}
+
+#[rustler::nif]
+fn stats(env: Env) -> Term {
+    let st = STORE.stats();
+    let keys = [atoms::sessions(), atoms::grpc_watchers(), atoms::elixir_watchers(), atoms::watchers_opened()];
+    let values = [st.sessions as u64, st.grpc_watchers as u64, st.elixir_watchers as u64, st.watchers_opened];
+    Term::map_from_arrays(env, &keys, &values).expect("distinct keys")
 }
 
 #[rustler::nif]

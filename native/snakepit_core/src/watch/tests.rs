@@ -214,7 +214,9 @@ async fn dropping_or_cancelling_ends_the_subscription_and_frees_it() {
     let waiter = tokio::spawn(async move { sub.next_batch().await.is_none() });
     tokio::task::yield_now().await;
     cancel.cancel();
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 0, "cancel frees it at once");
     assert!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap());
+    cancel.cancel();
     assert_eq!(store.get_session("s").unwrap().watcher_count, 0);
 }
 
