@@ -177,7 +177,7 @@ defmodule Snakepit.Bench.Nif do
     {:ok, %{value: 0.25}} = SessionStore.get_variable(sid, :x)
     0.25 = SessionStore.get_variable_value(sid, :x)
     {:ok, _version} = Native.update_variable(sid, :x, 0.5, %{}, 0)
-    {:ok, %{value: 0.5}} = Native.get_variable(sid, :x)
+    {:ok, {_id, _name, :float, 0.5, _, _, _, _, _, _}} = Native.get_variable(sid, :x)
     :pong = GenServer.call(echo, :ping)
     :ok
   end

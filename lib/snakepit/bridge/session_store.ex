@@ -204,7 +204,11 @@ defmodule Snakepit.Bridge.SessionStore do
   def get_variable(session_id, identifier) do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
-    Native.get_variable(session_id, identifier)
+
+    case Native.get_variable(session_id, identifier) do
+      {:ok, fields} -> {:ok, Variable.from_native(fields)}
+      error -> error
+    end
   end
 
   @doc """
@@ -281,7 +285,8 @@ defmodule Snakepit.Bridge.SessionStore do
     Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
 
     case Native.get_variables(session_id, identifiers) do
-      {:ok, {found, missing}} -> {:ok, %{found: found, missing: missing}}
+      {:ok, {found, missing}} ->
+        {:ok, %{found: Map.new(found, fn {k, fields} -> {k, Variable.from_native(fields)} end), missing: missing}}
       error -> error
     end
   end
@@ -340,7 +345,10 @@ defmodule Snakepit.Bridge.SessionStore do
       raise ArgumentError, "pattern must be a string or nil, got: #{inspect(pattern)}"
     end
 
-    Native.list_variables(session_id, pattern)
+    case Native.list_variables(session_id, pattern) do
+      {:ok, vars} -> {:ok, Enum.map(vars, &Variable.from_native/1)}
+      error -> error
+    end
   end
 
   @doc "Deletes a variable; its id is never reused."

@@ -53,4 +53,39 @@ defmodule Snakepit.Bridge.Variable do
     constraints: %{},
     metadata: %{}
   ]
+
+  @doc false
+  # Builds the struct from the tuple the NIF's read path returns; struct and
+  # map literals here are much cheaper than building maps inside the NIF.
+  def from_native({id, name, type, value, constraints, metadata, version, source, created, updated}) do
+    %__MODULE__{
+      id: id,
+      name: name,
+      type: type,
+      value: value,
+      constraints: constraints,
+      metadata: metadata,
+      version: version,
+      source: source,
+      created_at: datetime(created),
+      last_updated_at: datetime(updated)
+    }
+  end
+
+  defp datetime({year, month, day, hour, minute, second, microsecond}) do
+    %DateTime{
+      calendar: Calendar.ISO,
+      year: year,
+      month: month,
+      day: day,
+      hour: hour,
+      minute: minute,
+      second: second,
+      microsecond: {microsecond, 6},
+      std_offset: 0,
+      utc_offset: 0,
+      time_zone: "Etc/UTC",
+      zone_abbr: "UTC"
+    }
+  end
 end

@@ -252,16 +252,10 @@ pub fn datetime<'a>(env: Env<'a>, unix_us: i64) -> Term<'a> {
     Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
 }
 
-/// A `%Snakepit.Bridge.Variable{}`.
-pub fn variable<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
-    let keys = [
-        atoms::struct_(), atoms::id(), atoms::name(), atoms::type_(), atoms::value(),
-        atoms::constraints(), atoms::metadata(), atoms::version(), atoms::source(),
-        atoms::created_at(), atoms::last_updated_at(),
-    ]
-    .map(|a| a.encode(env));
-    let values = [
-        atoms::variable_struct().encode(env),
+/// The fields of a variable in `%Snakepit.Bridge.Variable{}` order, with
+/// timestamps encoded by `time`.
+fn variable_fields<'a>(env: Env<'a>, v: &Variable, time: fn(Env<'a>, i64) -> Term<'a>) -> [Term<'a>; 10] {
+    [
         v.id.as_ref().encode(env),
         v.name.as_ref().encode(env),
         type_atom(env, v.ty),
@@ -270,8 +264,36 @@ pub fn variable<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
         metadata_term(env, &v.metadata),
         v.version.encode(env),
         source_atom(env, v.source),
-        datetime(env, v.created_at_us),
-        datetime(env, v.updated_at_us),
-    ];
+        time(env, v.created_at_us),
+        time(env, v.updated_at_us),
+    ]
+}
+
+/// A `%Snakepit.Bridge.Variable{}`, for messages sent to processes.
+pub fn variable<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
+    let keys = [
+        atoms::struct_(), atoms::id(), atoms::name(), atoms::type_(), atoms::value(),
+        atoms::constraints(), atoms::metadata(), atoms::version(), atoms::source(),
+        atoms::created_at(), atoms::last_updated_at(),
+    ]
+    .map(|a| a.encode(env));
+    let mut values = Vec::with_capacity(keys.len());
+    values.push(atoms::variable_struct().encode(env));
+    values.extend(variable_fields(env, v, datetime));
     Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+}
+
+/// The same fields as a tuple, timestamps as `{y, mo, d, h, mi, s, us}`: the
+/// read path returns this and Elixir builds the structs from literals, which
+/// skips the key sorting `enif_make_map_from_arrays` does on every call.
+pub fn variable_tuple<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
+    rustler::types::tuple::make_tuple(env, &variable_fields(env, v, datetime_tuple))
+}
+
+fn datetime_tuple<'a>(env: Env<'a>, unix_us: i64) -> Term<'a> {
+    let secs = unix_us.div_euclid(1_000_000);
+    let (y, mo, d) = snakepit_core::clock::civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let parts = [y, mo, d, sod / 3600, sod % 3600 / 60, sod % 60, unix_us.rem_euclid(1_000_000)];
+    rustler::types::tuple::make_tuple(env, &parts.map(|p| p.encode(env)))
 }

@@ -103,7 +103,7 @@ fn register_variable<'a>(
 fn get_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
     let identifier = text(identifier)?;
     Ok(match STORE.get_variable(session_id, &identifier) {
-        Ok(v) => (atoms::ok(), convert::variable(env, &v)).encode(env),
+        Ok(v) => (atoms::ok(), convert::variable_tuple(env, &v)).encode(env),
         Err(e) => convert::error(env, &e),
     })
 }
@@ -153,7 +153,7 @@ fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>)
     Ok(match STORE.get_variables(session_id, &names) {
         Ok((found, missing)) => {
             let (fk, fv): (Vec<Term>, Vec<Term>) =
-                found.iter().map(|(k, v)| (keys[k], convert::variable(env, v))).unzip();
+                found.iter().map(|(k, v)| (keys[k], convert::variable_tuple(env, v))).unzip();
             let found = Term::map_from_term_arrays(env, &fk, &fv)?;
             let missing: Vec<Term> = missing.iter().map(|k| keys[k]).collect();
             (atoms::ok(), (found, missing)).encode(env)
@@ -211,7 +211,7 @@ fn update_variables<'a>(
 fn list_variables<'a>(env: Env<'a>, session_id: &str, pattern: Option<&str>) -> Term<'a> {
     match STORE.list_variables(session_id, pattern) {
         Ok(vars) => {
-            let terms: Vec<Term> = vars.iter().map(|v| convert::variable(env, v)).collect();
+            let terms: Vec<Term> = vars.iter().map(|v| convert::variable_tuple(env, v)).collect();
             (atoms::ok(), terms).encode(env)
         }
         Err(e) => convert::error(env, &e),
