@@ -160,9 +160,12 @@ impl BridgeService for Service {
         let req = request.into_inner();
         let (found, missing) = self
             .store
-            .get_variables(&req.session_id, &req.variable_identifiers)
+            .get_variables(&req.session_id, req.variable_identifiers)
             .map_err(store_err)?;
-        let variables = found.iter().map(|(k, v)| (k.clone(), wire::variable(v))).collect();
+        let variables = found
+            .into_iter()
+            .map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata)))
+            .collect();
         Ok(Response::new(BatchGetVariablesResponse { variables, missing_variables: missing }))
     }
 

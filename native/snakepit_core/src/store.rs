@@ -508,15 +508,15 @@ impl Store {
 
     /// Looks up several variables at once: those found, keyed by the identifier
     /// asked for, and the identifiers not found.
-    pub fn get_variables(&self, session_id: &str, identifiers: &[String]) -> Result<(Vec<(String, Variable)>, Vec<String>)> {
+    pub fn get_variables(&self, session_id: &str, identifiers: Vec<String>) -> Result<(Vec<(String, Variable)>, Vec<String>)> {
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         let mut found = Vec::with_capacity(identifiers.len());
         let mut missing = Vec::new();
         for ident in identifiers {
-            match vars.get(ident) {
-                Some(v) => found.push((ident.clone(), v.clone())),
-                None => missing.push(ident.clone()),
+            match vars.get(&ident) {
+                Some(v) => found.push((ident, v.clone())),
+                None => missing.push(ident),
             }
         }
         Ok((found, missing))

@@ -188,12 +188,35 @@ fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreErr
     })
 }
 
+/// The plain `type_url` of each type, so encoding a value formats nothing.
+fn type_url(ty: VarType) -> &'static str {
+    match ty {
+        VarType::Float => "type.googleapis.com/snakepit.float",
+        VarType::Integer => "type.googleapis.com/snakepit.integer",
+        VarType::String => "type.googleapis.com/snakepit.string",
+        VarType::Boolean => "type.googleapis.com/snakepit.boolean",
+        VarType::Choice => "type.googleapis.com/snakepit.choice",
+        VarType::Module => "type.googleapis.com/snakepit.module",
+        VarType::Embedding => "type.googleapis.com/snakepit.embedding",
+        VarType::Tensor => "type.googleapis.com/snakepit.tensor",
+    }
+}
+
 /// Encodes a value as an `Any` plus, on the binary path, its raw bytes.
 pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
     let plain = |json: Json| Any {
-        type_url: format!("{TYPE_URL_PREFIX}{}", ty.as_str()),
+        type_url: type_url(ty).to_string(),
         value: serde_json::to_vec(&json).expect("JSON values always serialize"),
     };
+    // Scalars are the common case: serialize them without building a JSON tree.
+    let scalar = |bytes: Vec<u8>| (Any { type_url: type_url(ty).to_string(), value: bytes }, Vec::new());
+    match value {
+        Value::Float(x) if x.is_finite() => return scalar(serde_json::to_vec(x).expect("finite floats serialize")),
+        Value::Integer(i) => return scalar(i.to_string().into_bytes()),
+        Value::Boolean(b) => return scalar(if *b { b"true".to_vec() } else { b"false".to_vec() }),
+        Value::Text(t) => return scalar(serde_json::to_vec(t).expect("strings serialize")),
+        _ => {}
+    }
     let binary = |shape: &[usize], data: &[f64]| {
         let meta = serde_json::json!({"shape": shape, "dtype": "float64", "binary_format": "raw_le"});
         let any = Any {
@@ -229,14 +252,26 @@ pub fn source(s: Source) -> proto::variable::Source {
 
 /// A variable snapshot as its protobuf message.
 pub fn variable(v: &Variable) -> proto::Variable {
+    variable_with(v, true)
+}
+
+/// A variable snapshot as its protobuf message; without `include_metadata`,
+/// `constraints_json` and `metadata` stay empty (batch reads that only want
+/// values ask for that, and it halves what is encoded and parsed).
+pub fn variable_with(v: &Variable, include_metadata: bool) -> proto::Variable {
     let (value, binary_value) = encode_value(v.ty, &v.value);
+    let (constraints_json, metadata) = if include_metadata {
+        (raw_to_json(&v.constraints.to_raw()).to_string(), self::metadata(&v.metadata))
+    } else {
+        (String::new(), std::collections::HashMap::new())
+    };
     proto::Variable {
         id: v.id.to_string(),
         name: v.name.to_string(),
         r#type: v.ty.as_str().to_string(),
         value: Some(value),
-        constraints_json: raw_to_json(&v.constraints.to_raw()).to_string(),
-        metadata: metadata(&v.metadata),
+        constraints_json,
+        metadata,
         source: source(v.source) as i32,
         last_updated_at: Some(timestamp(v.updated_at_us)),
         version: v.version,

@@ -150,7 +150,7 @@ fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>)
         keys.insert(name.clone(), term);
         names.push(name);
     }
-    Ok(match STORE.get_variables(session_id, &names) {
+    Ok(match STORE.get_variables(session_id, names) {
         Ok((found, missing)) => {
             let (fk, fv): (Vec<Term>, Vec<Term>) =
                 found.iter().map(|(k, v)| (keys[k], convert::variable_tuple(env, v))).unzip();
