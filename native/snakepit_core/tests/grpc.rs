@@ -181,8 +181,20 @@ async fn batches_over_grpc() {
         .await
         .unwrap()
         .into_inner();
-    assert!(got.variables.contains_key("a"));
     assert_eq!(got.missing_variables, vec!["zzz".to_string()]);
+    // Without include_metadata, values only: no constraints or metadata.
+    assert_eq!(got.variables["a"].constraints_json, "");
+    let full = c
+        .get_variables(BatchGetVariablesRequest {
+            session_id: "s".into(),
+            variable_identifiers: vec!["a".into()],
+            include_metadata: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(full.variables["a"].constraints_json, r#"{"min":0}"#);
 
     let batch = |atomic: bool, b: &str| BatchSetVariablesRequest {
         session_id: "s".into(),
