@@ -2,6 +2,7 @@ defmodule Snakepit.Bridge.WatchTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.Bridge.{SessionStore, VariableUpdate}
+  alias Snakepit.Test.Watchers
 
   setup do
     sid = "watch-test-#{System.unique_integer([:positive])}"
@@ -16,19 +17,6 @@ defmodule Snakepit.Bridge.WatchTest do
       {:snakepit_variable_update, ^ref, %VariableUpdate{} = u} -> u
     after
       timeout -> flunk("no update within #{timeout} ms")
-    end
-  end
-
-  defp watchers(sid) do
-    {:ok, %{watcher_count: n}} = SessionStore.get_session(sid)
-    n
-  end
-
-  defp await_watchers(sid, want, deadline \\ System.monotonic_time(:millisecond) + 5000) do
-    cond do
-      watchers(sid) == want -> :ok
-      System.monotonic_time(:millisecond) > deadline -> flunk("watcher count stuck at #{watchers(sid)}, wanted #{want}")
-      true -> Process.sleep(5) && await_watchers(sid, want, deadline)
     end
   end
 
@@ -97,9 +85,9 @@ defmodule Snakepit.Bridge.WatchTest do
 
   test "unwatch ends it at once and flushes the caller's mailbox", %{sid: sid} do
     {:ok, ref} = SessionStore.watch_variables(sid, [:a], include_initial: true)
-    assert watchers(sid) == 1
+    assert Watchers.count(sid) == 1
     assert :ok = SessionStore.unwatch_variables(ref)
-    assert watchers(sid) == 0
+    assert Watchers.count(sid) == 0
     :ok = SessionStore.update_variable(sid, :a, 1)
     refute_receive {:snakepit_variable_update, ^ref, _}, 50
     assert :ok = SessionStore.unwatch_variables(ref)
@@ -116,9 +104,9 @@ defmodule Snakepit.Bridge.WatchTest do
       end)
 
     assert_receive :watching
-    assert watchers(sid) == 1
+    assert Watchers.count(sid) == 1
     Process.exit(watcher, :kill)
-    await_watchers(sid, 0)
+    Watchers.await(sid, 0)
   end
 
   test "updates can go to another process", %{sid: sid} do
@@ -133,7 +121,7 @@ defmodule Snakepit.Bridge.WatchTest do
     assert {:error, :not_found} = SessionStore.watch_variables(sid, [:a, :nope])
     assert {:error, {:invalid_argument, _}} = SessionStore.watch_variables(sid, [])
     assert {:error, {:session_not_found, "nope"}} = SessionStore.watch_variables("nope", [:a])
-    assert watchers(sid) == 0
+    assert Watchers.count(sid) == 0
     assert_raise ArgumentError, ~r/identifiers must be a list/, fn -> SessionStore.watch_variables(sid, :a) end
     assert_raise ArgumentError, ~r/:pid option/, fn -> SessionStore.watch_variables(sid, [:a], pid: :me) end
     assert_raise ArgumentError, ~r/ref must be/, fn -> SessionStore.unwatch_variables(:nope) end

@@ -1,0 +1,40 @@
+"""Opens a watch, then leaves in the way the test asks.
+
+Usage: watch_and_leave.py ADDRESS SESSION_ID MODE
+MODE: cancel — cancel the consuming task; close — close the channel;
+kill — do nothing and wait to be killed. Prints READY once the first update
+(the initial value) arrived, then LEFT after leaving; then waits on stdin.
+"""
+
+import asyncio
+import sys
+
+import grpc
+
+from snakepit_bridge import SessionContext
+
+
+async def main(address: str, session_id: str, mode: str) -> None:
+    channel = grpc.aio.insecure_channel(address)
+    ctx = SessionContext(session_id, channel)
+    ready = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in ctx.watch_variables(["x"], include_initial=True):
+            ready.set()
+
+    task = asyncio.create_task(consume())
+    await ready.wait()
+    print("READY", flush=True)
+    if mode == "cancel":
+        task.cancel()
+    elif mode == "close":
+        await channel.close()
+    if mode != "kill":
+        print("LEFT", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))

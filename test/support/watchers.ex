@@ -1,0 +1,27 @@
+defmodule Snakepit.Test.Watchers do
+  @moduledoc "Waiting on a session's watcher count, with a deadline instead of blind sleeps."
+
+  import ExUnit.Assertions, only: [flunk: 1]
+  alias Snakepit.Bridge.SessionStore
+
+  @doc "The session's live watcher count."
+  def count(sid) do
+    {:ok, %{watcher_count: n}} = SessionStore.get_session(sid)
+    n
+  end
+
+  @doc "Polls every 5 ms until the count is `want`; fails after `timeout` ms."
+  def await(sid, want, timeout \\ 10_000) do
+    await_until(sid, want, System.monotonic_time(:millisecond) + timeout)
+  end
+
+  defp await_until(sid, want, deadline) do
+    n = count(sid)
+
+    cond do
+      n == want -> :ok
+      System.monotonic_time(:millisecond) > deadline -> flunk("watcher count is #{n}, wanted #{want}")
+      true -> Process.sleep(5) && await_until(sid, want, deadline)
+    end
+  end
+end
