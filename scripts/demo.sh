@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The main job: builds the bridge and starts the standalone server, which
-# prints the address it listens on. Ctrl-C stops it.
+# The main job: the reactive demo. An Elixir app starts the bridge, Python
+# workers watch its variables and react, an Elixir optimizer watches their
+# feedback; it ends by itself (about 20 s; --seconds N to run longer) with a
+# summary, and exits 0 only if every worker ends with the store's values.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
 cargo build --release --workspace
-exec "$root/target/release/snakepit-bridge-server" --listen 127.0.0.1:0 "$@"
+export SNAKEPIT_PYTHON="$root/.venv/bin/python"
+exec mix run examples/reactive_demo/demo.exs "$@"
