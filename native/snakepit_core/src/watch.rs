@@ -9,7 +9,10 @@
 //!   bounded by the number of variables it watches.
 //! - **Writers never wait**: a write only records the change in its session's
 //!   pending set and, if the session was not already queued, queues it for the
-//!   dispatcher thread — O(1), whatever the number of watchers.
+//!   dispatcher thread — O(1), whatever the number of watchers. With at most
+//!   [`INLINE_FANOUT`] watchers the writer hands the change to them itself:
+//!   bounded work that saves waking the dispatcher, a thread hop that costs
+//!   more latency than the hand-off costs the writer.
 //! - **Atomic batches stay adjacent**: the changes of one batch enter every
 //!   pending set together, at its end, so a watcher reads them back to back.
 //! - **No race with initial values**: a subscription is registered and its
@@ -31,6 +34,10 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak};
 use tokio::sync::Notify;
 
 use crate::store::{Metadata, Source, Variable};
+
+/// Sessions with at most this many watchers are fanned out by the writer
+/// itself; above it, by the dispatcher thread.
+pub const INLINE_FANOUT: usize = 4;
 
 /// What an update says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +273,12 @@ impl SessionWatch {
             p.updates.push(Arc::new(u));
         }
         if !p.queued {
+            if self.count() <= INLINE_FANOUT {
+                drop(p);
+                // Still under the writer's variable lock, so rounds stay in version order.
+                self.dispatch();
+                return;
+            }
             p.queued = true;
             drop(p);
             self.hub.schedule(self.clone());
