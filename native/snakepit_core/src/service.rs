@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::*;
-use crate::store::{Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
+use crate::store::{BatchGet, Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
 use crate::watch::{Owner, Subscription, Update};
 use crate::value::VarType;
 use crate::wire;
@@ -158,7 +158,7 @@ impl BridgeService for Service {
         request: Request<BatchGetVariablesRequest>,
     ) -> Result<Response<BatchGetVariablesResponse>, Status> {
         let req = request.into_inner();
-        let (found, missing) = self
+        let BatchGet { found, missing } = self
             .store
             .get_variables(&req.session_id, req.variable_identifiers)
             .map_err(store_err)?;

@@ -140,6 +140,15 @@ impl From<Raw> for Input {
     }
 }
 
+/// What a batch read found.
+#[derive(Debug, Clone)]
+pub struct BatchGet {
+    /// Found variables, keyed by the identifier asked for, in the order asked.
+    pub found: Vec<(String, Variable)>,
+    /// Identifiers with no variable.
+    pub missing: Vec<String>,
+}
+
 /// What a batch update did, key by key, in the order the keys were given.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchOutcome {
@@ -508,7 +517,7 @@ impl Store {
 
     /// Looks up several variables at once: those found, keyed by the identifier
     /// asked for, and the identifiers not found.
-    pub fn get_variables(&self, session_id: &str, identifiers: Vec<String>) -> Result<(Vec<(String, Variable)>, Vec<String>)> {
+    pub fn get_variables(&self, session_id: &str, identifiers: Vec<String>) -> Result<BatchGet> {
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         let mut found = Vec::with_capacity(identifiers.len());
@@ -519,7 +528,7 @@ impl Store {
                 None => missing.push(ident),
             }
         }
-        Ok((found, missing))
+        Ok(BatchGet { found, missing })
     }
 
     /// Sets several variables under one lock. With `atomic`, all are applied or

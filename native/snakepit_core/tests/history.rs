@@ -43,10 +43,10 @@ impl Rng {
 
 fn writer(store: Store, id: u64, ops: usize, written: Written) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id + 1));
-    let source = if id % 2 == 0 { Source::Elixir } else { Source::Python };
+    let source = if id.is_multiple_of(2) { Source::Elixir } else { Source::Python };
     for i in 0..ops {
         let value = (id * 1_000_000 + i as u64) as i64;
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             // An atomic batch of two or three distinct variables.
             let mut names: Vec<&str> = VARS.to_vec();
             let n = 2 + (rng.next() % 2) as usize;

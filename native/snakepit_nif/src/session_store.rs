@@ -151,7 +151,7 @@ fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>)
         names.push(name);
     }
     Ok(match STORE.get_variables(session_id, names) {
-        Ok((found, missing)) => {
+        Ok(snakepit_core::store::BatchGet { found, missing }) => {
             let (fk, fv): (Vec<Term>, Vec<Term>) =
                 found.iter().map(|(k, v)| (keys[k], convert::variable_tuple(env, v))).unzip();
             let found = Term::map_from_term_arrays(env, &fk, &fv)?;

@@ -184,7 +184,7 @@ fn batch_get_reports_missing() {
     session(&s, "s");
     let a = s.register_variable("s", float_var("a", 0.1), Source::Elixir).unwrap();
     let keys = vec![a.id.to_string(), "nope".to_string()];
-    let (found, missing) = s.get_variables("s", keys).unwrap();
+    let BatchGet { found, missing } = s.get_variables("s", keys).unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0, a.id.to_string());
     assert_eq!(missing, vec!["nope".to_string()]);
