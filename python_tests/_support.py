@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import re
 import selectors
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -65,8 +68,8 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(log_dir: Path, *extra_args: str) -> ServerProcess:
-    """Start the server on 127.0.0.1:0 and wait for its ``listening on HOST:PORT`` line.
+def start_server(log_dir: Path, *extra_args: str, listen: str = "127.0.0.1:0") -> ServerProcess:
+    """Start the server on ``listen`` (default 127.0.0.1:0) and wait for its ``listening on HOST:PORT`` line.
 
     Fails the test with the server's output if the line does not come within
     STARTUP_DEADLINE seconds or the process exits first.
@@ -76,7 +79,7 @@ def start_server(log_dir: Path, *extra_args: str) -> ServerProcess:
     log_path = log_dir / f"server-{time.monotonic_ns()}.log"
     log_file = open(log_path, "wb")
     process = subprocess.Popen(
-        [str(binary), "--listen", "127.0.0.1:0", *extra_args],
+        [str(binary), "--listen", listen, *extra_args],
         stdout=subprocess.PIPE,
         stderr=log_file,
         stdin=subprocess.DEVNULL,
@@ -155,3 +158,253 @@ class AnyMode:
             return result
 
         return call
+
+
+# --------------------------------------------------------------------------- watch helpers
+
+POLL_DEADLINE = 30.0  # seconds before a polled condition fails the test (never a timing claim)
+
+
+async def eventually(condition: Callable[[], Any], what: str, deadline: float = POLL_DEADLINE) -> None:
+    """Poll ``condition`` (a function, possibly async) until it is truthy; fail after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline}s waiting for {what}", pytrace=False)
+        await asyncio.sleep(0.01)
+
+
+async def within(awaitable: Any, what: str, deadline: float = POLL_DEADLINE) -> Any:
+    """Await ``awaitable``, failing the test (instead of hanging) after ``deadline`` seconds."""
+    try:
+        return await asyncio.wait_for(awaitable, deadline)
+    except asyncio.TimeoutError:
+        pytest.fail(f"timed out after {deadline}s waiting for {what}", pytrace=False)
+
+
+async def watcher_count(ctx: Any) -> int:
+    """The session's live watchers, through a SessionContext of either mode (or an AnyMode)."""
+    if isinstance(ctx, AnyMode):
+        info = await ctx.get_session()
+    else:
+        result = ctx.get_session()
+        info = await result if inspect.isawaitable(result) else result
+    return int(info["watcher_count"])
+
+
+async def wait_for_watchers(ctx: Any, expected: int) -> None:
+    """Poll GetSession until ``watcher_count == expected``."""
+    seen: list[int] = []
+
+    async def check() -> bool:
+        seen.append(await watcher_count(ctx))
+        return seen[-1] == expected
+
+    await eventually(check, f"watcher_count == {expected} (last seen {seen[-1:]})")
+
+
+def wait_for_watchers_blocking(ctx: SessionContext[Any], expected: int, deadline: float = POLL_DEADLINE) -> None:
+    """``wait_for_watchers`` for plain (non-async) tests, with a blocking context."""
+    end = time.monotonic() + deadline
+    while (count := ctx.get_session()["watcher_count"]) != expected:
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {deadline}s waiting for watcher_count == {expected} (last {count})")
+        time.sleep(0.01)
+
+
+_END: Any = object()
+
+
+def _next_or_end(watch: Any) -> Any:
+    try:
+        return next(watch)
+    except StopIteration:
+        return _END
+
+
+class WatchDriver:
+    """Drives a VariableWatch (blocking, on a worker thread) or an AsyncVariableWatch from async tests.
+
+    ``next()`` raises StopAsyncIteration at the end in both modes.
+    """
+
+    def __init__(self, watch: Any) -> None:
+        self.watch = watch
+        self.is_async = hasattr(watch, "__anext__")
+
+    async def next(self) -> Any:
+        if self.is_async:
+            return await self.watch.__anext__()
+        update = await asyncio.to_thread(_next_or_end, self.watch)
+        if update is _END:
+            raise StopAsyncIteration
+        return update
+
+    async def start(self) -> None:
+        if self.is_async:
+            await self.watch.start()
+        else:
+            await asyncio.to_thread(self.watch.start)
+
+    async def close(self) -> None:
+        if self.is_async:
+            await self.watch.aclose()
+        else:
+            self.watch.close()
+
+    async def rest(self) -> list[Any]:
+        """Every update until the iteration ends."""
+        out = []
+        while True:
+            try:
+                out.append(await self.next())
+            except StopAsyncIteration:
+                return out
+
+    async def until(self, predicate: Callable[[Any], bool]) -> list[Any]:
+        """Updates up to and including the first one ``predicate`` accepts."""
+        out = []
+        while True:
+            update = await self.next()
+            out.append(update)
+            if predicate(update):
+                return out
+
+
+# --------------------------------------------------------------------------- servers that go away
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bind port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RestartableServer:
+    """The server binary on one fixed port, which can be stopped and started again there."""
+
+    def __init__(self, log_dir: Path, port: int) -> None:
+        self.log_dir = log_dir
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.current: ServerProcess | None = None
+
+    def start(self) -> None:
+        """Start it on the port; retried a few times while the port is still being released."""
+        end = time.monotonic() + STARTUP_DEADLINE
+        while True:
+            try:
+                self.current = start_server(self.log_dir, listen=self.address)
+                return
+            except pytest.fail.Exception:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (graceful: open watch streams end with UNAVAILABLE) or SIGKILL."""
+        if self.current is None:
+            return
+        if kill:
+            self.current.process.kill()
+            self.current.process.wait()
+        else:
+            assert self.current.terminate() == 0, self.current.log()
+        self.current = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill)
+        self.start()
+
+
+class TcpProxy:
+    """A TCP forwarder in front of the server that can cut every connection, or refuse new ones.
+
+    ``drop()`` closes the open connections (clients see the connection reset,
+    the server sees them end); ``block()`` makes new connections close at once
+    until ``unblock()``. ``accepted`` counts connections forwarded.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._blocked = False
+        self._closed = False
+        self.accepted = 0
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                refuse = self._blocked or self._closed
+            if refuse:
+                _abort(client)
+                continue
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                _abort(client)
+                continue
+            with self._lock:
+                self._open += [client, upstream]
+                self.accepted += 1
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            _abort(sock)
+
+    def drop(self) -> None:
+        """Reset every open connection."""
+        with self._lock:
+            conns, self._open = self._open, []
+        for sock in conns:
+            _abort(sock)
+
+    def block(self) -> None:
+        with self._lock:
+            self._blocked = True
+        self.drop()
+
+    def unblock(self) -> None:
+        with self._lock:
+            self._blocked = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._listener.close()
+        self.drop()
+
+
+def _abort(sock: socket.socket) -> None:
+    """End a connection now: shutdown wakes the pump blocked in recv, linger 0 makes close reset it."""
+    for step in (
+        lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+        lambda: sock.shutdown(socket.SHUT_RDWR),
+        sock.close,
+    ):
+        try:
+            step()
+        except OSError:
+            pass

@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import grpc
 import grpc.aio
@@ -19,7 +19,7 @@ import pytest
 # Test the package in this repo even when it is not pip-installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "priv" / "python"))
 
-from _support import AnyMode, ServerProcess, start_server  # noqa: E402
+from _support import AnyMode, RestartableServer, ServerProcess, TcpProxy, free_port, start_server  # noqa: E402
 
 from snakepit_bridge import SessionContext  # noqa: E402
 
@@ -84,11 +84,15 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def channel_factory(mode: str, server_address: str) -> AsyncIterator[Any]:
-    """Makes channels of the test's mode to the shared server; all closed at the end."""
+    """Makes channels of the test's mode (to the shared server unless ``address`` is given); all closed at the end."""
     opened: list[Any] = []
 
-    def make() -> Any:
-        ch = grpc.aio.insecure_channel(server_address) if mode == "aio" else grpc.insecure_channel(server_address)
+    def make(address: Optional[str] = None, options: Optional[list[tuple[str, Any]]] = None) -> Any:
+        target = address or server_address
+        if mode == "aio":
+            ch = grpc.aio.insecure_channel(target, options=options)
+        else:
+            ch = grpc.insecure_channel(target, options=options)
         opened.append(ch)
         return ch
 
@@ -120,3 +124,20 @@ def other_ctx(mode: str, channel_factory: Any) -> Any:
         return AnyMode(SessionContext(session_id, channel_factory()))
 
     return make
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[RestartableServer]:
+    """A server of this test's own on a fixed free port, which the test may stop and restart."""
+    srv = RestartableServer(tmp_path, free_port())
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def proxy(server_address: str) -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the shared server that can cut its connections."""
+    fwd = TcpProxy(server_address)
+    yield fwd
+    fwd.close()

@@ -18,7 +18,15 @@ asyncio (the same methods, as coroutines)::
         ctx = SessionContext("my-session", channel)
         value = await ctx.get_variable("temperature")
 
+Watching (pushed by the server; the blocking form is ``for update in ...`` /
+``with ctx.watch_variables([...]) as watch:``)::
+
+    async for update in ctx.watch_variables(["temperature", "strategy"], reconnect=True):
+        print(update["name"], update["value"], update["version"], update["source"])
+
 Modules: :mod:`~snakepit_bridge.context` (``SessionContext``),
+:mod:`~snakepit_bridge.watch` (``VariableUpdate``, the watch iterators, and
+what the server and this client guarantee about watches),
 :mod:`~snakepit_bridge.errors` (the exception hierarchy),
 :mod:`~snakepit_bridge.types` (records and ``VariableType``),
 :mod:`~snakepit_bridge.values` (the wire encoding of values),
@@ -48,13 +56,22 @@ from .types import (
     VariableSource,
     VariableType,
 )
+from .watch import (
+    DEFAULT_BACKOFF,
+    AsyncVariableWatch,
+    UpdateType,
+    VariableUpdate,
+    VariableWatch,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_BACKOFF",
     "DEFAULT_TIMEOUT",
     "NOT_APPLIED_ATOMIC",
     "AlreadyExistsError",
+    "AsyncVariableWatch",
     "AuthenticationError",
     "BatchGetResult",
     "BatchUpdateResult",
@@ -66,11 +83,14 @@ __all__ = [
     "SessionContext",
     "SessionInfo",
     "SessionNotFoundError",
+    "UpdateType",
     "ValidationError",
     "VariableInfo",
     "VariableNotFoundError",
     "VariableSource",
     "VariableType",
+    "VariableUpdate",
+    "VariableWatch",
     "VersionConflictError",
     "__version__",
 ]

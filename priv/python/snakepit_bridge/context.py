@@ -17,6 +17,13 @@ Type cache
     know with one ``GetVariable``. Types never change; an entry goes on delete.
     If someone else deletes and re-registers a name with another type, the
     first refused set re-reads the type once and retries.
+
+Watches
+    :meth:`SessionContext.watch_variables` is a plan too, one that also yields
+    stream operations; :class:`~snakepit_bridge.watch.VariableWatch` and
+    :class:`~snakepit_bridge.watch.AsyncVariableWatch` drive it. While a watch
+    is live, the values it delivers are served by ``get_variable`` without an
+    RPC (see :mod:`snakepit_bridge.watch`, "The local value cache").
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from .errors import (
     BridgeUnavailableError,
     ValidationError,
     VariableNotFoundError,
-    error_from_status,
+    error_from_rpc_error,
 )
 from .types import (
     NOT_APPLIED_ATOMIC,
@@ -51,6 +58,20 @@ from .types import (
     VariableType,
 )
 from .values import EncodedValue, decode_value, encode_json, encode_value
+from .watch import (
+    _READ,
+    DEFAULT_BACKOFF,
+    AsyncVariableWatch,
+    VariableUpdate,
+    VariableWatch,
+    _Emit,
+    _OpenStream,
+    _Sleep,
+    _WatchCache,
+    _WatchHolder,
+    _WatchPlan,
+    _WatchState,
+)
 
 __all__ = ["DEFAULT_TIMEOUT", "SessionContext"]
 
@@ -186,6 +207,8 @@ class SessionContext(Generic[_ChannelT]):
         # identifier (id or name) -> type name; id <-> name. See "Type cache".
         self._types: dict[str, str] = {}
         self._aliases: dict[str, str] = {}
+        # Values delivered by live watches; see snakepit_bridge.watch.
+        self._watch_cache = _WatchCache()
 
     # ------------------------------------------------------------------ basics
 
@@ -277,6 +300,11 @@ class SessionContext(Generic[_ChannelT]):
                 self._types.pop(key, None)
                 self._aliases.pop(key, None)
 
+    def _names_of(self, identifier: str) -> tuple[str, ...]:
+        """The identifier and, when known, its alias (id for a name, name for an id)."""
+        alias = self._aliases.get(identifier)
+        return (identifier, alias) if alias else (identifier,)
+
     def _fetch_type(self, identifier: str) -> _Plan[str]:
         request = pb2.GetVariableRequest(session_id=self._session_id, variable_identifier=identifier)
         try:
@@ -350,6 +378,7 @@ class SessionContext(Generic[_ChannelT]):
         response = yield _Rpc("CleanupSession", request)
         self._types.clear()
         self._aliases.clear()
+        self._watch_cache.clear()
         return int(response.resources_cleaned)
 
     @overload
@@ -471,6 +500,8 @@ class SessionContext(Generic[_ChannelT]):
         """The current value of a variable, by id or name.
 
         With ``default`` given, a missing variable returns ``default`` instead of raising.
+        While a live watch of this context covers the variable, the value is
+        served locally, without an RPC (see :meth:`watch_variables`).
 
         Raises:
             VariableNotFoundError: no such variable (and no ``default``).
@@ -501,6 +532,9 @@ class SessionContext(Generic[_ChannelT]):
         return self._run(self._get_info(identifier))
 
     def _get_info(self, identifier: str) -> _Plan[VariableInfo]:
+        cached = self._watch_cache.lookup(identifier)
+        if cached is not None:
+            return cached
         request = pb2.GetVariableRequest(session_id=self._session_id, variable_identifier=identifier)
         try:
             response = yield _Rpc("GetVariable", request)
@@ -584,7 +618,9 @@ class SessionContext(Generic[_ChannelT]):
                 raise refused
             response = yield _Rpc("SetVariable", request_for(fresh))
         _check(response, "SetVariable")
-        return int(response.new_version)
+        new_version = int(response.new_version)
+        self._watch_cache.note_write(self._names_of(identifier), new_version)
+        return new_version
 
     @overload
     def get_variables(self: SessionContext[grpc.aio.Channel], identifiers: Iterable[str]) -> Awaitable[BatchGetResult]: ...
@@ -692,6 +728,8 @@ class SessionContext(Generic[_ChannelT]):
         response = yield _Rpc("SetVariables", request)
         errors = dict(response.errors)
         versions = {key: int(v) for key, v in response.new_versions.items()}
+        for key, version in versions.items():
+            self._watch_cache.note_write(self._names_of(key), version)
         for key in updates:
             if key in local_errors:
                 outcome[key] = local_errors[key]
@@ -743,6 +781,7 @@ class SessionContext(Generic[_ChannelT]):
         try:
             response = yield _Rpc("DeleteVariable", request)
         finally:
+            self._watch_cache.drop(identifier)
             self._forget(identifier)
         _check(response, "DeleteVariable")
 
@@ -764,6 +803,251 @@ class SessionContext(Generic[_ChannelT]):
         except VariableNotFoundError:
             return False
         return True
+
+    # ------------------------------------------------------------------ watching
+
+    @overload
+    def watch_variables(
+        self: SessionContext[grpc.aio.Channel],
+        identifiers: Iterable[str],
+        *,
+        include_initial: bool = True,
+        reconnect: bool = False,
+        since_versions: Optional[Mapping[str, int]] = None,
+        backoff: tuple[float, float] = DEFAULT_BACKOFF,
+    ) -> AsyncVariableWatch: ...
+    @overload
+    def watch_variables(
+        self: SessionContext[grpc.Channel],
+        identifiers: Iterable[str],
+        *,
+        include_initial: bool = True,
+        reconnect: bool = False,
+        since_versions: Optional[Mapping[str, int]] = None,
+        backoff: tuple[float, float] = DEFAULT_BACKOFF,
+    ) -> VariableWatch: ...
+    def watch_variables(
+        self,
+        identifiers: Iterable[str],
+        *,
+        include_initial: bool = True,
+        reconnect: bool = False,
+        since_versions: Optional[Mapping[str, int]] = None,
+        backoff: tuple[float, float] = DEFAULT_BACKOFF,
+    ) -> Any:
+        """Watch variables (by id or name): an iterator of :class:`~snakepit_bridge.VariableUpdate`.
+
+        On an aio context it is an :class:`~snakepit_bridge.AsyncVariableWatch`
+        (``async for update in ctx.watch_variables([...])``), on a blocking one
+        a :class:`~snakepit_bridge.VariableWatch` (``for update in ...``; close
+        it, or use ``with``). Nothing is sent before the first ``next``/``anext``
+        (or entering ``with``/``async with``, which waits until the server has
+        registered the watch). Each update is a mapping: ``update["value"]`` and
+        ``update.value`` both work.
+
+        Per variable, versions strictly increase and none comes twice; a
+        consumer that falls behind gets intermediate changes coalesced, and
+        always the latest value. The iterator yields the ``session_closed``
+        update when the session is cleaned up or expires and then stops; it
+        also stops after the ``deleted`` update of the last watched variable.
+        Closing it (``close()``/``aclose()``, leaving ``with``, ``break`` and
+        garbage collection, cancelling the awaiting task) cancels the RPC.
+
+        While the watch is live, the values it delivers are served by
+        :meth:`get_variable` (and ``get_variable_info``, ``ctx[name]``,
+        ``has_variable``, ``in``) without an RPC; see :mod:`snakepit_bridge.watch`.
+
+        Args:
+            identifiers: names or ids (a list, not a single string).
+            include_initial: start with each variable's current value
+                (``update_type == "initial_value"``).
+            reconnect: on UNAVAILABLE (server restart, dropped connection),
+                reopen the watch after an exponential backoff, forever or until
+                closed, resuming from the last version seen of each variable:
+                nothing is delivered twice and no final value is lost. See
+                :mod:`snakepit_bridge.watch` for restarts, which lose the
+                server's state.
+            since_versions: per identifier, the last version the caller has
+                already seen (e.g. from an earlier watch): its current value is
+                sent first only if newer (this overrides ``include_initial`` for it).
+            backoff: ``(first, longest)`` delay in seconds between reconnection
+                attempts (doubling, jittered).
+
+        Iteration raises (then ends):
+            SessionNotFoundError: the session does not exist (on opening).
+            VariableNotFoundError: a variable does not exist (on opening: the
+                whole watch is refused), or, with ``reconnect``, a variable never
+                delivered was deleted while the watch was disconnected.
+            ValidationError: ``identifiers`` is empty (INVALID_ARGUMENT).
+            BridgeUnavailableError: the server went away and ``reconnect`` is off,
+                or the channel was closed (never retried).
+            asyncio.CancelledError: (aio) the awaiting task was cancelled.
+
+        Raises:
+            TypeError: ``identifiers`` is a string, or holds a non-string.
+            ValueError: ``backoff`` is not two positive numbers, first <= longest.
+        """
+        if isinstance(identifiers, (str, bytes)):
+            raise TypeError("identifiers must be a list of names or ids, not a single string; use watch_variable()")
+        idents = list(identifiers)
+        for ident in idents:
+            if not isinstance(ident, str):
+                raise TypeError(f"identifiers must be strings, not {type(ident).__name__}")
+        first, longest = (float(x) for x in backoff)
+        if not 0 < first <= longest:
+            raise ValueError(f"backoff must be (first, longest) with 0 < first <= longest, not {backoff!r}")
+        since = {str(k): int(v) for k, v in (since_versions or {}).items()}
+        state = _WatchState(idents, bool(include_initial), since, bool(reconnect), (first, longest))
+        holder = _WatchHolder()
+        plan = self._watch_plan(state, holder)
+        if self._is_async:
+            return AsyncVariableWatch(self, plan, holder, idents)
+        return VariableWatch(self, plan, holder, idents)
+
+    @overload
+    def watch_variable(
+        self: SessionContext[grpc.aio.Channel],
+        identifier: str,
+        *,
+        include_initial: bool = True,
+        reconnect: bool = False,
+        since_version: Optional[int] = None,
+        backoff: tuple[float, float] = DEFAULT_BACKOFF,
+    ) -> AsyncVariableWatch: ...
+    @overload
+    def watch_variable(
+        self: SessionContext[grpc.Channel],
+        identifier: str,
+        *,
+        include_initial: bool = True,
+        reconnect: bool = False,
+        since_version: Optional[int] = None,
+        backoff: tuple[float, float] = DEFAULT_BACKOFF,
+    ) -> VariableWatch: ...
+    def watch_variable(
+        self,
+        identifier: str,
+        *,
+        include_initial: bool = True,
+        reconnect: bool = False,
+        since_version: Optional[int] = None,
+        backoff: tuple[float, float] = DEFAULT_BACKOFF,
+    ) -> Any:
+        """Watch one variable: :meth:`watch_variables` with ``[identifier]``.
+
+        The iterator stops after the variable's ``deleted`` update (or the
+        session's ``session_closed``). ``since_version``: the last version
+        already seen, as in ``since_versions``.
+
+        Raises:
+            TypeError: ``identifier`` is not a string.
+        """
+        if not isinstance(identifier, str):
+            raise TypeError(f"identifier must be a str, not {type(identifier).__name__}")
+        since = {identifier: since_version} if since_version is not None else None
+        return self.watch_variables(
+            [identifier],
+            include_initial=include_initial,
+            reconnect=reconnect,
+            since_versions=since,
+            backoff=backoff,
+        )
+
+    def _watch_plan(self, state: _WatchState, holder: _WatchHolder) -> _WatchPlan:
+        """The logic of a watch, for both drivers: open, read, resume, track, refresh the cache."""
+        cache = self._watch_cache
+        cache.attach(holder)
+        try:
+            while True:
+                try:
+                    if state.reconnect:
+                        vanished = yield from self._watch_session_check(state, holder)
+                        for update in vanished:  # deleted while disconnected
+                            self._watch_cache.drop(update.variable_id or "")
+                            self._forget(update.variable_id or "")
+                            over = state.note(update)
+                            if over:
+                                cache.release(holder)
+                            yield _Emit(update)
+                            if over:
+                                return
+                    idents, include, since = state.request_fields()
+                    request = pb2.WatchVariablesRequest(
+                        session_id=self._session_id,
+                        variable_identifiers=idents,
+                        include_initial_values=include,
+                        since_versions=since,
+                    )
+                    if (yield _OpenStream(request)):
+                        state.connected()
+                        cache.set_live(holder, True)
+                    while True:
+                        message = yield _READ
+                        if message is None:  # ended with OK (after session_closed)
+                            return
+                        state.connected()
+                        cache.set_live(holder, True)
+                        update = self._watch_update(message, holder)
+                        over = state.note(update)
+                        if over:
+                            cache.release(holder)
+                        yield _Emit(update)
+                        if over:
+                            return
+                except BridgeError as err:
+                    cache.set_live(holder, False)
+                    if not state.retryable(err):
+                        raise
+                    yield _Sleep(state.next_delay())
+        finally:
+            cache.release(holder)
+
+    def _watch_session_check(self, state: _WatchState, holder: _WatchHolder) -> _Plan[list[VariableUpdate]]:
+        """Before (re)opening a reconnecting watch: is it the same session, and are its variables still there?
+
+        Returns ``deleted`` updates for the variables deleted while the watch was away.
+        """
+        response = yield _Rpc("GetSession", pb2.GetSessionRequest(session_id=self._session_id))
+        created = (response.created_at.seconds, response.created_at.nanos) if response.HasField("created_at") else None
+        if state.session_seen(created):
+            # A new session under the same id (e.g. the server restarted):
+            # versions start again, so what was cached or seen means nothing.
+            self._watch_cache.reset(holder)
+            return []
+        if not state.opened or state.awaiting_recreation:
+            return []
+        idents = [i for i in state.identifiers if i not in state.deleted]
+        batch = yield _Rpc(
+            "GetVariables", pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=idents)
+        )
+        return state.vanished({ident: var.id for ident, var in batch.variables.items()})
+
+    def _watch_update(self, message: pb2.VariableUpdate, holder: _WatchHolder) -> VariableUpdate:
+        """Decode one message, and refresh the type cache and the watch cache with it."""
+        kind = message.update_type
+        info: Optional[VariableInfo] = None
+        if message.HasField("variable") and (message.variable.id or message.variable.name):
+            var = message.variable
+            if kind == "deleted":
+                info = _variable_info(var)
+                self._watch_cache.drop(var.id)
+                self._forget(var.id)
+            else:
+                info = self._remember(var)
+                if kind != "session_closed":
+                    self._watch_cache.refresh(holder, info)
+        return VariableUpdate(
+            update_type=kind,  # type: ignore[arg-type]  # the server's word
+            variable_id=(message.variable_id or info.id) if info is not None else (message.variable_id or None),
+            name=info.name if info is not None else None,
+            value=info.value if info is not None else None,
+            version=info.version if info is not None else None,
+            type=info.type if info is not None else None,
+            metadata=dict(message.update_metadata),
+            source=message.update_source or None,
+            timestamp=_timestamp(message.timestamp, message.HasField("timestamp")),
+            variable=info,
+        )
 
     # ------------------------------------------------------------------ mapping sugar
 
@@ -798,7 +1082,4 @@ class SessionContext(Generic[_ChannelT]):
 
 def _translate(exc: grpc.RpcError) -> BridgeError:
     """The package's exception for a failed call (a grpc.Call or aio.AioRpcError)."""
-    code = exc.code() if callable(getattr(exc, "code", None)) else None
-    details = exc.details() if callable(getattr(exc, "details", None)) else None
-    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
-    return error_from_status(code, details, trailing)
+    return error_from_rpc_error(exc)

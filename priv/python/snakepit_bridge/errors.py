@@ -40,6 +40,7 @@ __all__ = [
     "VersionConflictError",
     "ERROR_KIND_KEY",
     "CURRENT_VERSION_KEY",
+    "error_from_rpc_error",
     "error_from_status",
 ]
 
@@ -209,3 +210,15 @@ def error_from_status(
                 current = None
         return VersionConflictError(message, code, kind, current_version=current)
     return cls(message, code, kind)
+
+
+def error_from_rpc_error(exc: grpc.RpcError) -> BridgeError:
+    """The :class:`BridgeError` for a failed call, from the ``grpc.RpcError`` grpc raised.
+
+    Works for a blocking ``grpc.Call`` error and for ``grpc.aio.AioRpcError``
+    alike (code, details and trailing metadata are read when present). Never raises.
+    """
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = exc.details() if callable(getattr(exc, "details", None)) else None
+    trailing = exc.trailing_metadata() if callable(getattr(exc, "trailing_metadata", None)) else None
+    return error_from_status(code, details, trailing)
