@@ -91,7 +91,7 @@ impl BridgeService for Service {
         &self,
         request: Request<CleanupSessionRequest>,
     ) -> Result<Response<CleanupSessionResponse>, Status> {
-        let removed = self.store.delete_session(&request.into_inner().session_id).unwrap_or(0);
+        let removed = self.store.delete_session(&request.into_inner().session_id, Source::Python).unwrap_or(0);
         Ok(Response::new(CleanupSessionResponse {
             success: true,
             resources_cleaned: i32::try_from(removed).unwrap_or(i32::MAX),

@@ -28,6 +28,23 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
 /// Ids are unique for the life of the process, whichever store made them.
 static NEXT_VARIABLE_SUFFIX: AtomicU64 = AtomicU64::new(1);
 
+/// Part of every id, different in each process life (its start time in
+/// microseconds, base 36), so an id seen before a server restart never names
+/// another variable after it.
+static PROCESS_NONCE: once_cell::sync::Lazy<String> = once_cell::sync::Lazy::new(|| {
+    let mut n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut digits = Vec::new();
+    while n > 0 {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+    }
+    digits.reverse();
+    String::from_utf8(digits).expect("ASCII digits")
+});
+
 /// Which side made a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -309,7 +326,8 @@ impl Store {
         };
         drop(sessions);
         if let Some(s) = &removed {
-            s.watch.close(self.now_us());
+            // Expiry is the server's doing, which is the Elixir side.
+            s.watch.close(self.now_us(), Source::Elixir);
         }
         removed
     }
@@ -341,7 +359,7 @@ impl Store {
         let replaced = sessions.insert(session.id.clone(), session.clone());
         drop(sessions);
         if let Some(old) = replaced {
-            old.watch.close(wall);
+            old.watch.close(wall, Source::Elixir);
         }
         Ok(info(&session, 0))
     }
@@ -365,10 +383,11 @@ impl Store {
     }
 
     /// Deletes a session and its variables; returns how many variables went with
-    /// it, or `None` if there was no such session.
-    pub fn delete_session(&self, id: &str) -> Option<usize> {
+    /// it, or `None` if there was no such session. Its watchers get
+    /// `session_closed` with `source` as who closed it.
+    pub fn delete_session(&self, id: &str, source: Source) -> Option<usize> {
         let removed = self.sessions_write().remove(id)?;
-        removed.watch.close(self.now_us());
+        removed.watch.close(self.now_us(), source);
         let count = lock(&removed.vars).by_id.len();
         Some(count)
     }
@@ -393,6 +412,12 @@ impl Store {
         }
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
+        // since_versions may name a variable by id or by name, whichever the watch uses.
+        let since_by_id: HashMap<Arc<str>, i64> = request
+            .since_versions
+            .iter()
+            .filter_map(|(ident, v)| vars.get(ident).map(|var| (var.id.clone(), *v)))
+            .collect();
         let mut ids = Vec::with_capacity(request.identifiers.len());
         let mut seen = HashMap::new();
         let mut initial = Vec::new();
@@ -402,7 +427,7 @@ impl Store {
                 continue;
             }
             ids.push(var.id.clone());
-            let since = request.since_versions.get(ident).copied();
+            let since = since_by_id.get(&var.id).copied();
             let wants_current = match since {
                 Some(v) => var.version > v,
                 None => request.include_initial,
@@ -468,7 +493,7 @@ impl Store {
             return Err(StoreError::VariableExists(new.name));
         }
         let suffix = NEXT_VARIABLE_SUFFIX.fetch_add(1, Ordering::Relaxed);
-        let id: Arc<str> = Arc::from(format!("var_{}_{suffix}", new.name));
+        let id: Arc<str> = Arc::from(format!("var_{}_{}{suffix}", new.name, *PROCESS_NONCE));
         let name: Arc<str> = Arc::from(new.name);
         let now = self.now_us();
         let variable = Variable {

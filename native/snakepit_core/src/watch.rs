@@ -239,6 +239,8 @@ pub(crate) struct SessionWatch {
     stats: Arc<WatchStats>,
     hub: Arc<Hub>,
     closed: AtomicBool,
+    /// The `SessionClosed` update, once the session is closed.
+    closing: Mutex<Option<Arc<Update>>>,
 }
 
 impl SessionWatch {
@@ -250,6 +252,7 @@ impl SessionWatch {
             stats,
             hub,
             closed: AtomicBool::new(false),
+            closing: Mutex::default(),
         }
     }
 
@@ -286,18 +289,20 @@ impl SessionWatch {
     }
 
     /// Ends every subscription with `SessionClosed`, after whatever is pending.
-    pub(crate) fn close(self: &Arc<Self>, at_us: i64) {
-        if self.closed.swap(true, Ordering::AcqRel) || self.count() == 0 {
-            return;
-        }
+    pub(crate) fn close(self: &Arc<Self>, at_us: i64, source: Source) {
         let closing = Update {
             kind: UpdateKind::SessionClosed,
             variable: None,
-            source: Source::Elixir,
+            source,
             metadata: Arc::default(),
             at_us,
             batch: None,
         };
+        // Kept for subscriptions that race the close (see `subscribe`).
+        *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(closing.clone()));
+        if self.closed.swap(true, Ordering::AcqRel) || self.count() == 0 {
+            return;
+        }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.updates.push(Arc::new(closing));
         if !p.queued {
@@ -340,14 +345,9 @@ impl SessionWatch {
         self.hub.ensure_started();
         if self.closed.load(Ordering::Acquire) {
             // The session closed while this subscription was being made.
-            watcher.offer(&[Arc::new(Update {
-                kind: UpdateKind::SessionClosed,
-                variable: None,
-                source: Source::Elixir,
-                metadata: Arc::default(),
-                at_us: 0,
-                batch: None,
-            })]);
+            if let Some(closing) = self.closing.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                watcher.offer(&[closing]);
+            }
         }
         Subscription { watcher, session: Arc::downgrade(self) }
     }

@@ -48,7 +48,7 @@ fn get_session<'a>(env: Env<'a>, id: &str) -> Term<'a> {
 
 #[rustler::nif]
 fn delete_session(id: &str) -> usize {
-    STORE.delete_session(id).unwrap_or(0)
+    STORE.delete_session(id, Source::Elixir).unwrap_or(0)
 }
 
 #[rustler::nif]

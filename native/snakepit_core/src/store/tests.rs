@@ -39,8 +39,8 @@ fn session_lifecycle() {
     );
     s.register_variable("s1", float_var("x", 0.5), Source::Elixir).unwrap();
     assert_eq!(s.get_session("s1").unwrap().variable_count, 1);
-    assert_eq!(s.delete_session("s1"), Some(1));
-    assert_eq!(s.delete_session("s1"), None);
+    assert_eq!(s.delete_session("s1", Source::Elixir), Some(1));
+    assert_eq!(s.delete_session("s1", Source::Elixir), None);
     assert!(!s.session_exists("s1"));
     assert_eq!(s.get_session("s1").unwrap_err(), StoreError::SessionNotFound("s1".into()));
 }
@@ -92,7 +92,7 @@ fn sweep_removes_only_expired_sessions() {
     clock.advance(Duration::from_secs(6));
     assert_eq!(s.sweep_expired(), vec!["a".to_string()]);
     assert_eq!(s.list_sessions(), vec!["b".to_string()]);
-    assert_eq!(s.delete_session("a"), None);
+    assert_eq!(s.delete_session("a", Source::Elixir), None);
 }
 
 #[test]

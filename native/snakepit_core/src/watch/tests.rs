@@ -185,11 +185,13 @@ async fn closing_the_session_ends_every_stream_after_pending_changes() {
     let first = watch(&store, &["a"], false);
     let second = watch(&store, &["a"], false);
     set(&store, "a", 1);
-    store.delete_session("s").unwrap();
+    store.delete_session("s", Source::Python).unwrap();
     for sub in [&first, &second] {
         let got = collect(sub, |_| false).await;
         let kinds: Vec<_> = got.iter().map(|u| u.kind).collect();
         assert_eq!(kinds, vec![UpdateKind::ValueChange, UpdateKind::SessionClosed]);
+        assert_eq!(got[1].source, Source::Python, "who closed the session");
+        assert!(got[1].at_us > 0);
         assert!(sub.is_finished());
         assert!(sub.next_batch().await.is_none());
     }
@@ -247,6 +249,22 @@ async fn resuming_with_since_versions_sends_only_what_is_newer() {
         summary(&got),
         vec![("b".into(), UpdateKind::InitialValue, 1), ("a".into(), UpdateKind::ValueChange, 3)]
     );
+}
+
+#[tokio::test]
+async fn since_versions_may_name_the_variable_by_id_or_name() {
+    let store = store_with(&["a"]);
+    set(&store, "a", 1);
+    let id = store.get_variable("s", "a").unwrap().id.to_string();
+    let req = WatchRequest {
+        identifiers: vec!["a".into()],
+        include_initial: true,
+        since_versions: [(id, 2)].into(),
+    };
+    let sub = store.watch("s", &req, Owner::Grpc).unwrap();
+    set(&store, "a", 2);
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("a".into(), UpdateKind::ValueChange, 3)], "no initial value: the caller has v2");
 }
 
 #[test]
