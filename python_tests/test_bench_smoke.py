@@ -1,4 +1,6 @@
-"""Smoke test of bench/python_batch.py: it runs in a tiny configuration and returns sane figures.
+"""Smoke tests of bench/python_batch.py, the watch_load client and bench/push_receiver.py.
+
+Each runs in a tiny configuration and returns sane figures.
 
 Never asserts timings (shared, noisy machines): only that the benchmark runs,
 cleans up, and returns positive figures of the right shape.
@@ -8,7 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -105,3 +110,137 @@ def test_cli_json(bench: ModuleType, server_address: str, capsys: pytest.Capture
     out = capsys.readouterr().out
     r = json.loads(out)
     _check_shape(r, n=5, repeats=1, batch_reps=2, raw=True)
+
+
+# --------------------------------------------------------------------------- the watch benchmarks (issue 4)
+
+REPO_ROOT = BENCH_FILE.parent.parent
+RECEIVER = REPO_ROOT / "bench" / "push_receiver.py"
+
+
+def watch_load_binary() -> Path:
+    """``$SNAKEPIT_WATCH_LOAD``, else ``target/release/watch_load``; fails (never skips) when missing."""
+    configured = os.environ.get("SNAKEPIT_WATCH_LOAD")
+    path = Path(configured) if configured else REPO_ROOT / "target" / "release" / "watch_load"
+    if not path.is_file():
+        pytest.fail(f"{path} not found; build it with `cargo build --release` (scripts/test.sh does)", pytrace=False)
+    return path
+
+
+def _run_watch_load(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(watch_load_binary()), *args], capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
+    assert proc.returncode == 0, f"watch_load {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+def _positive_summary(s: dict[str, Any], count: int) -> None:
+    assert s["count"] == count, s
+    for key in ("min", "p50", "p90", "p99", "max", "mean"):
+        assert isinstance(s[key], float) and s[key] > 0, (key, s)
+    assert s["min"] <= s["p50"] <= s["p99"] <= s["max"]
+
+
+def test_watch_load_fan_out_json(server_address: str) -> None:
+    proc = _run_watch_load("fan-out", "--quick", "--json", "--address", server_address, "--watchers", "3", "--updates", "4")
+    r = json.loads(proc.stdout)
+    assert r["mode"] == "fan-out" and r["address"] == server_address and r["server_started"] is False
+    assert (r["watchers"], r["updates"], r["warmup_updates"]) == (3, 4, 2)
+    for key in ("last_watcher_ms", "first_watcher_ms", "median_watcher_ms"):
+        _positive_summary(r[key], 4)
+    _positive_summary(r["every_delivery_ms"], 3 * 4)
+    assert len(r["per_update_last_ms"]) == 4
+    assert r["coalesced"] >= 0 and r["messages"] >= 3
+    assert [ref["name"] for ref in r["reference_ms"]] == ["Redis pub/sub (redis-py asyncio)", "etcd Watch (grpcio)"]
+    assert r["machine"]["logical_processors"] >= 1
+    assert "[watch_load]" in proc.stderr  # progress lines
+
+
+def test_watch_load_scale_json() -> None:
+    # Starts its own standalone server ($SNAKEPIT_SERVER_BIN, or the one next to watch_load).
+    proc = _run_watch_load("scale", "--quick", "--json", "--streams", "20", "--connections", "2", "--updates", "2")
+    r = json.loads(proc.stdout)
+    assert r["mode"] == "scale"
+    assert (r["streams"], r["connections"], r["streams_per_connection"], r["updates"]) == (20, 2, 10, 2)
+    mem = r["memory"]
+    assert mem["rss_before_kib"] > 0 and mem["rss_live_kib"] > 0 and mem["rss_closed_kib"] > 0
+    assert isinstance(mem["bytes_per_stream"], float)
+    for key in ("all_streams_ms", "first_stream_ms", "median_stream_ms"):
+        _positive_summary(r[key], 2)
+    assert r["server_stopped_gracefully"] is True
+    assert r["server_cpu_ms_per_update"] is None or r["server_cpu_ms_per_update"] > 0
+
+
+def test_watch_load_prints_tables(server_address: str) -> None:
+    fan = _run_watch_load("fan-out", "--quick", "--address", server_address, "--watchers", "2", "--updates", "3")
+    for needle in ("LAST watcher has it", "p99", "Redis pub/sub", "etcd"):
+        assert needle in fan.stdout
+    sc = _run_watch_load("scale", "--streams", "10", "--connections", "1", "--updates", "2", "--warmup", "1")
+    for needle in ("memory per idle stream", "ALL 10 streams have it", "bytes"):
+        assert needle in sc.stdout
+
+
+def _line(proc: subprocess.Popen[str], prefix: str, deadline: float = 60.0) -> str:
+    """The receiver's next line starting with ``prefix`` (others skipped); fails on ERROR or EOF."""
+    assert proc.stdout is not None
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"push_receiver.py ended before {prefix!r} (exit {proc.poll()})", pytrace=False)
+        if line.startswith("ERROR"):
+            pytest.fail(f"push_receiver.py failed: {line}{proc.stdout.read()}", pytrace=False)
+        if line.startswith(prefix):
+            return line.rstrip("\n")
+    pytest.fail(f"no {prefix!r} line within {deadline}s", pytrace=False)
+
+
+def test_push_receiver_speaks_its_protocol(server_address: str, session_id: str) -> None:
+    """bench/push_receiver.py, driven by a Python writer instead of Elixir (push_latency.exs drives it for real)."""
+    with grpc.insecure_channel(server_address) as channel:
+        ctx = SessionContext(session_id, channel)
+        ctx.initialize()
+        try:
+            ctx.register_variable("stamp", "integer", 0)
+            proc = subprocess.Popen(
+                [sys.executable, str(RECEIVER), "--address", server_address, "--session", session_id,
+                 "--variable", "stamp", "--modes", "client,raw", "--pings", "4", "--warmup-pings", "2"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            )
+            try:
+                _line(proc, "READY")
+                for mode in ("client", "raw"):
+                    _line(proc, f"WATCHING {mode}")
+                    end = time.monotonic() + 30
+                    while ctx.get_session()["watcher_count"] != 1:
+                        assert time.monotonic() < end, "the receiver's watch never showed up in watcher_count"
+                        time.sleep(0.01)
+                    versions = []
+                    for _ in range(3):
+                        ctx.update_variable("stamp", time.time_ns())
+                        versions.append(ctx.get_variable_info("stamp").version)
+                        time.sleep(0.005)
+                    ctx.update_variable("stamp", -1)
+                    marker = ctx.get_variable_info("stamp").version
+                    samples = _line(proc, f"SAMPLES {mode} ").split()
+                    n = int(samples[2])
+                    pairs = [tuple(map(int, p.split(":"))) for p in samples[3:]]
+                    assert len(pairs) == n and 1 <= n <= 4  # fewer if the receiver fell behind (coalesced)
+                    assert [v for v, _ in pairs] == sorted(v for v, _ in pairs)
+                    # The stamps' latencies, then the end marker's (value -1: receipt time + 1).
+                    assert all(v in versions and ns > 0 for v, ns in pairs[:-1]), (pairs, versions)
+                    assert pairs[-1][0] == marker and pairs[-1][1] > time.time_ns() - 60 * 10**9
+                    pings = _line(proc, f"PINGS {mode} ").split()
+                    assert int(pings[2]) == 4 and all(int(x) > 0 for x in pings[3:]) and len(pings) == 7
+                done = _line(proc, "DONE")
+                assert "python=" in done and "grpcio=" in done
+                assert proc.wait(timeout=30) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                assert proc.stdout is not None
+                proc.stdout.close()
+        finally:
+            ctx.cleanup(force=True)

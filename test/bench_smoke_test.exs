@@ -7,13 +7,26 @@ defmodule Snakepit.BenchSmokeTest do
   import ExUnit.CaptureIO
 
   @bench Path.expand("../bench/nif_bench.exs", __DIR__)
+  @push_bench Path.expand("../bench/push_latency.exs", __DIR__)
+  @writer_bench Path.expand("../bench/writer_cost.exs", __DIR__)
 
-  # Load the benchmark while this module compiles (so the calls below refer to
-  # a known module), capturing what loading prints: it must define
-  # Snakepit.Bench.Nif and run nothing (no table, no progress lines).
+  # Load the benchmarks while this module compiles (so the calls below refer to
+  # known modules), capturing what loading prints: each must define its module
+  # and run nothing (no table, no progress lines).
   {stdout, stderr} = with_io(:stderr, fn -> capture_io(fn -> Code.require_file(@bench) end) end)
   @load_stdout stdout
   @load_stderr stderr
+
+  {stdout, stderr} =
+    with_io(:stderr, fn ->
+      capture_io(fn ->
+        Code.require_file(@push_bench)
+        Code.require_file(@writer_bench)
+      end)
+    end)
+
+  @watch_load_stdout stdout
+  @watch_load_stderr stderr
 
   test "requiring bench/nif_bench.exs defines Snakepit.Bench.Nif without running the benchmark" do
     assert @load_stdout == ""
@@ -70,5 +83,146 @@ defmodule Snakepit.BenchSmokeTest do
     Snakepit.Bench.Nif.run(batches: 1, batch_size: 1, warmup_batches: 0)
     leftover = MapSet.difference(MapSet.new(Snakepit.Bridge.SessionStore.list_sessions()), before)
     assert Enum.filter(leftover, &String.starts_with?(&1, "bench-nif-")) == []
+  end
+
+  # -- the watch benchmarks (issue 4) ---------------------------------------------
+
+  alias Snakepit.Bridge.SessionStore
+
+  defp positive_stats!(stats, keys, what) do
+    for k <- keys do
+      v = Map.fetch!(stats, k)
+      assert is_float(v) and v > 0, "#{what}.#{k} = #{inspect(v)}"
+    end
+  end
+
+  defp bench_sessions(prefix) do
+    Enum.filter(SessionStore.list_sessions(), &String.starts_with?(&1, prefix))
+  end
+
+  test "requiring push_latency.exs and writer_cost.exs defines their modules without running them" do
+    assert @watch_load_stdout == ""
+    assert @watch_load_stderr == ""
+    assert Code.ensure_loaded?(Snakepit.Bench.PushLatency)
+    assert Code.ensure_loaded?(Snakepit.Bench.WriterCost)
+    refute Snakepit.Bench.Nif.invoked_as_script?(@push_bench)
+    refute Snakepit.Bench.Nif.invoked_as_script?(@writer_bench)
+  end
+
+  @tag timeout: 180_000
+  test "a tiny push-latency run returns positive latencies for every receiver mode" do
+    bench = Snakepit.Bench.PushLatency
+    before = bench_sessions("bench-push-")
+    lines = :ets.new(:progress, [:public, :duplicate_bag])
+    r = bench.run(updates: 20, warmup: 2, pings: 10, progress: &:ets.insert(lines, {&1}))
+
+    assert %{unit: :us, updates: 20, warmup: 2, interval_ms: 1, pings: 10} = r
+    assert r.modes == [:client, :raw, :rust]
+    assert :ets.info(lines, :size) > 0
+
+    for mode <- r.modes do
+      e = Map.fetch!(r.results, mode)
+      assert e.mode == mode and is_binary(e.label)
+      assert e.sent == 20
+      assert e.received >= 0 and e.received <= 20
+      assert e.coalesced == e.sent - e.received
+      # Coalesced updates count too (delivered with the next one that arrived).
+      assert length(e.samples_us) >= max(e.received, 1) and length(e.samples_us) <= e.sent
+
+      assert Enum.all?(e.samples_us, &(is_float(&1) and &1 > 0)),
+             "#{mode}: #{inspect(e.samples_us)}"
+
+      l = e.latency_us
+      assert l.count == length(e.samples_us)
+      positive_stats!(l, [:p50, :p90, :p99, :p999, :max, :min, :mean], "#{mode}.latency_us")
+      assert l.min <= l.p50 and l.p50 <= l.p99 and l.p99 <= l.p999 and l.p999 <= l.max
+      positive_stats!(e.ping_us, [:p50, :p99, :max, :min], "#{mode}.ping_us")
+      # :pings is per receiver process, split over its phases.
+      assert e.ping_us.count == 10
+      assert is_float(e.p50_over_ping) and e.p50_over_ping > 0
+      assert Enum.all?(Map.values(e.target_met), &is_boolean/1)
+      assert Map.keys(e.target_met) |> Enum.sort() == [:p50, :p50_over_ping, :p99]
+    end
+
+    assert r.write_gap_ms.count == 3 * (20 + 2 - 1)
+    positive_stats!(r.write_gap_ms, [:p50, :max], "write_gap_ms")
+    assert r.targets == bench.targets()
+    assert Map.has_key?(r.receivers, :python) and Map.has_key?(r.receivers, :rust)
+    assert r.machine.logical_processors >= 1
+
+    table = bench.format(r)
+
+    for needle <- [
+          "SessionContext",
+          "raw stub",
+          "tonic",
+          "p99.9",
+          "Ping",
+          "Where a push's time goes",
+          "µs"
+        ] do
+      assert table =~ needle
+    end
+
+    json = Snakepit.Bench.Nif.json(r)
+    assert json =~ ~s("samples_us":[)
+
+    assert bench_sessions("bench-push-") == before
+  end
+
+  @tag timeout: 180_000
+  test "a tiny writer-cost run returns positive per-call figures for every row" do
+    bench = Snakepit.Bench.WriterCost
+    before = bench_sessions("bench-writer-")
+
+    r =
+      bench.run(
+        batches: 3,
+        batch_size: 20,
+        warmup_batches: 1,
+        elixir_watchers: [0, 1, 5],
+        grpc_watchers: 4
+      )
+
+    assert %{unit: :ns_per_call, batches: 3, batch_size: 20, warmup_batches: 1} = r
+    assert r.rows == [:none, :elixir_1, :elixir_5, :grpc_4]
+
+    for key <- r.rows do
+      s = Map.fetch!(r.results, key)
+      assert s.key == key and is_binary(s.label)
+      assert s.batches == 3 and s.calls == 60
+
+      positive_stats!(
+        s,
+        [:median_ns, :p99_ns, :mean_ns, :min_ns, :max_ns, :ratio_vs_none, :min_ratio_vs_none],
+        "#{key}"
+      )
+
+      assert s.min_ns <= s.median_ns and s.median_ns <= s.p99_ns and s.p99_ns <= s.max_ns
+      assert s.writes == 4 * 21
+
+      if key == :none do
+        assert s.watchers == 0 and s.messages_per_watcher == nil
+      else
+        assert s.watchers > 0
+        # Each watcher got at least each round's end marker, at most every write.
+        assert s.messages_per_watcher >= 4 and s.messages_per_watcher <= s.writes
+        assert s.drain_ms.p50 > 0 and s.drain_ms.p50 <= s.drain_ms.max
+      end
+    end
+
+    assert r.results.none.ratio_vs_none == 1.0
+    assert Map.keys(r.target_met) |> Enum.sort() == [:elixir_5, :grpc_4]
+    assert Enum.all?(Map.values(r.target_met), &is_boolean/1)
+    assert r.target_ratio == bench.target_ratio()
+
+    table = bench.format(r)
+
+    for needle <- ["no watchers", "5 Elixir watchers", "4 gRPC streams", "vs none", "µs"],
+        do: assert(table =~ needle)
+
+    assert Snakepit.Bench.Nif.json(r) =~ ~s("ratio_vs_none":)
+
+    assert bench_sessions("bench-writer-") == before
   end
 end
