@@ -85,6 +85,11 @@ impl Update {
         self.variable.as_ref().map_or("", |v| &v.id)
     }
 
+    /// The key as a shared string: a reference count, not an allocation.
+    fn key_arc(&self) -> Arc<str> {
+        self.variable.as_ref().map_or_else(|| Arc::from(""), |v| v.id.clone())
+    }
+
     fn version(&self) -> i64 {
         self.variable.as_ref().map_or(0, |v| v.version)
     }
@@ -104,8 +109,7 @@ struct Pending {
 
 impl Pending {
     fn push(&mut self, mut update: Arc<Update>) {
-        let key: Arc<str> = Arc::from(update.key());
-        if let Some(old) = self.position.insert(key, self.next) {
+        if let Some(old) = self.position.insert(update.key_arc(), self.next) {
             let replaced = self.order.remove(&old);
             if replaced.is_some_and(|r| r.kind == UpdateKind::InitialValue)
                 && update.kind == UpdateKind::ValueChange
@@ -192,18 +196,24 @@ impl Watcher {
                     break;
                 }
                 UpdateKind::Deleted => {
-                    let key: Arc<str> = Arc::from(u.key());
-                    if st.deleted.insert(key) {
+                    if st.deleted.insert(u.key_arc()) {
                         st.pending.push(u.clone());
                         added = true;
                     }
                 }
                 UpdateKind::ValueChange | UpdateKind::InitialValue => {
-                    let key = u.key();
-                    if st.deleted.contains(key) || st.seen.get(key).is_some_and(|v| *v >= u.version()) {
+                    let (key, version) = (u.key(), u.version());
+                    if st.deleted.contains(key) {
                         continue;
                     }
-                    st.seen.insert(Arc::from(key), u.version());
+                    // Every watched variable has an entry from the start.
+                    match st.seen.get_mut(key) {
+                        Some(seen) if *seen >= version => continue,
+                        Some(seen) => *seen = version,
+                        None => {
+                            st.seen.insert(u.key_arc(), version);
+                        }
+                    }
                     st.pending.push(u.clone());
                     added = true;
                 }
@@ -380,6 +390,17 @@ impl SessionWatch {
             return;
         }
         let table = self.table();
+        // The common round, one change: hand it over without grouping.
+        if let [u] = updates.as_slice() {
+            if u.kind != UpdateKind::SessionClosed {
+                for id in table.by_variable.get(u.key()).into_iter().flatten() {
+                    if let Some((w, _)) = table.watchers.get(id) {
+                        w.offer(std::slice::from_ref(u));
+                    }
+                }
+                return;
+            }
+        }
         let mut per_watcher: HashMap<u64, Vec<Arc<Update>>> = HashMap::new();
         for u in &updates {
             if u.kind == UpdateKind::SessionClosed {
