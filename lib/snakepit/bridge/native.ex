@@ -25,14 +25,21 @@ defmodule Snakepit.Bridge.Native do
   def touch_session(_id), do: err()
   def stats, do: err()
 
-  # Snakepit.Bridge.SessionStore: variables
+  # Snakepit.Bridge.SessionStore: variables. The _dirty twins run on a dirty
+  # CPU scheduler, for inputs or results too big for a normal one.
   def register_variable(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
+  def register_variable_dirty(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
   def get_variable(_session_id, _identifier), do: err()
+  def get_variable_dirty(_session_id, _identifier), do: err()
   def get_variable_value(_session_id, _identifier), do: err()
+  def get_variable_value_dirty(_session_id, _identifier), do: err()
   def has_variable(_session_id, _identifier), do: err()
   def update_variable(_session_id, _identifier, _value, _metadata, _expected_version), do: err()
+  def update_variable_dirty(_session_id, _identifier, _value, _metadata, _expected_version), do: err()
   def get_variables(_session_id, _identifiers), do: err()
+  def get_variables_dirty(_session_id, _identifiers), do: err()
   def update_variables(_session_id, _updates, _metadata, _atomic), do: err()
+  def update_variables_dirty(_session_id, _updates, _metadata, _atomic), do: err()
   def list_variables(_session_id, _pattern), do: err()
   def delete_variable(_session_id, _identifier), do: err()
 

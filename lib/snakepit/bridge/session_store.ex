@@ -55,6 +55,8 @@ defmodule Snakepit.Bridge.SessionStore do
   alias Snakepit.Bridge.{Native, Variable, VariableUpdate}
 
   @default_ttl_seconds 3600
+  # Batches longer than this run on a dirty scheduler.
+  @batch_on_dirty 200
 
   @type session_id :: String.t()
   @type identifier_t :: String.t() | atom()
@@ -196,7 +198,9 @@ defmodule Snakepit.Bridge.SessionStore do
         :error -> metadata!(Keyword.get(opts, :metadata, %{}))
       end
 
-    Native.register_variable(session_id, name, type, initial_value, constraints, metadata)
+    if large?(initial_value),
+      do: Native.register_variable_dirty(session_id, name, type, initial_value, constraints, metadata),
+      else: Native.register_variable(session_id, name, type, initial_value, constraints, metadata)
   end
 
   @doc "The variable with this id or name."
@@ -205,7 +209,7 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    case Native.get_variable(session_id, identifier) do
+    case retry_dirty(Native.get_variable(session_id, identifier), fn -> Native.get_variable_dirty(session_id, identifier) end) do
       {:ok, fields} -> {:ok, Variable.from_native(fields)}
       error -> error
     end
@@ -220,7 +224,9 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    case Native.get_variable_value(session_id, identifier) do
+    read = Native.get_variable_value(session_id, identifier)
+
+    case retry_dirty(read, fn -> Native.get_variable_value_dirty(session_id, identifier) end) do
       {:ok, value} -> value
       {:error, _} -> default
     end
@@ -265,7 +271,9 @@ defmodule Snakepit.Bridge.SessionStore do
             "the :expected_version option must be a non-negative integer, got: #{inspect(expected)}"
     end
 
-    Native.update_variable(session_id, identifier, value, metadata!(metadata), expected)
+    if large?(value),
+      do: Native.update_variable_dirty(session_id, identifier, value, metadata!(metadata), expected),
+      else: Native.update_variable(session_id, identifier, value, metadata!(metadata), expected)
   end
 
   @doc """
@@ -284,7 +292,12 @@ defmodule Snakepit.Bridge.SessionStore do
 
     Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
 
-    case Native.get_variables(session_id, identifiers) do
+    read =
+      if length(identifiers) > @batch_on_dirty,
+        do: Native.get_variables_dirty(session_id, identifiers),
+        else: Native.get_variables(session_id, identifiers)
+
+    case retry_dirty(read, fn -> Native.get_variables_dirty(session_id, identifiers) end) do
       {:ok, {found, missing}} ->
         {:ok, %{found: Map.new(found, fn {k, fields} -> {k, Variable.from_native(fields)} end), missing: missing}}
       error -> error
@@ -326,7 +339,14 @@ defmodule Snakepit.Bridge.SessionStore do
       raise ArgumentError, "the :atomic option must be a boolean, got: #{inspect(atomic)}"
     end
 
-    case Native.update_variables(session_id, pairs, metadata!(Keyword.get(opts, :metadata, %{})), atomic) do
+    metadata = metadata!(Keyword.get(opts, :metadata, %{}))
+
+    result =
+      if length(pairs) > @batch_on_dirty or Enum.any?(pairs, fn {_, v} -> large?(v) end),
+        do: Native.update_variables_dirty(session_id, pairs, metadata, atomic),
+        else: Native.update_variables(session_id, pairs, metadata, atomic)
+
+    case result do
       {:ok, applied} -> {:ok, Map.new(applied, fn {k, v} -> {k, {:ok, v}} end)}
       {:partial, applied, errors} -> {:ok, Map.merge(Map.new(applied, fn {k, v} -> {k, {:ok, v}} end), Map.new(errors, fn {k, r} -> {k, {:error, r}} end))}
       error -> error
@@ -423,6 +443,29 @@ defmodule Snakepit.Bridge.SessionStore do
       0 -> :ok
     end
   end
+
+  # -- scheduling ----------------------------------------------------------------
+  #
+  # A NIF on a normal scheduler must return well under a millisecond. Big
+  # inputs go to the dirty twin directly; a read learns its size only in the
+  # NIF, which then answers :dirty and is repeated on the twin.
+
+  defp retry_dirty(:dirty, twin), do: twin.()
+  defp retry_dirty(result, _twin), do: result
+
+  # Elements (or 64-byte units of text) above which a value is written on a
+  # dirty scheduler; the NIF uses the same measure for reads.
+  @large 10_000
+
+  defp large?(v) when is_list(v), do: list_weight(v) > @large
+  defp large?(v) when is_binary(v), do: byte_size(v) > 64 * @large
+  defp large?(%{data: data}), do: large?(data)
+  defp large?(%{"data" => data}), do: large?(data)
+  defp large?(_), do: false
+
+  # Nested lists (tensor data) weigh the product of their first-path lengths.
+  defp list_weight([h | _] = l) when is_list(h), do: length(l) * list_weight(h)
+  defp list_weight(l), do: length(l)
 
   # -- argument checks ----------------------------------------------------------
 

@@ -163,6 +163,19 @@ pub enum Value {
     Tensor(Tensor),
 }
 
+impl Value {
+    /// Roughly how much work copying this value out is, in list elements: 1
+    /// for a scalar, the element count for arrays, a 64-byte unit for text.
+    pub fn weight(&self) -> usize {
+        match self {
+            Value::Embedding(v) => v.len(),
+            Value::Tensor(t) => t.data.len() + t.shape.len(),
+            Value::Text(s) => 1 + s.len() / 64,
+            _ => 1,
+        }
+    }
+}
+
 /// Names accepted for the special floats: the JSON forms and the Elixir atoms.
 fn special_float(name: &str) -> Option<f64> {
     match name {

@@ -18,6 +18,7 @@ rustler::atoms! {
     resource_exhausted,
     batch_failed,
     partial,
+    dirty,
     elixir,
     python,
     float,

@@ -1,14 +1,24 @@
 //! NIFs behind `Snakepit.Bridge.SessionStore`.
+//!
+//! A NIF on a normal scheduler must give its thread back well under a
+//! millisecond. Calls that can be big have a `_dirty` twin on a dirty CPU
+//! scheduler: for writes Elixir picks the twin from the size of its input;
+//! reads find out only after the lookup, so the normal NIF answers `:dirty`
+//! when the result is too heavy to encode there, and Elixir repeats the call
+//! on the twin.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use rustler::{Encoder, Env, NifResult, Term};
-use snakepit_core::store::{Change, NewVariable, Source};
+use snakepit_core::store::{Change, NewVariable, Source, Variable};
 
 use crate::atoms;
 use crate::convert::{self, text};
 use crate::STORE;
+
+/// Results heavier than this (see `Value::weight`) are encoded on a dirty scheduler.
+const HEAVY: usize = 10_000;
 
 fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> Term<'a> {
     let keys = [
@@ -46,7 +56,8 @@ fn get_session<'a>(env: Env<'a>, id: &str) -> Term<'a> {
     }
 }
 
-#[rustler::nif]
+/// Always dirty: dropping a big session takes a while.
+#[rustler::nif(schedule = "DirtyCpu")]
 fn delete_session(id: &str) -> usize {
     STORE.delete_session(id, Source::Elixir).unwrap_or(0)
 }
@@ -74,8 +85,7 @@ fn touch_session(id: &str) -> bool {
     STORE.touch_session(id)
 }
 
-#[rustler::nif]
-fn register_variable<'a>(
+fn register_variable_impl<'a>(
     env: Env<'a>,
     session_id: &str,
     name: Term<'a>,
@@ -100,21 +110,56 @@ fn register_variable<'a>(
 }
 
 #[rustler::nif]
-fn get_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+fn register_variable<'a>(
+    env: Env<'a>, session_id: &str, name: Term<'a>, var_type: Term<'a>, value: Term<'a>, constraints: Term<'a>, metadata: Term<'a>,
+) -> NifResult<Term<'a>> {
+    register_variable_impl(env, session_id, name, var_type, value, constraints, metadata)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn register_variable_dirty<'a>(
+    env: Env<'a>, session_id: &str, name: Term<'a>, var_type: Term<'a>, value: Term<'a>, constraints: Term<'a>, metadata: Term<'a>,
+) -> NifResult<Term<'a>> {
+    register_variable_impl(env, session_id, name, var_type, value, constraints, metadata)
+}
+
+fn read_variable<'a>(
+    env: Env<'a>,
+    session_id: &str,
+    identifier: Term<'a>,
+    dirty: bool,
+    encode: fn(Env<'a>, &Variable) -> Term<'a>,
+) -> NifResult<Term<'a>> {
     let identifier = text(identifier)?;
     Ok(match STORE.get_variable(session_id, &identifier) {
-        Ok(v) => (atoms::ok(), convert::variable_tuple(env, &v)).encode(env),
+        Ok(v) if !dirty && v.value.weight() > HEAVY => atoms::dirty().encode(env),
+        Ok(v) => (atoms::ok(), encode(env, &v)).encode(env),
         Err(e) => convert::error(env, &e),
     })
 }
 
+fn value_of<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
+    convert::value(env, &v.value)
+}
+
+#[rustler::nif]
+fn get_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    read_variable(env, session_id, identifier, false, convert::variable_tuple)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn get_variable_dirty<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    read_variable(env, session_id, identifier, true, convert::variable_tuple)
+}
+
 #[rustler::nif]
 fn get_variable_value<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
-    let identifier = text(identifier)?;
-    Ok(match STORE.get_variable(session_id, &identifier) {
-        Ok(v) => (atoms::ok(), convert::value(env, &v.value)).encode(env),
-        Err(e) => convert::error(env, &e),
-    })
+    read_variable(env, session_id, identifier, false, value_of)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn get_variable_value_dirty<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> NifResult<Term<'a>> {
+    read_variable(env, session_id, identifier, true, value_of)
 }
 
 #[rustler::nif]
@@ -123,8 +168,7 @@ fn has_variable<'a>(env: Env<'a>, session_id: &str, identifier: Term<'a>) -> Nif
     Ok(convert::result(env, STORE.has_variable(session_id, &identifier)))
 }
 
-#[rustler::nif]
-fn update_variable<'a>(
+fn update_variable_impl<'a>(
     env: Env<'a>,
     session_id: &str,
     identifier: Term<'a>,
@@ -141,7 +185,30 @@ fn update_variable<'a>(
 }
 
 #[rustler::nif]
+fn update_variable<'a>(
+    env: Env<'a>, session_id: &str, identifier: Term<'a>, value: Term<'a>, metadata: Term<'a>, expected_version: i64,
+) -> NifResult<Term<'a>> {
+    update_variable_impl(env, session_id, identifier, value, metadata, expected_version)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn update_variable_dirty<'a>(
+    env: Env<'a>, session_id: &str, identifier: Term<'a>, value: Term<'a>, metadata: Term<'a>, expected_version: i64,
+) -> NifResult<Term<'a>> {
+    update_variable_impl(env, session_id, identifier, value, metadata, expected_version)
+}
+
+#[rustler::nif]
 fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>) -> NifResult<Term<'a>> {
+    get_variables_impl(env, session_id, identifiers, false)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn get_variables_dirty<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>) -> NifResult<Term<'a>> {
+    get_variables_impl(env, session_id, identifiers, true)
+}
+
+fn get_variables_impl<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>, dirty: bool) -> NifResult<Term<'a>> {
     // Results are keyed by the identifier term as given (atom or string).
     let mut keys = HashMap::with_capacity(identifiers.len());
     let mut names = Vec::with_capacity(identifiers.len());
@@ -151,6 +218,11 @@ fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>)
         names.push(name);
     }
     Ok(match STORE.get_variables(session_id, names) {
+        Ok(snakepit_core::store::BatchGet { found, .. })
+            if !dirty && found.iter().map(|(_, v)| 8 + v.value.weight()).sum::<usize>() > HEAVY =>
+        {
+            atoms::dirty().encode(env)
+        }
         Ok(snakepit_core::store::BatchGet { found, missing }) => {
             let (fk, fv): (Vec<Term>, Vec<Term>) =
                 found.iter().map(|(k, v)| (keys[k], convert::variable_tuple(env, v))).unzip();
@@ -167,6 +239,19 @@ fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>)
 /// `{:error, {:batch_failed, %{key => reason}}}` (atomic, nothing applied).
 #[rustler::nif]
 fn update_variables<'a>(
+    env: Env<'a>, session_id: &str, updates: Vec<(Term<'a>, Term<'a>)>, metadata: Term<'a>, atomic: bool,
+) -> NifResult<Term<'a>> {
+    update_variables_impl(env, session_id, updates, metadata, atomic)
+}
+
+#[rustler::nif(schedule = "DirtyCpu")]
+fn update_variables_dirty<'a>(
+    env: Env<'a>, session_id: &str, updates: Vec<(Term<'a>, Term<'a>)>, metadata: Term<'a>, atomic: bool,
+) -> NifResult<Term<'a>> {
+    update_variables_impl(env, session_id, updates, metadata, atomic)
+}
+
+fn update_variables_impl<'a>(
     env: Env<'a>,
     session_id: &str,
     updates: Vec<(Term<'a>, Term<'a>)>,
@@ -207,7 +292,8 @@ fn update_variables<'a>(
     })
 }
 
-#[rustler::nif]
+/// Always dirty: its cost grows with the session.
+#[rustler::nif(schedule = "DirtyCpu")]
 fn list_variables<'a>(env: Env<'a>, session_id: &str, pattern: Option<&str>) -> Term<'a> {
     match STORE.list_variables(session_id, pattern) {
         Ok(vars) => {

@@ -215,4 +215,30 @@ defmodule Snakepit.Bridge.SessionStoreTest do
       assert new_id != old_id
     end
   end
+
+  describe "big values and batches (dirty schedulers)" do
+    test "a large embedding and a large tensor round trip", %{sid: sid} do
+      big = Enum.map(1..50_000, &(&1 / 2))
+      assert {:ok, _} = SessionStore.register_variable(sid, :emb, :embedding, big, constraints: %{dimensions: 50_000})
+      assert SessionStore.get_variable_value(sid, :emb) == big
+      assert {:ok, %{value: ^big, version: 1}} = SessionStore.get_variable(sid, :emb)
+      bigger = Enum.map(big, &(&1 + 1))
+      assert :ok = SessionStore.update_variable(sid, :emb, bigger)
+      assert {:ok, %{found: %{emb: %{value: ^bigger}}}} = SessionStore.get_variables(sid, [:emb])
+
+      rows = for r <- 1..200, do: for(c <- 1..100, do: r * c * 1.0)
+      assert {:ok, _} = SessionStore.register_variable(sid, :t, :tensor, %{shape: [200, 100], data: rows})
+      assert %{shape: [200, 100], data: data} = SessionStore.get_variable_value(sid, :t)
+      assert data == List.flatten(rows)
+    end
+
+    test "a large batch applies", %{sid: sid} do
+      names = for i <- 1..500, do: "n#{i}"
+      for n <- names, do: {:ok, _} = SessionStore.register_variable(sid, n, :integer, 0)
+      assert {:ok, results} = SessionStore.update_variables(sid, Map.new(names, &{&1, 7}), atomic: true)
+      assert map_size(results) == 500 and Enum.all?(results, fn {_, r} -> r == {:ok, 2} end)
+      assert {:ok, %{found: found, missing: []}} = SessionStore.get_variables(sid, names)
+      assert map_size(found) == 500
+    end
+  end
 end
