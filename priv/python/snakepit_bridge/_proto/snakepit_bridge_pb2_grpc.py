@@ -181,7 +181,22 @@ class BridgeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchVariables(self, request, context):
-        """Server stream of changes to the named variables.
+        """Server stream of changes to the named variables. A watcher is owed the
+        latest value of every variable it watches, in version order — not every
+        intermediate value:
+        - per variable, versions strictly increase on a stream; none comes twice;
+        - a watcher that keeps up gets every change; one that falls behind gets
+        intermediate changes coalesced into the latest (the version gap shows
+        it) and is never disconnected for being slow;
+        - the changes of one atomic SetVariables arrive adjacent;
+        - the subscription is live before the first message, so a write racing
+        the start is in the initial value or delivered after it;
+        - an empty identifier list is INVALID_ARGUMENT, an unknown session or
+        variable NOT_FOUND, both before anything is streamed;
+        - "deleted" comes once for a deleted variable, then nothing more for it;
+        "session_closed" is the last message when the session is cleaned up or
+        expires, and the stream then ends with OK; server shutdown ends streams
+        with UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
