@@ -15,6 +15,8 @@ Type cache
     so the context remembers ``identifier -> type`` (and id <-> name) from every
     register, get, batch get and list response, and fetches a type it does not
     know with one ``GetVariable``. Types never change; an entry goes on delete.
+    A batch get reads a variable's name and type only when the cache does not
+    already hold that variable (same id) under the identifier asked.
     If someone else deletes and re-registers a name with another type, the
     first refused set re-reads the type once and retries.
 
@@ -57,13 +59,22 @@ from .types import (
     VariableSource,
     VariableType,
 )
-from .values import EncodedValue, decode_value, encode_json, encode_value
+from .values import (
+    _TYPE_OF_URL,
+    decode_json_values,
+    decode_value,
+    decode_variable_value,
+    encode_into,
+    encode_json,
+    encode_parts,
+)
 from .watch import (
     _READ,
     DEFAULT_BACKOFF,
     AsyncVariableWatch,
     VariableUpdate,
     VariableWatch,
+    _Deferred,
     _Emit,
     _OpenStream,
     _Sleep,
@@ -105,6 +116,10 @@ def _timestamp(ts: timestamp_pb2.Timestamp, present: bool) -> Optional[datetime.
     return ts.ToDatetime(tzinfo=datetime.timezone.utc)
 
 
+def _update_timestamp(message: pb2.VariableUpdate) -> Optional[datetime.datetime]:
+    return _timestamp(message.timestamp, message.HasField("timestamp"))
+
+
 def _now() -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()
@@ -120,7 +135,7 @@ def _variable_info(var: pb2.Variable) -> VariableInfo:
         id=var.id,
         name=var.name,
         type=VariableType.coerce(var.type),
-        value=decode_value(var.value, var.binary_value, var.type),
+        value=decode_variable_value(var),
         version=int(var.version),
         source=_SOURCES.get(var.source, "elixir"),
         metadata=dict(var.metadata),
@@ -286,13 +301,21 @@ class SessionContext(Generic[_ChannelT]):
 
     def _remember(self, var: pb2.Variable, *asked: str) -> VariableInfo:
         info = _variable_info(var)
-        for key in (var.id, var.name, *asked):
-            if key:
-                self._types[key] = var.type
-        if var.id and var.name:
-            self._aliases[var.id] = var.name
-            self._aliases[var.name] = var.id
+        self._learn(var, *asked)
         return info
+
+    def _learn(self, var: pb2.Variable, *asked: str) -> None:
+        """Put a variable the server sent into the type cache (under its id, its name and ``asked``)."""
+        self._learn_type(var.id, var.name, var.type, *asked)
+
+    def _learn_type(self, var_id: str, name: str, var_type: str, *asked: str) -> None:
+        types = self._types
+        for key in (var_id, name, *asked):
+            if key:
+                types[key] = var_type
+        if var_id and name:
+            self._aliases[var_id] = name
+            self._aliases[name] = var_id
 
     def _forget(self, identifier: str) -> None:
         for key in (identifier, self._aliases.pop(identifier, None)):
@@ -312,7 +335,7 @@ class SessionContext(Generic[_ChannelT]):
         except VariableNotFoundError:
             self._forget(identifier)
             raise
-        self._remember(response.variable, identifier)
+        self._learn(response.variable, identifier)
         return str(response.variable.type)
 
     # ------------------------------------------------------------------ session
@@ -472,16 +495,17 @@ class SessionContext(Generic[_ChannelT]):
         metadata: Optional[Mapping[str, str]],
     ) -> _Plan[str]:
         type_name = str(VariableType.coerce(var_type))
-        encoded = encode_value(type_name, initial_value)
+        url, payload, binary = encode_parts(type_name, initial_value)
         request = pb2.RegisterVariableRequest(
             session_id=self._session_id,
             name=name,
             type=type_name,
-            initial_value=encoded.any,
             constraints_json=encode_json(dict(constraints)).decode("utf-8") if constraints else "",
             metadata=dict(metadata or {}),
-            initial_binary_value=encoded.binary or b"",
+            initial_binary_value=binary or b"",
         )
+        request.initial_value.type_url = url
+        request.initial_value.value = payload
         response = yield _Rpc("RegisterVariable", request)
         _check(response, "RegisterVariable")
         var_id = str(response.variable_id)
@@ -511,12 +535,12 @@ class SessionContext(Generic[_ChannelT]):
 
     def _get_value(self, identifier: str, default: Any) -> _Plan[Any]:
         try:
-            info = yield from self._get_info(identifier)
+            var = yield from self._get_message(identifier)
         except VariableNotFoundError:
             if default is _MISSING:
                 raise
             return default
-        return info.value
+        return decode_variable_value(var)
 
     @overload
     def get_variable_info(self: SessionContext[grpc.aio.Channel], identifier: str) -> Awaitable[VariableInfo]: ...
@@ -532,16 +556,23 @@ class SessionContext(Generic[_ChannelT]):
         return self._run(self._get_info(identifier))
 
     def _get_info(self, identifier: str) -> _Plan[VariableInfo]:
+        var = yield from self._get_message(identifier)
+        return _variable_info(var)
+
+    def _get_message(self, identifier: str) -> _Plan[pb2.Variable]:
+        """The variable as a live watch last delivered it, else as ``GetVariable`` reads it (type cache refreshed)."""
         cached = self._watch_cache.lookup(identifier)
         if cached is not None:
-            return cached
+            return cached  # type: ignore[no-any-return]
         request = pb2.GetVariableRequest(session_id=self._session_id, variable_identifier=identifier)
         try:
             response = yield _Rpc("GetVariable", request)
         except VariableNotFoundError:
             self._forget(identifier)
             raise
-        return self._remember(response.variable, identifier)
+        var: pb2.Variable = response.variable
+        self._learn(var, identifier)
+        return var
 
     @overload
     def update_variable(
@@ -592,15 +623,17 @@ class SessionContext(Generic[_ChannelT]):
             var_type = yield from self._fetch_type(identifier)
 
         def request_for(type_name: str) -> pb2.SetVariableRequest:
-            encoded = encode_value(type_name, value)
-            return pb2.SetVariableRequest(
+            url, payload, binary = encode_parts(type_name, value)
+            request = pb2.SetVariableRequest(
                 session_id=self._session_id,
                 variable_identifier=identifier,
-                value=encoded.any,
                 metadata=dict(metadata or {}),
                 expected_version=expected_version or 0,
-                binary_value=encoded.binary or b"",
+                binary_value=binary or b"",
             )
+            request.value.type_url = url
+            request.value.value = payload
+            return request
 
         try:
             response = yield _Rpc("SetVariable", request_for(var_type))
@@ -639,13 +672,58 @@ class SessionContext(Generic[_ChannelT]):
         return self._run(self._get_variables(list(identifiers)))
 
     def _get_variables(self, identifiers: list[str]) -> _Plan[BatchGetResult]:
-        request = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=identifiers)
+        # Only values are returned: the server may leave constraints and metadata out.
+        request = pb2.BatchGetVariablesRequest(
+            session_id=self._session_id, variable_identifiers=identifiers, include_metadata=False
+        )
         response = yield _Rpc("GetVariables", request)
-        found: dict[str, Any] = {}
-        for key in identifiers:
-            if key in response.variables and key not in found:
-                found[key] = self._remember(response.variables[key], key).value
-        return BatchGetResult(found, list(response.missing_variables))
+        return BatchGetResult(self._batch_values(identifiers, response.variables), list(response.missing_variables))
+
+    def _batch_values(self, identifiers: list[str], variables: Mapping[str, pb2.Variable]) -> dict[str, Any]:
+        """The decoded values of a batch get's variables, in the order asked; the type cache learns them.
+
+        The hot loop of :meth:`get_variables`. Per variable it reads only the
+        id and the value when the type cache already knows it, and it decodes
+        the JSON values of all variables together
+        (:func:`~snakepit_bridge.values.decode_json_values`).
+
+        "Already knows": ``key`` has the type the type_url names, and ``key``
+        is that variable's name (its alias is the id) or its id (with an
+        alias). :meth:`_learn` would then change nothing, since an id, its
+        name and their type are always cached together and a variable's type
+        never changes.
+        """
+        get = variables.get
+        json_type = _TYPE_OF_URL.get
+        type_of = self._types.get
+        alias_of = self._aliases.get
+        keys: list[str] = []
+        urls: list[str] = []
+        payloads: list[bytes] = []
+        others: dict[str, Any] = {}  # binary-path and foreign values, decoded one by one
+        for key in dict.fromkeys(identifiers):
+            var = get(key)
+            if var is None:
+                continue  # missing
+            value = var.value
+            url = value.type_url
+            type_name = json_type(url)
+            if type_name is None:
+                self._learn(var, key)
+                others[key] = decode_value(value, var.binary_value, var.type)
+                continue
+            var_id = var.id
+            alias = alias_of(key)
+            if type_of(key) != type_name or (alias != var_id and (key != var_id or alias is None)):
+                self._learn(var, key)  # not known yet, or no longer (deleted and registered again)
+            keys.append(key)
+            urls.append(url)
+            payloads.append(value.value)
+        found = dict(zip(keys, decode_json_values(urls, payloads)))
+        if others:
+            found.update(others)
+            found = {key: found[key] for key in dict.fromkeys(identifiers) if key in found}
+        return found
 
     @overload
     def update_variables(
@@ -691,45 +769,41 @@ class SessionContext(Generic[_ChannelT]):
             return BatchUpdateResult({}, True, {})
         local_errors: dict[str, str] = {}
 
-        unknown = [key for key in updates if key not in self._types]
+        types = self._types
+        unknown = [key for key in updates if key not in types]
         if unknown:
             lookup = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=unknown)
             found = yield _Rpc("GetVariables", lookup)
             for key, var in found.variables.items():
-                self._remember(var, key)
+                self._learn(var, key)
             for key in found.missing_variables:
                 # Worded as the server words it (the key was never sent).
                 local_errors[key] = f"variable {_quote(key)} not found in session {_quote(self._session_id)}"
 
-        encoded: dict[str, EncodedValue] = {}
-        for key, value in updates.items():
-            if key in local_errors:
-                continue
-            try:
-                encoded[key] = encode_value(self._types[key], value)
-            except ValidationError as exc:
-                local_errors[key] = exc.message
+        # The values are encoded straight into the request (no intermediate Any to copy).
+        request = pb2.BatchSetVariablesRequest(
+            session_id=self._session_id, metadata=dict(metadata or {}), atomic=atomic
+        )
+        to_send = {k: v for k, v in updates.items() if k not in local_errors} if local_errors else updates
+        local_errors.update(encode_into(request.updates, request.binary_updates, to_send, types))
 
         outcome: dict[str, Union[bool, str]] = {}
         if local_errors and atomic:
             outcome.update((key, local_errors.get(key, NOT_APPLIED_ATOMIC)) for key in updates)
             return BatchUpdateResult(outcome, False, {})
-        if not encoded:
+        if not request.updates:
             outcome.update(local_errors)
             return BatchUpdateResult(outcome, False, {})
 
-        request = pb2.BatchSetVariablesRequest(
-            session_id=self._session_id,
-            updates={key: enc.any for key, enc in encoded.items()},
-            binary_updates={key: enc.binary for key, enc in encoded.items() if enc.binary is not None},
-            metadata=dict(metadata or {}),
-            atomic=atomic,
-        )
         response = yield _Rpc("SetVariables", request)
+        # new_versions becomes a dict only if read (BatchUpdateResult); the cache needs it only while watched.
+        versions = response.new_versions
+        if self._watch_cache.watching:
+            for key, version in versions.items():
+                self._watch_cache.note_write(self._names_of(key), version)
+        if response.success and not response.errors and not local_errors:
+            return BatchUpdateResult(dict.fromkeys(updates, True), True, versions)
         errors = dict(response.errors)
-        versions = {key: int(v) for key, v in response.new_versions.items()}
-        for key, version in versions.items():
-            self._watch_cache.note_write(self._names_of(key), version)
         for key in updates:
             if key in local_errors:
                 outcome[key] = local_errors[key]
@@ -799,7 +873,7 @@ class SessionContext(Generic[_ChannelT]):
 
     def _has_variable(self, identifier: str) -> _Plan[bool]:
         try:
-            yield from self._get_info(identifier)
+            yield from self._get_message(identifier)
         except VariableNotFoundError:
             return False
         return True
@@ -1023,30 +1097,51 @@ class SessionContext(Generic[_ChannelT]):
         return state.vanished({ident: var.id for ident, var in batch.variables.items()})
 
     def _watch_update(self, message: pb2.VariableUpdate, holder: _WatchHolder) -> VariableUpdate:
-        """Decode one message, and refresh the type cache and the watch cache with it."""
+        """Decode one message, and refresh the type cache and the watch cache with it.
+
+        Only the value is decoded here; the update's ``variable`` and
+        ``timestamp`` are built from the message if and when they are read,
+        and the watch cache keeps the message (see ``_WatchCache.lookup``).
+        """
         kind = message.update_type
-        info: Optional[VariableInfo] = None
-        if message.HasField("variable") and (message.variable.id or message.variable.name):
+        if message.HasField("variable"):
             var = message.variable
-            if kind == "deleted":
-                info = _variable_info(var)
-                self._watch_cache.drop(var.id)
-                self._forget(var.id)
-            else:
-                info = self._remember(var)
-                if kind != "session_closed":
-                    self._watch_cache.refresh(holder, info)
-        return VariableUpdate(
-            update_type=kind,  # type: ignore[arg-type]  # the server's word
-            variable_id=(message.variable_id or info.id) if info is not None else (message.variable_id or None),
-            name=info.name if info is not None else None,
-            value=info.value if info is not None else None,
-            version=info.version if info is not None else None,
-            type=info.type if info is not None else None,
-            metadata=dict(message.update_metadata),
-            source=message.update_source or None,
-            timestamp=_timestamp(message.timestamp, message.HasField("timestamp")),
-            variable=info,
+            var_id, name = var.id, var.name
+            if var_id or name:
+                value = decode_variable_value(var)
+                version = var.version
+                var_type = var.type
+                if kind == "deleted":
+                    self._watch_cache.drop(var_id)
+                    self._forget(var_id)
+                else:
+                    self._learn_type(var_id, name, var_type)
+                    if kind != "session_closed":
+                        self._watch_cache.refresh(holder, var_id, name, version, var)
+                update_metadata = message.update_metadata
+                return VariableUpdate._received(
+                    kind,
+                    message.variable_id or var_id,
+                    name,
+                    value,
+                    version,
+                    VariableType.coerce(var_type),
+                    dict(update_metadata) if update_metadata else {},
+                    message.update_source or None,
+                    _Deferred(_update_timestamp, message),
+                    _Deferred(_variable_info, var),
+                )
+        return VariableUpdate._received(
+            kind,
+            message.variable_id or None,
+            None,
+            None,
+            None,
+            None,
+            dict(message.update_metadata),
+            message.update_source or None,
+            _Deferred(_update_timestamp, message),
+            None,
         )
 
     # ------------------------------------------------------------------ mapping sugar

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal, Optional, TypedDict, Union
@@ -45,15 +46,15 @@ class VariableType(str, Enum):
         gives the verdict (INVALID_ARGUMENT) rather than the client. Raises
         ``TypeError`` if ``value`` is not a string.
         """
-        if isinstance(value, cls):
-            return value
         if not isinstance(value, str):
             raise TypeError(f"var_type must be a VariableType or str, not {type(value).__name__}")
-        try:
-            return cls(value)
-        except ValueError:
-            return value
+        # What cls(value) finds (a member finds itself), without raising for the unknown.
+        member = _MEMBERS.get(value)
+        return member if member is not None else value
 
+
+#: Wire name -> member (what ``VariableType(name)`` returns).
+_MEMBERS: dict[str, VariableType] = {member.value: member for member in VariableType}
 
 #: Who made a variable's last change.
 VariableSource = Literal["elixir", "python"]
@@ -120,26 +121,42 @@ class BatchUpdateResult(dict[str, Union[bool, str]]):
 
     Attributes:
         success: the server's verdict for the whole batch.
-        new_versions: the new version of every key that was applied.
+        new_versions: the new version of every key that was applied (a
+            ``dict``; when given another mapping, it is copied into one on
+            first access, so a batch call does not pay for it unless it is read).
     """
 
     success: bool
-    new_versions: dict[str, int]
 
     def __init__(
         self,
         outcome: dict[str, Union[bool, str]],
         success: bool,
-        new_versions: dict[str, int],
+        new_versions: Mapping[str, int],
     ) -> None:
         super().__init__(outcome)
         self.success = success
-        self.new_versions = new_versions
+        self._new_versions = new_versions
+
+    @property
+    def new_versions(self) -> dict[str, int]:
+        versions = self._new_versions
+        if type(versions) is not dict:
+            versions = self._new_versions = dict(versions)
+        return versions
+
+    @new_versions.setter
+    def new_versions(self, value: Mapping[str, int]) -> None:
+        self._new_versions = value
 
     @property
     def errors(self) -> dict[str, str]:
         """Only the keys that were not applied, with their messages."""
         return {k: v for k, v in self.items() if isinstance(v, str)}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle and copy a plain dict of versions, never the message it may come from.
+        return {"success": self.success, "_new_versions": self.new_versions}
 
     def __repr__(self) -> str:
         return (

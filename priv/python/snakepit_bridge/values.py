@@ -15,6 +15,15 @@ Binary path (embedding and tensor)
 
 No value is ever pickled. numpy is optional: it is used only when the caller
 passes numpy objects, and never imported by this module.
+
+Speed
+    Batch calls move thousands of values, so the common cases have fast paths
+    that give exactly what the general code gives (the tests compare them):
+    plain ``float``/``int``/``str``/``bool``/``None`` values are encoded
+    without building a JSON encoder (:func:`encode_parts`), a JSON value is
+    decoded by the json module's scanner without ``json.loads``' per-call
+    overhead, and :func:`decode_json_values` decodes many values of one type
+    with a single parse.
 """
 
 from __future__ import annotations
@@ -23,9 +32,10 @@ import array
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from json.encoder import encode_basestring_ascii
+from typing import Any, Callable, Optional, Union
 
 import grpc
 from google.protobuf import any_pb2
@@ -37,7 +47,11 @@ __all__ = [
     "BINARY_THRESHOLD",
     "EncodedValue",
     "TYPE_URL_PREFIX",
+    "decode_json_values",
     "decode_value",
+    "decode_variable_value",
+    "encode_into",
+    "encode_parts",
     "encode_value",
     "parse_type_url",
     "type_url",
@@ -82,6 +96,12 @@ def parse_type_url(url: str) -> tuple[Optional[str], bool]:
     return name, False
 
 
+#: type name -> its JSON-path type_url, for the known types.
+_URL_OF_TYPE: dict[str, str] = {t.value: type_url(t) for t in VariableType}
+#: JSON-path type_url of a known type -> the type name.
+_TYPE_OF_URL: dict[str, str] = {url: name for name, url in _URL_OF_TYPE.items()}
+
+
 # --------------------------------------------------------------------------- encoding
 
 
@@ -98,14 +118,112 @@ def encode_value(var_type: Union[VariableType, str], value: Any) -> EncodedValue
         ValidationError: the value cannot be expressed in JSON at all (an
             arbitrary object, a complex number, ...).
     """
-    var_type = VariableType.coerce(var_type)
-    if isinstance(var_type, VariableType) and var_type in _NUMERIC_TYPES:
-        binary = _encode_binary(var_type, value)
+    url, payload, binary = encode_parts(var_type, value)
+    return EncodedValue(any_pb2.Any(type_url=url, value=payload), binary)
+
+
+def encode_parts(var_type: Union[VariableType, str], value: Any) -> tuple[str, bytes, Optional[bytes]]:
+    """:func:`encode_value` without the wrapping: ``(type_url, Any.value, binary or None)``.
+
+    For filling a message in place (a batch fills one ``Any`` per key). A
+    ``float``, ``int``, ``str``, ``bool`` or ``None`` for a known type takes a
+    fast path that gives the very bytes the general one gives.
+
+    Raises:
+        ValidationError: as :func:`encode_value`.
+    """
+    scalar = _SCALAR_JSON.get(type(value))
+    if scalar is not None:
+        try:
+            url = _URL_OF_TYPE.get(var_type)  # anything but a known type name: the general path
+            if url is not None:
+                return url, scalar(value), None
+        except (TypeError, ValueError):
+            pass  # an unhashable var_type, an int too long for str(): the general path says why
+    coerced = VariableType.coerce(var_type)
+    if isinstance(coerced, VariableType) and coerced in _NUMERIC_TYPES:
+        binary = _encode_binary(coerced, value)
         if binary is not None:
             return binary
-    if var_type == VariableType.TENSOR and _is_ndarray(value):
+    if coerced == VariableType.TENSOR and _is_ndarray(value):
         value = {"shape": list(value.shape), "data": value.reshape(-1).tolist()}
-    return EncodedValue(_json_any(type_url(var_type), value))
+    return type_url(coerced), encode_json(value), None
+
+
+def encode_into(
+    anys: MutableMapping[str, Any],
+    binaries: MutableMapping[str, bytes],
+    values: Mapping[str, Any],
+    types: Mapping[str, str],
+) -> dict[str, str]:
+    """Encode many values straight into a request's maps: the batch form of :func:`encode_parts`.
+
+    For each ``key, value`` of ``values``: the variable's type is
+    ``types[key]``; the ``Any`` of ``anys[key]`` (a protobuf map field of
+    ``Any``, e.g. ``BatchSetVariablesRequest.updates``) is filled in place with
+    what :func:`encode_parts` gives, and ``binaries[key]`` set on the binary
+    path. A value that cannot be encoded leaves both maps untouched.
+
+    Returns:
+        key -> the reason, for the values that could not be encoded.
+    """
+    errors: dict[str, str] = {}
+    url_of = _URL_OF_TYPE.get
+    for key, value in values.items():
+        var_type = types[key]
+        url = url_of(var_type)
+        if url is not None and type(value) is float:  # the hot case, inline
+            payload = repr(value).encode() if value - value == 0.0 else _float_json(value)
+        else:
+            try:
+                url, payload, binary = encode_parts(var_type, value)
+            except ValidationError as exc:
+                errors[key] = exc.message
+                continue
+            if binary is not None:
+                binaries[key] = binary
+        entry = anys[key]
+        entry.type_url = url
+        entry.value = payload
+    return errors
+
+
+def _float_json(x: float) -> bytes:
+    """``x`` (exactly a float) as :func:`encode_json` writes it."""
+    if x - x == 0.0:  # finite (inf - inf and nan - nan are nan)
+        return repr(x).encode()  # float.__repr__, what json.dumps writes
+    if x != x:
+        return b'"NaN"'
+    return b'"Infinity"' if x > 0 else b'"-Infinity"'
+
+
+def _int_json(x: int) -> bytes:
+    """``x`` (exactly an int) as :func:`encode_json` writes it."""
+    return repr(x).encode()  # ValueError beyond sys.get_int_max_str_digits(), as json.dumps
+
+
+def _str_json(x: str) -> bytes:
+    return encode_basestring_ascii(x).encode()  # json.dumps' default (ensure_ascii)
+
+
+def _bool_json(x: bool) -> bytes:
+    return b"true" if x else b"false"
+
+
+def _none_json(_: None) -> bytes:
+    return b"null"
+
+
+#: Exact type -> its JSON bytes, as :func:`encode_json` writes them (subclasses take the general path).
+_SCALAR_JSON: dict[type, Callable[[Any], bytes]] = {
+    float: _float_json,
+    int: _int_json,
+    str: _str_json,
+    bool: _bool_json,
+    type(None): _none_json,
+}
+
+_JSON_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def encode_json(value: Any) -> bytes:
@@ -115,17 +233,13 @@ def encode_json(value: Any) -> bytes:
         ValidationError: the value has no JSON form.
     """
     try:
-        return json.dumps(_jsonable(value), allow_nan=False, separators=(",", ":")).encode("utf-8")
+        return _JSON_ENCODER.encode(_jsonable(value)).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError(
             f"value of type {type(value).__name__} cannot be encoded as JSON: {exc}",
             grpc.StatusCode.INVALID_ARGUMENT,
             "invalid_value",
         ) from exc
-
-
-def _json_any(url: str, value: Any) -> any_pb2.Any:
-    return any_pb2.Any(type_url=url, value=encode_json(value))
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,8 +268,8 @@ def _is_ndarray(value: Any) -> bool:
     return np is not None and isinstance(value, np.ndarray)
 
 
-def _encode_binary(var_type: VariableType, value: Any) -> Optional[EncodedValue]:
-    """The binary-path encoding of a large numeric numpy array, else ``None``."""
+def _encode_binary(var_type: VariableType, value: Any) -> Optional[tuple[str, bytes, Optional[bytes]]]:
+    """The binary-path encoding (parts) of a large numeric numpy array, else ``None``."""
     shape: Optional[list[int]] = None
     if var_type == VariableType.TENSOR and isinstance(value, Mapping) and _is_ndarray(value.get("data")):
         shape = [int(d) for d in value.get("shape", value["data"].shape)]
@@ -169,10 +283,30 @@ def _encode_binary(var_type: VariableType, value: Any) -> Optional[EncodedValue]
     dtype = "float32" if value.dtype.name == "float32" else "float64"
     raw = value.astype(_BINARY_DTYPES[dtype][1], copy=False).tobytes(order="C")
     meta = {"shape": shape, "dtype": dtype, "binary_format": "raw_le"}
-    return EncodedValue(_json_any(type_url(var_type, binary=True), meta), raw)
+    return type_url(var_type, binary=True), encode_json(meta), raw
 
 
 # --------------------------------------------------------------------------- decoding
+
+# What json.loads runs: JSONDecoder.__init__ sets it (typeshed does not know the attribute).
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(raw: bytes) -> Any:
+    """``json.loads(raw.decode("utf-8"))``: the same value, or the same exception, faster.
+
+    The json module's scanner reads the value; whatever it does not take as a
+    whole (surrounding whitespace, malformed text) goes to ``json.loads``,
+    which accepts it or raises its usual error.
+    """
+    text = raw.decode("utf-8")
+    try:
+        value, end = _scan_once(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 def decode_value(
@@ -193,18 +327,91 @@ def decode_value(
         BridgeError: the payload is malformed (bad JSON, an unknown binary
             format or dtype, a byte count that does not match the shape).
     """
-    if not value.type_url and not value.value:
+    return _decode(value.type_url, value.value, binary_value, var_type)
+
+
+def decode_variable_value(var: Any) -> Any:
+    """``decode_value(var.value, var.binary_value, var.type)`` of a ``Variable`` message.
+
+    The same result; ``binary_value`` and ``type`` are read only when needed
+    (binary path, foreign type_url).
+    """
+    value = var.value
+    url = value.type_url
+    raw = value.value
+    name = _TYPE_OF_URL.get(url)
+    if name is not None and raw:
+        return _decode(url, raw)
+    return _decode(url, raw, var.binary_value, var.type)
+
+
+def _decode(url: str, raw: bytes, binary_value: bytes = b"", var_type: Optional[Union[VariableType, str]] = None) -> Any:
+    """:func:`decode_value` of an ``Any`` given as its two fields."""
+    name: Optional[str] = _TYPE_OF_URL.get(url)
+    if name is not None and raw:  # the usual case: a known type on the JSON path
+        try:
+            payload = _loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BridgeError(f"server sent a malformed {name} value: {exc}") from exc
+        return _NORMALISERS.get(name, _same)(payload)
+    if not url and not raw:
         return None
-    name, is_binary = parse_type_url(value.type_url)
+    name, is_binary = parse_type_url(url)
     if name is None:
         name = str(var_type) if var_type is not None else ""
     try:
-        payload = json.loads(value.value.decode("utf-8")) if value.value else None
+        payload = _loads(raw) if raw else None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BridgeError(f"server sent a malformed {name or 'unknown'} value: {exc}") from exc
     if is_binary:
         return _decode_binary(name, payload, binary_value)
     return _normalise(name, payload)
+
+
+def decode_json_values(urls: Sequence[str], payloads: Sequence[bytes]) -> list[Any]:
+    """Decode many JSON-path values: ``[decode_value(Any(type_url=u, value=p)) for u, p in zip(urls, payloads)]``.
+
+    The same results (and the same :class:`BridgeError` for a malformed
+    payload), faster: the payloads of one type_url are decoded by one JSON
+    parse of ``[p1,p2,...]``. That parse gives each ``json.loads(p)`` exactly
+    when the joined text has no commas but the separators (then every element
+    of the array is exactly one payload); otherwise (a list or a string with a
+    comma in it, or anything malformed) each payload is decoded on its own.
+    Binary-path values need their bytes field: use :func:`decode_value`.
+    """
+    count = len(urls)
+    if count == 0:
+        return []
+    first = urls[0]
+    if urls.count(first) == count:  # the usual case: all of one type
+        return _decode_same(first, payloads)
+    out: list[Any] = [None] * count
+    groups: dict[str, list[int]] = {}
+    for i, url in enumerate(urls):
+        groups.setdefault(url, []).append(i)
+    for url, indices in groups.items():
+        for i, decoded in zip(indices, _decode_same(url, [payloads[i] for i in indices])):
+            out[i] = decoded
+    return out
+
+
+def _decode_same(url: str, payloads: Sequence[bytes]) -> list[Any]:
+    name = _TYPE_OF_URL.get(url)
+    count = len(payloads)
+    if name is not None and count > 1:
+        joined = b",".join(payloads)
+        if joined.count(b",") == count - 1:
+            try:
+                items = _loads(b"[" + joined + b"]")
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                items = None
+            if type(items) is list and len(items) == count:
+                return _normalise_all(name, items)
+    return [_decode(url, raw) for raw in payloads]
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def _float(x: Any) -> Any:
@@ -213,6 +420,50 @@ def _float(x: Any) -> Any:
     if isinstance(x, int) and not isinstance(x, bool):
         return float(x)
     return x
+
+
+def _integer(x: Any) -> Any:
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
+
+
+def _embedding(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_float(v) for v in x]
+    return x
+
+
+def _tensor(x: Any) -> Any:
+    if isinstance(x, dict):
+        shape = x.get("shape", [])
+        return {"shape": list(shape), "data": [_float(v) for v in _flatten(x.get("data", []))]}
+    return x
+
+
+#: Type name -> what its decoded JSON becomes (types not listed keep it as it is).
+_NORMALISERS: dict[str, Callable[[Any], Any]] = {
+    VariableType.FLOAT.value: _float,
+    VariableType.INTEGER.value: _integer,
+    VariableType.EMBEDDING.value: _embedding,
+    VariableType.TENSOR.value: _tensor,
+}
+
+
+def _normalise(name: str, payload: Any) -> Any:
+    return _NORMALISERS.get(name, _same)(payload)
+
+
+def _normalise_all(name: str, items: list[Any]) -> list[Any]:
+    """``[_normalise(name, x) for x in items]``, with the common element type tested inline."""
+    if name == "float":
+        return [x if type(x) is float else _float(x) for x in items]
+    if name == "integer":
+        return [x if type(x) is int else _integer(x) for x in items]
+    norm = _NORMALISERS.get(name)
+    if norm is None:
+        return items
+    return [norm(x) for x in items]
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -224,21 +475,6 @@ def _flatten(data: Any) -> list[Any]:
     for x in data:
         out.extend(_flatten(x))
     return out
-
-
-def _normalise(name: str, payload: Any) -> Any:
-    if name == VariableType.FLOAT:
-        return _float(payload)
-    if name == VariableType.INTEGER:
-        if isinstance(payload, float) and payload.is_integer():
-            return int(payload)
-        return payload
-    if name == VariableType.EMBEDDING and isinstance(payload, list):
-        return [_float(x) for x in payload]
-    if name == VariableType.TENSOR and isinstance(payload, dict):
-        shape = payload.get("shape", [])
-        return {"shape": list(shape), "data": [_float(x) for x in _flatten(payload.get("data", []))]}
-    return payload
 
 
 def _decode_binary(name: str, meta: Any, raw: bytes) -> Any:

@@ -80,13 +80,11 @@ What this client adds
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import datetime
 import random
 import threading
-from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import grpc
@@ -121,6 +119,45 @@ UpdateType = Literal["initial_value", "value_change", "deleted", "session_closed
 DEFAULT_BACKOFF: tuple[float, float] = (0.05, 2.0)
 
 _KEYS = ("variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp", "update_type")
+_REPR_FIELDS = ("update_type", "variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp")
+
+
+class _Deferred:
+    """A field value not computed yet: ``fn(arg)``, computed on first access (see :class:`_LazyField`)."""
+
+    __slots__ = ("arg", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.fn = fn
+        self.arg = arg
+
+
+class _LazyField:
+    """A dataclass field that may be given a :class:`_Deferred`, computed (once) when first read.
+
+    The value lives in the instance's ``__dict__`` under ``_lazy_<name>``.
+    ``required``: the field has no default; otherwise its default is ``None``.
+    """
+
+    def __init__(self, required: bool) -> None:
+        self._required = required
+        self._key = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = "_lazy_" + name
+
+    def __get__(self, obj: Any, objtype: Optional[type] = None) -> Any:
+        if obj is None:  # the dataclass asks for the field's default
+            if self._required:
+                raise AttributeError(self._key)
+            return None
+        value = obj.__dict__[self._key]
+        if type(value) is _Deferred:
+            value = obj.__dict__[self._key] = value.fn(value.arg)
+        return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._key] = value
 
 
 @dataclass(frozen=True, eq=False)
@@ -143,6 +180,10 @@ class VariableUpdate(Mapping[str, Any]):
 
     It compares equal to any mapping with the same keys and values
     (``update == dict(update)``); it is not hashable.
+
+    For a quick receive path, an update read from the stream decodes only the
+    value eagerly; ``variable`` and ``timestamp`` are built from the message
+    the first time they are read (the same objects on every later read).
     """
 
     update_type: UpdateType
@@ -153,8 +194,17 @@ class VariableUpdate(Mapping[str, Any]):
     type: Optional[Union[VariableType, str]]
     metadata: dict[str, str]
     source: Optional[str]
-    timestamp: Optional[datetime.datetime]
-    variable: Optional[VariableInfo] = field(default=None, repr=False)
+    timestamp: Optional[datetime.datetime] = _LazyField(required=True)  # type: ignore[assignment]
+    variable: Optional[VariableInfo] = _LazyField(required=False)  # type: ignore[assignment]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle and copy computed values, never the message they would come from.
+        self.timestamp, self.variable  # noqa: B018 - computes what is still deferred
+        return dict(self.__dict__)
+
+    def __repr__(self) -> str:  # the dataclass's, without ``variable``
+        fields = ", ".join(f"{key}={getattr(self, key)!r}" for key in _REPR_FIELDS)
+        return f"{type(self).__qualname__}({fields})"
 
     def __getitem__(self, key: str) -> Any:
         if key in _KEYS:
@@ -166,6 +216,40 @@ class VariableUpdate(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(_KEYS)
+
+    @classmethod
+    def _received(
+        cls,
+        update_type: str,
+        variable_id: Optional[str],
+        name: Optional[str],
+        value: Any,
+        version: Optional[int],
+        type: Optional[Union[VariableType, str]],  # noqa: A002 - the field's name
+        metadata: dict[str, str],
+        source: Optional[str],
+        timestamp: Any,
+        variable: Any,
+    ) -> VariableUpdate:
+        """What the constructor makes, without its one frozen-attribute set per field (for the receive path)."""
+        update = object.__new__(cls)
+        object.__setattr__(
+            update,
+            "__dict__",
+            {
+                "update_type": update_type,
+                "variable_id": variable_id,
+                "name": name,
+                "value": value,
+                "version": version,
+                "type": type,
+                "metadata": metadata,
+                "source": source,
+                "_lazy_timestamp": timestamp,
+                "_lazy_variable": variable,
+            },
+        )
+        return update
 
 
 # --------------------------------------------------------------------------- plan operations
@@ -276,16 +360,21 @@ class _WatchState:
 
     def note(self, update: VariableUpdate) -> bool:
         """Track an update; ``True`` when the watch is over (session closed, or every variable deleted)."""
-        if update.update_type == "session_closed":
+        kind = update.update_type
+        if kind == "session_closed":
             return True
         # The identifiers this update answers to: its id and/or its name (O(1) per update).
-        matches = [i for i in {update.variable_id, update.name} if i is not None and i in self._wanted]
-        if update.update_type == "deleted":
+        var_id, name = update.variable_id, update.name
+        wanted = self._wanted
+        matches = [i for i in (var_id, name) if i is not None and i in wanted]
+        if len(matches) == 2 and var_id == name:
+            del matches[1]
+        if kind == "deleted":
             for ident in matches:
                 self.deleted.add(ident)
                 self.last.pop(ident, None)
             return all(i in self.deleted for i in self.identifiers)
-        if update.variable_id is not None and update.version is not None:
+        if var_id is not None and update.version is not None:
             for ident in matches:
                 self.last[ident] = update
         return False
@@ -372,42 +461,16 @@ class _WatchHolder:
         self.ids: set[str] = set()
 
 
-def _fresh(value: Any, var_type: Any) -> Any:
-    """A copy of a decoded value that shares nothing mutable with it.
-
-    Embeddings are flat lists and tensors ``{"shape": [ints], "data": [floats]}``
-    (as values.py decodes them): copied one level deep, which is cheap even
-    for large ones. Anything else mutable (JSON of an unknown type) is copied
-    in depth; scalars and strings are immutable.
-    """
-    if var_type == VariableType.EMBEDDING and isinstance(value, list):
-        return value.copy()
-    if var_type == VariableType.TENSOR and isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
-        return {k: v.copy() for k, v in value.items()}
-    if isinstance(value, (list, dict)):
-        return copy.deepcopy(value)
-    return value
-
-
-def _isolated(info: VariableInfo) -> VariableInfo:
-    """The info with its own copies of everything mutable, so cache and caller never share."""
-    if not isinstance(info.value, (list, dict)) and not info.metadata and not info.constraints:
-        return info
-    return dataclasses.replace(
-        info,
-        value=_fresh(info.value, info.type),
-        metadata=dict(info.metadata),
-        constraints=copy.deepcopy(info.constraints),
-    )
-
-
 class _Entry:
-    __slots__ = ("floor", "holders", "info")
+    __slots__ = ("floor", "holders", "message", "name", "var_id", "version")
 
-    def __init__(self, info: VariableInfo, floor: int) -> None:
-        self.info = info
+    def __init__(self, var_id: str, name: str, version: int, message: Any, floor: int) -> None:
+        self.var_id = var_id
+        self.name = name
+        self.version = version
+        self.message = message  # the Variable as the server sent it; decoded afresh on every read
         self.holders: set[_WatchHolder] = set()
-        self.floor = floor  # served only once info.version reaches it (read-your-writes)
+        self.floor = floor  # served only once version reaches it (read-your-writes)
 
 
 class _WatchCache:
@@ -436,37 +499,48 @@ class _WatchCache:
 
     def set_live(self, holder: _WatchHolder, live: bool) -> None:
         """Whether the holder's stream is open and accepted (entries are served only then)."""
+        if live and holder.live:
+            return  # already (a defunct holder is never live: release() clears it under the lock)
         with self._lock:
             holder.live = live and not holder.defunct
 
-    def lookup(self, identifier: str) -> Optional[VariableInfo]:
-        """The cached info of a variable covered by a live watch, else ``None``."""
+    def lookup(self, identifier: str) -> Optional[Any]:
+        """The ``Variable`` message last delivered of a variable covered by a live watch, else ``None``.
+
+        Messages are never changed once received; every reader decodes its own
+        objects from it, so cache and callers share nothing mutable.
+        """
         if not self._entries:
             return None
         with self._lock:
             var_id = self._find(identifier)
             entry = self._entries.get(var_id) if var_id is not None else None
-            if entry is None or entry.info.version < entry.floor:
+            if entry is None or entry.version < entry.floor:
                 return None
             if not any(h.live for h in entry.holders):
                 return None
-            info = entry.info
-        return _isolated(info)
+            return entry.message
 
-    def refresh(self, holder: _WatchHolder, info: VariableInfo) -> None:
-        info = _isolated(info)  # the consumer gets the update's objects; the cache keeps its own
+    def refresh(self, holder: _WatchHolder, var_id: str, name: str, version: int, message: Any) -> None:
+        """A watch delivered ``message`` (a ``Variable``) at ``version``."""
         with self._lock:
             if holder.defunct:
                 return
-            entry = self._entries.get(info.id)
+            entry = self._entries.get(var_id)
             if entry is None:
-                floor = max(self._floors.pop(info.id, 0), self._floors.pop(info.name, 0))
-                entry = self._entries[info.id] = _Entry(info, floor)
-                self._names[info.name] = info.id
-            elif info.version >= entry.info.version:
-                entry.info = info
+                floor = max(self._floors.pop(var_id, 0), self._floors.pop(name, 0))
+                entry = self._entries[var_id] = _Entry(var_id, name, version, message, floor)
+                self._names[name] = var_id
+            elif version >= entry.version:
+                entry.version = version
+                entry.message = message
             entry.holders.add(holder)
-            holder.ids.add(info.id)
+            holder.ids.add(var_id)
+
+    @property
+    def watching(self) -> bool:
+        """Whether any watch holds entries or may soon (writes must then be noted)."""
+        return bool(self._holders)
 
     def note_write(self, identifiers: tuple[str, ...], version: int) -> None:
         """This context's write reached ``version``: serve nothing older from now on."""
@@ -495,8 +569,8 @@ class _WatchCache:
         entry = self._entries.pop(var_id, None)
         if entry is None:
             return
-        if self._names.get(entry.info.name) == var_id:
-            del self._names[entry.info.name]
+        if self._names.get(entry.name) == var_id:
+            del self._names[entry.name]
         for holder in entry.holders:
             holder.ids.discard(var_id)
 
