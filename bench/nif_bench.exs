@@ -11,6 +11,8 @@
 # defines Snakepit.Bench.Nif without running anything; then
 # Snakepit.Bench.Nif.run(batches: 50, batch_size: 100) returns the figures as a map.
 
+Code.require_file("support.exs", __DIR__)
+
 defmodule Snakepit.Bench.Nif do
   @moduledoc """
   Microbenchmark of the NIF door of `Snakepit.Bridge.SessionStore`.
@@ -25,6 +27,7 @@ defmodule Snakepit.Bench.Nif do
   `run/1` returns a map (see `t:result/0`); `print/1` renders it as a table.
   """
 
+  alias Snakepit.Bench.Support
   alias Snakepit.Bridge.{Native, SessionStore}
 
   @target_ns 2_000
@@ -95,8 +98,8 @@ defmodule Snakepit.Bench.Nif do
   """
   @spec run(keyword()) :: result()
   def run(opts \\ []) do
-    batches = positive!(opts, :batches, 500)
-    batch_size = positive!(opts, :batch_size, 1000)
+    batches = Support.positive!(opts, :batches, 500)
+    batch_size = Support.positive!(opts, :batch_size, 1000)
     warmup = Keyword.get(opts, :warmup_batches, max(3, div(batches, 10)))
     progress = Keyword.get(opts, :progress, fn _ -> :ok end)
 
@@ -247,11 +250,12 @@ defmodule Snakepit.Bench.Nif do
 
   defp stats(per_call, batch_size) do
     sorted = Enum.sort(per_call)
-    count = length(sorted)
+    t = List.to_tuple(sorted)
+    count = tuple_size(t)
 
     %{
-      median_ns: percentile(sorted, 50),
-      p99_ns: percentile(sorted, 99),
+      median_ns: Support.percentile(t, 50),
+      p99_ns: Support.percentile(t, 99),
       mean_ns: Enum.sum(sorted) / count,
       min_ns: hd(sorted) * 1.0,
       max_ns: List.last(sorted) * 1.0,
@@ -260,58 +264,10 @@ defmodule Snakepit.Bench.Nif do
     }
   end
 
-  # Linear interpolation between closest ranks (numpy's default).
-  defp percentile([only], _p), do: only * 1.0
-
-  defp percentile(sorted, p) do
-    rank = p / 100 * (length(sorted) - 1)
-    lo = floor(rank)
-    hi = min(lo + 1, length(sorted) - 1)
-    a = Enum.at(sorted, lo)
-    b = Enum.at(sorted, hi)
-    a + (b - a) * (rank - lo) * 1.0
-  end
-
   # -- machine -----------------------------------------------------------------
 
-  @doc "The machine the figures come from: cores, CPU model, OTP and Elixir versions."
-  def machine do
-    %{
-      logical_processors: :erlang.system_info(:logical_processors),
-      schedulers_online: System.schedulers_online(),
-      cpu_model: cpu_model(),
-      otp_release: to_string(:erlang.system_info(:otp_release)),
-      erts_version: to_string(:erlang.system_info(:version)),
-      elixir_version: System.version(),
-      jit: jit?(),
-      load_average: load_average()
-    }
-  end
-
-  # The 1-minute load average when the run ended (other work on the machine skews figures).
-  defp load_average do
-    case File.read("/proc/loadavg") do
-      {:ok, text} -> text |> String.split() |> hd() |> Float.parse() |> elem(0)
-      _ -> nil
-    end
-  rescue
-    _ -> nil
-  end
-
-  defp cpu_model do
-    with {:ok, text} <- File.read("/proc/cpuinfo"),
-         [_, model] <- Regex.run(~r/^model name\s*:\s*(.+)$/m, text) do
-      String.trim(model)
-    else
-      _ -> "unknown"
-    end
-  end
-
-  defp jit? do
-    :erlang.system_info(:emu_flavor) == :jit
-  rescue
-    _ -> false
-  end
+  @doc "The machine the figures come from: cores, CPU model, OTP and Elixir versions, load average."
+  defdelegate machine(), to: Support
 
   # -- output ------------------------------------------------------------------
 
@@ -390,10 +346,7 @@ defmodule Snakepit.Bench.Nif do
   @doc false
   # True when `file` is the script named on this VM's command line
   # (`mix run bench/nif_bench.exs`), false when another file required it.
-  def invoked_as_script?(file) do
-    :init.get_plain_arguments()
-    |> Enum.any?(fn arg -> Path.expand(to_string(arg)) == file end)
-  end
+  defdelegate invoked_as_script?(file), to: Support
 
   @doc "The command-line entry: `--quick`, `--batches N`, `--batch-size N`, `--json`."
   def main(argv) do
@@ -433,43 +386,9 @@ defmodule Snakepit.Bench.Nif do
     end
   end
 
-  # A minimal JSON encoder for the result map (no dependency on a JSON library).
+  # A minimal JSON encoder for the result maps (no dependency on a JSON library).
   @doc false
-  def json(term) when is_map(term) do
-    body =
-      term
-      |> Enum.sort_by(fn {k, _} -> to_string(k) end)
-      |> Enum.map_join(",", fn {k, v} -> json(to_string(k)) <> ":" <> json(v) end)
-
-    "{" <> body <> "}"
-  end
-
-  def json(list) when is_list(list), do: "[" <> Enum.map_join(list, ",", &json/1) <> "]"
-  def json(b) when is_boolean(b), do: to_string(b)
-  def json(nil), do: "null"
-  def json(a) when is_atom(a), do: json(Atom.to_string(a))
-  def json(n) when is_integer(n), do: Integer.to_string(n)
-  def json(f) when is_float(f), do: :erlang.float_to_binary(f, [:short])
-
-  def json(s) when is_binary(s) do
-    escaped =
-      s
-      |> String.replace("\\", "\\\\")
-      |> String.replace("\"", "\\\"")
-      |> String.replace("\n", "\\n")
-
-    "\"" <> escaped <> "\""
-  end
-
-  defp positive!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n > 0 ->
-        n
-
-      other ->
-        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(other)}"
-    end
-  end
+  defdelegate json(term), to: Support
 end
 
 if Snakepit.Bench.Nif.invoked_as_script?(__ENV__.file) do

@@ -10,7 +10,7 @@
 # defines Snakepit.Bench.PushLatency without running anything; then
 # Snakepit.Bench.PushLatency.run(updates: 200) returns the figures as a map.
 
-Code.require_file("nif_bench.exs", __DIR__)
+Code.require_file("support.exs", __DIR__)
 
 defmodule Snakepit.Bench.PushLatency do
   @moduledoc """
@@ -40,9 +40,10 @@ defmodule Snakepit.Bench.PushLatency do
   `run/1` returns a map (see `t:result/0`); `format/1` renders the table.
   """
 
+  alias Snakepit.Bench.Support
   alias Snakepit.Bridge.{Server, SessionStore}
 
-  @root Path.expand("..", __DIR__)
+  @root Support.root()
 
   @targets %{p50_us: 200.0, p99_us: 450.0, p50_over_ping: 0.6}
 
@@ -122,10 +123,10 @@ defmodule Snakepit.Bench.PushLatency do
   """
   @spec run(keyword()) :: result()
   def run(opts \\ []) do
-    updates = positive!(opts, :updates, 2000)
+    updates = Support.positive!(opts, :updates, 2000)
     warmup = Keyword.get(opts, :warmup, 100)
-    interval_ms = positive!(opts, :interval_ms, 1)
-    pings = positive!(opts, :pings, 2000)
+    interval_ms = Support.positive!(opts, :interval_ms, 1)
+    pings = Support.positive!(opts, :pings, 2000)
     modes = Keyword.get(opts, :modes, Enum.map(@modes, &elem(&1, 0)))
     progress = Keyword.get(opts, :progress, fn _ -> :ok end)
 
@@ -170,7 +171,7 @@ defmodule Snakepit.Bench.PushLatency do
           {Map.merge(acc, results), gaps ++ kind_gaps, Map.put(versions, kind, version)}
         end)
 
-      wait_watchers(sid, 0)
+      Support.wait_watchers(sid, 0)
 
       %{
         unit: :us,
@@ -187,7 +188,7 @@ defmodule Snakepit.Bench.PushLatency do
         server:
           "127.0.0.1:#{port}" <>
             if(stop_server, do: " (in this BEAM, started by the bench)", else: ""),
-        machine: Snakepit.Bench.Nif.machine(),
+        machine: Support.machine(),
         elapsed_ms: System.monotonic_time(:millisecond) - started
       }
     after
@@ -266,7 +267,7 @@ defmodule Snakepit.Bench.PushLatency do
       {results, gaps, reader} =
         Enum.reduce(modes, {%{}, [], reader}, fn mode, {acc, gaps, reader} ->
           {_, reader} = expect(reader, "WATCHING #{mode}", 30_000)
-          wait_watchers(sid, 1)
+          Support.wait_watchers(sid, 1)
 
           progress.(
             "#{mode}: watch live; #{warmup} warm-up + #{updates} timed updates, #{interval_ms} ms apart"
@@ -475,44 +476,13 @@ defmodule Snakepit.Bench.PushLatency do
 
   defp log(%{log: lines}), do: lines |> Enum.reverse() |> Enum.take(-40) |> Enum.join("\n")
 
-  # Polls the session's watcher count (live gRPC streams) until it is `n`.
-  defp wait_watchers(sid, n, deadline_ms \\ 30_000) do
-    t_end = System.monotonic_time(:millisecond) + deadline_ms
-    wait_watchers_until(sid, n, t_end, nil)
-  end
-
-  defp wait_watchers_until(sid, n, t_end, _last) do
-    {:ok, %{watcher_count: count}} = SessionStore.get_session(sid)
-
-    cond do
-      count == n ->
-        :ok
-
-      System.monotonic_time(:millisecond) > t_end ->
-        raise "watcher_count of #{sid} stayed at #{count}, expected #{n}"
-
-      true ->
-        Process.sleep(2)
-        wait_watchers_until(sid, n, t_end, count)
-    end
-  end
-
   # -- where the executables are -------------------------------------------------
 
   @doc "The Python interpreter: `$SNAKEPIT_PYTHON`, else the repo's `.venv/bin/python`."
-  def python, do: System.get_env("SNAKEPIT_PYTHON") || Path.join(@root, ".venv/bin/python")
+  defdelegate python(), to: Support
 
   @doc "The Rust load client: `$SNAKEPIT_WATCH_LOAD`, else `target/release/watch_load`."
-  def watch_load do
-    path = System.get_env("SNAKEPIT_WATCH_LOAD") || Path.join(@root, "target/release/watch_load")
-
-    unless File.exists?(path) do
-      raise "#{path} not found: build it with `cargo build --release -p watch_load`, " <>
-              "or leave :rust out of :modes (--no-rust)"
-    end
-
-    path
-  end
+  def watch_load, do: Support.watch_load!("or leave :rust out of :modes (--no-rust)")
 
   # -- statistics ----------------------------------------------------------------
 
@@ -536,16 +506,7 @@ defmodule Snakepit.Bench.PushLatency do
     }
   end
 
-  # Linear interpolation between closest ranks (numpy's default); `t` is a sorted tuple.
-  defp percentile(t, p) do
-    n = tuple_size(t)
-    rank = p / 100 * (n - 1)
-    lo = floor(rank)
-    hi = min(lo + 1, n - 1)
-    a = elem(t, lo)
-    b = elem(t, hi)
-    a + (b - a) * (rank - lo) * 1.0
-  end
+  defp percentile(t, p), do: Support.percentile(t, p)
 
   # -- output --------------------------------------------------------------------
 
@@ -711,23 +672,13 @@ defmodule Snakepit.Bench.PushLatency do
     result = run(run_opts)
 
     if opts[:json] do
-      IO.puts(Snakepit.Bench.Nif.json(result))
+      IO.puts(Support.json(result))
     else
       print(result)
     end
   end
-
-  defp positive!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n > 0 ->
-        n
-
-      other ->
-        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(other)}"
-    end
-  end
 end
 
-if Snakepit.Bench.Nif.invoked_as_script?(__ENV__.file) do
+if Snakepit.Bench.Support.invoked_as_script?(__ENV__.file) do
   Snakepit.Bench.PushLatency.main(System.argv())
 end

@@ -10,7 +10,7 @@
 # defines Snakepit.Bench.WriterCost without running anything; then
 # Snakepit.Bench.WriterCost.run(batches: 20) returns the figures as a map.
 
-Code.require_file("nif_bench.exs", __DIR__)
+Code.require_file("support.exs", __DIR__)
 
 defmodule Snakepit.Bench.WriterCost do
   @moduledoc """
@@ -37,9 +37,9 @@ defmodule Snakepit.Bench.WriterCost do
   `run/1` returns a map (see `t:result/0`); `format/1` renders the table.
   """
 
+  alias Snakepit.Bench.Support
   alias Snakepit.Bridge.{Server, SessionStore, VariableUpdate}
 
-  @root Path.expand("..", __DIR__)
   @target_ratio 2.0
   @wait_ms 60_000
 
@@ -94,8 +94,8 @@ defmodule Snakepit.Bench.WriterCost do
   """
   @spec run(keyword()) :: result()
   def run(opts \\ []) do
-    batches = positive!(opts, :batches, 400)
-    batch_size = positive!(opts, :batch_size, 1000)
+    batches = Support.positive!(opts, :batches, 400)
+    batch_size = Support.positive!(opts, :batch_size, 1000)
     warmup = Keyword.get(opts, :warmup_batches, max(3, div(batches, 10)))
     elixir_counts = Enum.uniq([0 | Keyword.get(opts, :elixir_watchers, [0, 1, 100, 1000])])
     grpc = Keyword.get(opts, :grpc_watchers, 1000)
@@ -153,7 +153,7 @@ defmodule Snakepit.Bench.WriterCost do
 
     try do
       rows = Enum.map(rows, &start_watchers(&1, &1.sid, parent, server, progress))
-      Enum.each(rows, &wait_watchers(&1.sid, &1.watchers))
+      Enum.each(rows, &Support.wait_watchers(&1.sid, &1.watchers, @wait_ms, 5))
       total = Enum.sum(Enum.map(rows, & &1.watchers))
       progress.("#{total} watchers live on #{length(rows)} variables, one session each")
 
@@ -171,7 +171,7 @@ defmodule Snakepit.Bench.WriterCost do
         end)
 
       messages = Map.new(rows, fn row -> {row.key, stop_watchers(row)} end)
-      Enum.each(rows, &wait_watchers(&1.sid, 0))
+      Enum.each(rows, &Support.wait_watchers(&1.sid, 0, @wait_ms, 5))
       base = per_call_median(samples, :none, batch_size)
       base_min = samples |> Enum.map(fn s -> elem(s.none, 0) / batch_size end) |> Enum.min()
 
@@ -222,7 +222,7 @@ defmodule Snakepit.Bench.WriterCost do
         results: results,
         target_ratio: @target_ratio,
         target_met: target_met,
-        machine: Snakepit.Bench.Nif.machine(),
+        machine: Support.machine(),
         elapsed_ms: System.monotonic_time(:millisecond) - started
       }
     after
@@ -412,41 +412,12 @@ defmodule Snakepit.Bench.WriterCost do
   end
 
   @doc "The Rust load client: `$SNAKEPIT_WATCH_LOAD`, else `target/release/watch_load`."
-  def watch_load do
-    path = System.get_env("SNAKEPIT_WATCH_LOAD") || Path.join(@root, "target/release/watch_load")
-
-    unless File.exists?(path) do
-      raise "#{path} not found: build it with `cargo build --release -p watch_load`, or pass grpc_watchers: 0 (--grpc 0)"
-    end
-
-    path
-  end
+  def watch_load, do: Support.watch_load!("or pass grpc_watchers: 0 (--grpc 0)")
 
   defp start_server do
     name = :"snakepit_bench_writer_server_#{System.unique_integer([:positive])}"
     {:ok, pid} = Server.start_link(host: "127.0.0.1", port: 0, name: name)
     %{port: Server.port(name), stop: fn -> GenServer.stop(pid) end}
-  end
-
-  defp wait_watchers(sid, n) do
-    t_end = System.monotonic_time(:millisecond) + @wait_ms
-    wait_watchers_until(sid, n, t_end)
-  end
-
-  defp wait_watchers_until(sid, n, t_end) do
-    {:ok, %{watcher_count: count}} = SessionStore.get_session(sid)
-
-    cond do
-      count == n ->
-        :ok
-
-      System.monotonic_time(:millisecond) > t_end ->
-        raise "watcher_count of #{sid} stayed at #{count}, expected #{n}"
-
-      true ->
-        Process.sleep(5)
-        wait_watchers_until(sid, n, t_end)
-    end
   end
 
   # -- statistics ----------------------------------------------------------------------
@@ -477,15 +448,7 @@ defmodule Snakepit.Bench.WriterCost do
     %{p50: percentile(t, 50), p99: percentile(t, 99), max: elem(t, tuple_size(t) - 1) * 1.0}
   end
 
-  defp percentile(t, p) do
-    n = tuple_size(t)
-    rank = p / 100 * (n - 1)
-    lo = floor(rank)
-    hi = min(lo + 1, n - 1)
-    a = elem(t, lo)
-    b = elem(t, hi)
-    a + (b - a) * (rank - lo) * 1.0
-  end
+  defp percentile(t, p), do: Support.percentile(t, p)
 
   # -- output ----------------------------------------------------------------------------
 
@@ -603,23 +566,13 @@ defmodule Snakepit.Bench.WriterCost do
     result = run(run_opts)
 
     if opts[:json] do
-      IO.puts(Snakepit.Bench.Nif.json(result))
+      IO.puts(Support.json(result))
     else
       print(result)
     end
   end
-
-  defp positive!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      n when is_integer(n) and n > 0 ->
-        n
-
-      other ->
-        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(other)}"
-    end
-  end
 end
 
-if Snakepit.Bench.Nif.invoked_as_script?(__ENV__.file) do
+if Snakepit.Bench.Support.invoked_as_script?(__ENV__.file) do
   Snakepit.Bench.WriterCost.main(System.argv())
 end

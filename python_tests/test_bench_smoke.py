@@ -244,3 +244,60 @@ def test_push_receiver_speaks_its_protocol(server_address: str, session_id: str)
                 proc.stdout.close()
         finally:
             ctx.cleanup(force=True)
+
+
+# --------------------------------------------------------------------------- the report writer (issue 5)
+
+RENDER = REPO_ROOT / "bench" / "render_report.py"
+
+REPORT_SECTIONS = (
+    "# Benchmark report",
+    "## Machine",
+    "## Summary",
+    "## Plots",
+    "## 1. NIF get/update vs GenServer.call",
+    "## 2. Batch vs sequential gets and sets from Python",
+    "## 3. Push latency Elixir → Python vs Ping",
+    "## 4. Writer cost vs number of watchers",
+    "## 5. Fan-out to 100 watcher connections",
+    "## 6. Scale: 10,000 streams",
+    "## Notes",
+)
+
+
+def test_report_is_complete_when_benches_failed(tmp_path: Path) -> None:
+    """render_report.py on a run where every bench failed or timed out: every section, no plot, exit 0.
+
+    (test/bench_smoke_test.exs runs the whole report writer tiny, with real figures.)
+    """
+    entry = {"limit_s": 60, "elapsed_s": 1.5, "load_average_start": [0.5, 0.4, 0.3], "load_average_end": [0.6, 0.4, 0.3]}
+    benches = {
+        "nif": {**entry, "status": "failed", "error": "an exception was raised:\n    ** (RuntimeError) boom", "config": {"batches": 4}},
+        "python_batch": {**entry, "status": "failed", "error": "exited with status 1:\nTraceback", "command": "python bench/python_batch.py --json"},
+        "push_latency": {**entry, "status": "timed out", "error": "still running after 60 s; stopped", "config": {"updates": 20}},
+        "writer_cost": {**entry, "status": "failed", "error": "no watch_load", "config": {"batches": 3}},
+        "fan_out": {**entry, "status": "timed out", "error": "still running after 60 s; stopped", "command": "watch_load fan-out --json"},
+    }  # "scale" left out altogether: reported as not run
+    data = {
+        "report": {"format": 1, "quick": True, "command": "mix run bench/report.exs --quick", "started_at": "2026-01-01T00:00:00Z",
+                   "elapsed_s": 9.0, "order": list(benches), "git": {"commit": "abc1234", "local_changes": False}},
+        "machine": {"logical_processors": 2, "schedulers_online": 2, "cpu_model": "Test CPU", "otp_release": "25",
+                    "erts_version": "13.1.5", "elixir_version": "1.14.0", "jit": True, "load_average_start": [0.5, 0.4, 0.3],
+                    "mem_total_kib": 1024 * 1024, "kernel": "Linux", "rustc": "rustc 1.0",
+                    "python": {"executable": "python", "version": "3.11.7", "grpcio": "1", "protobuf": "1"}},
+        "benches": benches,
+    }
+    figures = tmp_path / "latest.json"
+    figures.write_text(json.dumps(data))
+    (tmp_path / "latest.png").write_bytes(b"a stale plot from an earlier run")
+
+    proc = subprocess.run([sys.executable, str(RENDER), str(figures)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "plot skipped" in proc.stdout
+    md = (tmp_path / "latest.md").read_text()
+    for heading in REPORT_SECTIONS:
+        assert heading in md, heading
+    assert md.count("**FAILED**") == 2 * 3 and md.count("**TIMED OUT**") == 2 * 2 and md.count("**NOT RUN**") == 2
+    assert "RuntimeError) boom" in md and "Test CPU" in md and "2 logical CPUs" in md
+    assert "**Plot skipped**: neither the push-latency nor the writer-cost bench produced figures" in md
+    assert not (tmp_path / "latest.png").exists()  # the stale plot is gone

@@ -9,6 +9,9 @@ defmodule Snakepit.BenchSmokeTest do
   @bench Path.expand("../bench/nif_bench.exs", __DIR__)
   @push_bench Path.expand("../bench/push_latency.exs", __DIR__)
   @writer_bench Path.expand("../bench/writer_cost.exs", __DIR__)
+  @report Path.expand("../bench/report.exs", __DIR__)
+  @render Path.expand("../bench/render_report.py", __DIR__)
+  @bench_python Path.expand("../bench/.venv/bin/python", __DIR__)
 
   # Load the benchmarks while this module compiles (so the calls below refer to
   # known modules), capturing what loading prints: each must define its module
@@ -27,6 +30,10 @@ defmodule Snakepit.BenchSmokeTest do
 
   @watch_load_stdout stdout
   @watch_load_stderr stderr
+
+  {stdout, stderr} = with_io(:stderr, fn -> capture_io(fn -> Code.require_file(@report) end) end)
+  @report_load_stdout stdout
+  @report_load_stderr stderr
 
   test "requiring bench/nif_bench.exs defines Snakepit.Bench.Nif without running the benchmark" do
     assert @load_stdout == ""
@@ -224,5 +231,124 @@ defmodule Snakepit.BenchSmokeTest do
     assert Snakepit.Bench.Nif.json(r) =~ ~s("ratio_vs_none":)
 
     assert bench_sessions("bench-writer-") == before
+  end
+
+  # -- the report writer (issue 5) -------------------------------------------------
+
+  @report_sections [
+    "# Benchmark report",
+    "## Machine",
+    "## Summary",
+    "## Plots",
+    "## 1. NIF get/update vs GenServer.call",
+    "## 2. Batch vs sequential gets and sets from Python",
+    "## 3. Push latency Elixir → Python vs Ping",
+    "## 4. Writer cost vs number of watchers",
+    "## 5. Fan-out to 100 watcher connections",
+    "## 6. Scale: 10,000 streams",
+    "## Notes"
+  ]
+
+  defp imports_matplotlib?(python) do
+    match?({_, 0}, System.cmd(python, ["-c", "import matplotlib"], stderr_to_stdout: true))
+  end
+
+  defp render!(python, json, extra \\ []) do
+    {out, status} = System.cmd(python, [@render, json | extra], stderr_to_stdout: true)
+    assert status == 0, "render_report.py exited #{status}:\n#{out}"
+    out
+  end
+
+  defp assert_png!(path) do
+    assert <<0x89, "PNG", _::binary>> = File.read!(path)
+  end
+
+  test "requiring report.exs defines Snakepit.Bench.Report without running it" do
+    assert @report_load_stdout == ""
+    assert @report_load_stderr == ""
+    assert Code.ensure_loaded?(Snakepit.Bench.Report)
+    refute Snakepit.Bench.Support.invoked_as_script?(@report)
+  end
+
+  @tag timeout: 300_000
+  test "the report writer runs every bench tiny and writes a complete report" do
+    dir =
+      Path.join(System.tmp_dir!(), "snakepit-bench-smoke-#{System.unique_integer([:positive])}")
+
+    on_exit(fn -> File.rm_rf(dir) end)
+    python = Snakepit.Bench.Support.python()
+    lines = :ets.new(:report_progress, [:public, :duplicate_bag])
+
+    r =
+      Snakepit.Bench.Report.run(
+        quick: true,
+        out: dir,
+        python: python,
+        progress: &:ets.insert(lines, {&1})
+      )
+
+    assert r.failed == [], File.read!(r.markdown)
+    assert :ets.info(lines, :size) > 0
+    assert r.json == Path.join(dir, "latest.json") and r.markdown == Path.join(dir, "latest.md")
+
+    json = File.read!(r.json)
+
+    for key <- ~w(nif python_batch push_latency writer_cost fan_out scale),
+        do: assert(json =~ ~s("#{key}":{), "#{key} missing from latest.json")
+
+    assert json =~ ~s("samples_us":[)
+    assert json =~ ~s("load_average_start":)
+
+    md = File.read!(r.markdown)
+
+    for heading <- @report_sections,
+        do: assert(md =~ heading, "no #{inspect(heading)} in the report")
+
+    # Every bench ran; units, run counts and the machine are stated.
+    refute md =~ "**FAILED**"
+    refute md =~ "**TIMED OUT**"
+    refute md =~ "**NOT RUN**"
+    assert length(Regex.scan(~r/\*\*(MET|MISSED)\*\*/, md)) >= 2 * 11
+    assert md =~ "reported (no numeric target)"
+
+    for needle <- [
+          "µs per call",
+          "Unit: **ms**",
+          "Unit: **µs**",
+          "Runs: ",
+          "logical CPUs",
+          "load average",
+          "Elixir",
+          "Python",
+          "Redis",
+          "etcd"
+        ],
+        do: assert(md =~ needle, "no #{inspect(needle)} in the report")
+
+    assert md =~ Snakepit.Bench.Support.cpu_model()
+
+    # The plot: drawn when this Python has matplotlib (the test venv does not),
+    # else the report says it was skipped and is complete as tables.
+    if imports_matplotlib?(python) do
+      assert_png!(r.png)
+      assert md =~ "![(a) push latency distribution"
+    else
+      assert r.png == nil
+      assert md =~ "**Plot skipped**: matplotlib could not be imported"
+    end
+
+    # The bench's own environment (made by scripts/bench.sh), when there is one, draws it.
+    if File.exists?(@bench_python) and imports_matplotlib?(@bench_python) do
+      assert render!(@bench_python, r.json) =~ "wrote #{Path.join(dir, "latest.png")}"
+      assert_png!(Path.join(dir, "latest.png"))
+      assert File.read!(r.markdown) =~ "](latest.png)"
+    end
+
+    # --no-plot: the skipped path whatever is installed, and no stale PNG is left.
+    assert render!(python, r.json, ["--no-plot"]) =~ "plot skipped"
+    refute File.exists?(Path.join(dir, "latest.png"))
+    md = File.read!(r.markdown)
+    assert md =~ "**Plot skipped**: --no-plot was given"
+    for heading <- @report_sections, do: assert(md =~ heading)
   end
 end
