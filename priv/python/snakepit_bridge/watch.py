@@ -640,7 +640,34 @@ def _step(plan: _WatchPlan, value: Any, error: Optional[BaseException], end: typ
         raise end from None
 
 
-class VariableWatch:
+class _WatchIterator:
+    """What the blocking and the asyncio watch iterators share: state and introspection."""
+
+    _closed: bool
+    _holder: _WatchHolder
+    _ctx: Any
+    _identifiers: list[str]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"{type(self).__name__}({self._ctx.session_id!r}, {self._identifiers!r}, {state})"
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once the watch has ended (closed, finished, or failed)."""
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """``True`` while a stream is open and the server has accepted it.
+
+        It changes as the watch is iterated (or started): with ``reconnect``,
+        it is ``False`` from the moment the stream failed until it is reopened.
+        """
+        return self._holder.live
+
+
+class VariableWatch(_WatchIterator):
     """A watch over a blocking channel: a blocking iterator of :class:`VariableUpdate`.
 
     Made by :meth:`SessionContext.watch_variables` / ``watch_variable`` on a
@@ -683,23 +710,7 @@ class VariableWatch:
         self._busy = False  # a thread is inside next()
         self._next_op: Any = None  # what the plan asked for, not yet done (after start())
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"VariableWatch({self._ctx.session_id!r}, {self._identifiers!r}, {state})"
 
-    @property
-    def closed(self) -> bool:
-        """``True`` once the watch has ended (closed, finished, or failed)."""
-        return self._closed
-
-    @property
-    def connected(self) -> bool:
-        """``True`` while a stream is open and the server has accepted it.
-
-        It changes as the watch is iterated (or started): with ``reconnect``,
-        it is ``False`` from the moment the stream failed until it is reopened.
-        """
-        return self._holder.live
 
     def __iter__(self) -> VariableWatch:
         return self
@@ -856,7 +867,7 @@ def _task_cancelling() -> bool:
     return bool(cancelling()) if cancelling is not None else False
 
 
-class AsyncVariableWatch:
+class AsyncVariableWatch(_WatchIterator):
     """A watch over a ``grpc.aio`` channel: an async iterator of :class:`VariableUpdate`.
 
     Made by :meth:`SessionContext.watch_variables` / ``watch_variable`` on a
@@ -900,23 +911,7 @@ class AsyncVariableWatch:
         self._wakeup: Optional[asyncio.Future[None]] = None
         self._next_op: Any = None  # what the plan asked for, not yet done (after start())
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"AsyncVariableWatch({self._ctx.session_id!r}, {self._identifiers!r}, {state})"
 
-    @property
-    def closed(self) -> bool:
-        """``True`` once the watch has ended (closed, finished, or failed)."""
-        return self._closed
-
-    @property
-    def connected(self) -> bool:
-        """``True`` while a stream is open and the server has accepted it.
-
-        It changes as the watch is iterated (or started): with ``reconnect``,
-        it is ``False`` from the moment the stream failed until it is reopened.
-        """
-        return self._holder.live
 
     def __aiter__(self) -> AsyncVariableWatch:
         return self
