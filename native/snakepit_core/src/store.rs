@@ -535,7 +535,7 @@ impl Store {
         let (id, value) = prepare(&vars, session_id, identifier, value.into(), change.expected_version)?;
         let version = apply(&mut vars, &id, value, change, now);
         if session.watch.count() > 0 {
-            session.watch.publish([changed(&vars, &id, change, now, None)]);
+            session.watch.publish([changed(&vars, &id, change, &change_metadata(change), now, None)]);
         }
         Ok(version)
     }
@@ -581,7 +581,8 @@ impl Store {
                 }
                 if session.watch.count() > 0 {
                     let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
-                    session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, now, Some(batch))));
+                    let metadata = change_metadata(change);
+                    session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, &metadata, now, Some(batch))));
                 }
             }
         } else {
@@ -597,7 +598,8 @@ impl Store {
                 }
             }
             if session.watch.count() > 0 {
-                session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, now, None)));
+                let metadata = change_metadata(change);
+                session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, &metadata, now, None)));
             }
         }
         Ok(outcome)
@@ -688,13 +690,24 @@ fn in_variable(e: StoreError, name: &str) -> StoreError {
     }
 }
 
+/// The metadata watchers see with a change: one shared copy per write call,
+/// and no allocation at all for the usual empty metadata.
+fn change_metadata(change: &Change) -> Arc<Metadata> {
+    static EMPTY: once_cell::sync::Lazy<Arc<Metadata>> = once_cell::sync::Lazy::new(Arc::default);
+    if change.metadata.is_empty() {
+        EMPTY.clone()
+    } else {
+        Arc::new(change.metadata.clone())
+    }
+}
+
 /// The update watchers get for a change just applied to `id`.
-fn changed(vars: &Vars, id: &Arc<str>, change: &Change, now: i64, batch: Option<u64>) -> Update {
+fn changed(vars: &Vars, id: &Arc<str>, change: &Change, metadata: &Arc<Metadata>, now: i64, batch: Option<u64>) -> Update {
     Update {
         kind: UpdateKind::ValueChange,
         variable: Some(vars.by_id[id].clone()),
         source: change.source,
-        metadata: Arc::new(change.metadata.clone()),
+        metadata: metadata.clone(),
         at_us: now,
         batch,
     }
