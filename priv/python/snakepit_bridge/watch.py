@@ -643,10 +643,16 @@ def _step(plan: _WatchPlan, value: Any, error: Optional[BaseException], end: typ
 class _WatchIterator:
     """What the blocking and the asyncio watch iterators share: state and introspection."""
 
-    _closed: bool
-    _holder: _WatchHolder
-    _ctx: Any
-    _identifiers: list[str]
+    def __init__(self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]) -> None:
+        self._ctx = ctx
+        self._plan = plan
+        self._holder = holder
+        self._identifiers = identifiers
+        self._call: Any = None
+        self._closed = False  # no more updates: closed, finished or failed
+        self._finished = False  # the plan is closed
+        self._busy = False  # someone is inside next()/anext()
+        self._next_op: Any = None  # what the plan asked for, not yet done (after start())
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -698,19 +704,9 @@ class VariableWatch(_WatchIterator):
     """
 
     def __init__(self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]) -> None:
-        self._ctx = ctx
-        self._plan = plan
-        self._holder = holder
-        self._identifiers = identifiers
+        super().__init__(ctx, plan, holder, identifiers)
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._call: Any = None
-        self._closed = False  # no more updates: closed, finished or failed
-        self._finished = False  # the plan is closed
-        self._busy = False  # a thread is inside next()
-        self._next_op: Any = None  # what the plan asked for, not yet done (after start())
-
-
 
     def __iter__(self) -> VariableWatch:
         return self
@@ -900,18 +896,8 @@ class AsyncVariableWatch(_WatchIterator):
     """
 
     def __init__(self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]) -> None:
-        self._ctx = ctx
-        self._plan = plan
-        self._holder = holder
-        self._identifiers = identifiers
-        self._call: Any = None
-        self._closed = False
-        self._finished = False
-        self._busy = False
+        super().__init__(ctx, plan, holder, identifiers)
         self._wakeup: Optional[asyncio.Future[None]] = None
-        self._next_op: Any = None  # what the plan asked for, not yet done (after start())
-
-
 
     def __aiter__(self) -> AsyncVariableWatch:
         return self
