@@ -22,21 +22,9 @@ bash scripts/setup.sh
 say "cargo build --release --workspace"
 cargo build --release --workspace
 
-# The bench's own venv (no system site-packages), reinstalled only when the
-# pins or the package metadata change, as setup.sh does for .venv.
+# The bench's own venv (no system site-packages), with matplotlib besides.
 venv="$root/bench/.venv"
-if [ ! -x "$venv/bin/python" ]; then
-  say "creating the bench's Python venv in bench/.venv"
-  python3 -m venv "$venv"
-fi
-stamp="$venv/.snakepit-bench-installed"
-want="$(cat priv/python/requirements-dev.txt priv/python/pyproject.toml bench/requirements.txt | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing Python packages into bench/.venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r priv/python/requirements-dev.txt -r bench/requirements.txt -e priv/python
-  echo "$want" > "$stamp"
-fi
+bash scripts/ensure_venv.sh "$venv" priv/python/requirements-dev.txt bench/requirements.txt
 
 export SNAKEPIT_PYTHON="$venv/bin/python"
 export SNAKEPIT_SERVER_BIN="$root/target/release/snakepit-bridge-server"

@@ -26,18 +26,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-venv="$root/.venv"
-if [ ! -x "$venv/bin/python" ]; then
-  say "creating the Python venv in .venv"
-  python3 -m venv "$venv"
-fi
-# Reinstall only when the pins or the package metadata changed.
-stamp="$venv/.snakepit-installed"
-want="$(cat priv/python/requirements-dev.txt priv/python/pyproject.toml | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing Python packages into .venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r priv/python/requirements-dev.txt -e priv/python
-  echo "$want" > "$stamp"
-fi
+bash scripts/ensure_venv.sh "$root/.venv" priv/python/requirements-dev.txt
 say "ready"
