@@ -5,6 +5,11 @@
 //! `{:snakepit_variable_update, ref, %Snakepit.Bridge.VariableUpdate{}}` to
 //! the watching pid. The resource monitors that pid: when it dies, `down`
 //! cancels the subscription at once — no sweep.
+//!
+//! `unwatch` promises that nothing arrives after it returns, yet the delivery
+//! task may be holding a batch it took just before. Each send therefore
+//! happens under the `open` lock, which `unwatch` takes to close the
+//! resource: a send is either finished (and flushed by the caller) or never made.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +27,14 @@ use crate::STORE;
 pub struct WatchResource {
     canceller: Canceller,
     monitor: Mutex<Option<Monitor>>,
+    open: Mutex<bool>,
+}
+
+impl WatchResource {
+    fn close(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.canceller.cancel();
+    }
 }
 
 #[rustler::resource_impl]
@@ -29,7 +42,7 @@ impl rustler::Resource for WatchResource {
     const IMPLEMENTS_DOWN: bool = true;
 
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
-        self.canceller.cancel();
+        self.close();
     }
 }
 
@@ -85,12 +98,16 @@ fn watch_variables<'a>(
         Ok(sub) => sub,
         Err(e) => return Ok(convert::error(env, &e)),
     };
-    let resource = ResourceArc::new(WatchResource { canceller: sub.canceller(), monitor: Mutex::new(None) });
+    let resource = ResourceArc::new(WatchResource {
+        canceller: sub.canceller(),
+        monitor: Mutex::new(None),
+        open: Mutex::new(true),
+    });
     match resource.monitor(Some(env), &pid) {
         Some(m) => *resource.monitor.lock().unwrap_or_else(|e| e.into_inner()) = Some(m),
         // The pid is already dead: nobody will ever read these updates.
         None => {
-            resource.canceller.cancel();
+            resource.close();
             return Ok((atoms::ok(), resource).encode(env));
         }
     }
@@ -99,11 +116,19 @@ fn watch_variables<'a>(
         let mut msg_env = OwnedEnv::new();
         while let Some(batch) = sub.next_batch().await {
             for u in &batch {
-                let sent = msg_env.send_and_clear(&pid, |env| {
-                    (atoms::snakepit_variable_update(), delivered.encode(env), update_term(env, u)).encode(env)
+                // Build outside the lock: a big tensor takes a while to
+                // encode, and unwatch waits on the lock from a scheduler.
+                let message = msg_env.run(|env| {
+                    msg_env.save((atoms::snakepit_variable_update(), delivered.encode(env), update_term(env, u)))
                 });
+                let open = delivered.open.lock().unwrap_or_else(|e| e.into_inner());
+                if !*open {
+                    return;
+                }
+                let sent = msg_env.send_and_clear(&pid, |env| message.load(env));
+                drop(open);
                 if sent.is_err() {
-                    delivered.canceller.cancel();
+                    delivered.close();
                     return;
                 }
             }
@@ -115,7 +140,7 @@ fn watch_variables<'a>(
 /// Ends a watch at once; idempotent. Updates already sent stay in the mailbox.
 #[rustler::nif]
 fn unwatch_variables(env: Env, resource: ResourceArc<WatchResource>) -> rustler::Atom {
-    resource.canceller.cancel();
+    resource.close();
     if let Some(m) = resource.monitor.lock().unwrap_or_else(|e| e.into_inner()).take() {
         resource.demonitor(Some(env), &m);
     }

@@ -93,6 +93,18 @@ defmodule Snakepit.Bridge.WatchTest do
     assert :ok = SessionStore.unwatch_variables(ref)
   end
 
+  # The delivery task may hold a batch it took just before unwatch; nothing
+  # from it may land after unwatch returns. Repeated to catch the race.
+  test "nothing arrives after unwatch returns, even mid-delivery", %{sid: sid} do
+    for v <- 1..300 do
+      {:ok, ref} = SessionStore.watch_variables(sid, [:a, :b], include_initial: true)
+      {:ok, _} = SessionStore.update_variables(sid, %{a: v, b: v})
+      :ok = SessionStore.unwatch_variables(ref)
+    end
+
+    refute_receive {:snakepit_variable_update, _, _}, 100
+  end
+
   test "the subscription dies with the watching process", %{sid: sid} do
     test_pid = self()
 
