@@ -83,6 +83,7 @@ defmodule Snakepit.Bridge.WatchE2ETest do
         {:os_pid, os_pid} = Port.info(py, :os_pid)
         {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
       else
+        Python.send_line(py, "leave")
         assert Python.next_line(py) == "LEFT"
       end
 

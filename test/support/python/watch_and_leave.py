@@ -3,7 +3,8 @@
 Usage: watch_and_leave.py ADDRESS SESSION_ID MODE
 MODE: cancel — cancel the consuming task; close — close the channel;
 kill — do nothing and wait to be killed. Prints READY once the first update
-(the initial value) arrived, then LEFT after leaving; then waits on stdin.
+(the initial value) arrived, then waits for a line on stdin (so the test can
+see the watch counted before it goes), leaves, prints LEFT and waits on stdin.
 """
 
 import asyncio
@@ -26,13 +27,14 @@ async def main(address: str, session_id: str, mode: str) -> None:
     task = asyncio.create_task(consume())
     await ready.wait()
     print("READY", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
     if mode == "cancel":
         task.cancel()
     elif mode == "close":
         await channel.close()
     if mode != "kill":
         print("LEFT", flush=True)
-    loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)
 
 
