@@ -380,8 +380,10 @@ def _operations(
     """The timed bodies: ``ops[api][op]["batch" | "sequential"](k)``.
 
     ``k`` makes every write carry new values (a different float each call).
-    The raw stub's writes encode the value as the client does (JSON in an
-    ``Any`` with the float type_url), inside the timed body.
+    The raw stub sends the compact forms SessionContext sends (``values_only``
+    gets; sets as ``value_identifiers`` + one JSON array ``values_json``),
+    built inside the timed body, so SessionContext − raw stub is the client
+    library's own cost.
     """
     n = len(names)
 
@@ -414,9 +416,9 @@ def _operations(
 
     def raw_get_batch(_k: int) -> Any:
         response = stub.GetVariables(
-            pb2.BatchGetVariablesRequest(session_id=session_id, variable_identifiers=names)
+            pb2.BatchGetVariablesRequest(session_id=session_id, variable_identifiers=names, values_only=True)
         )
-        assert len(response.variables) == n
+        assert len(response.values.identifiers) == n
         return response
 
     def raw_get_seq(_k: int) -> Any:
@@ -424,8 +426,8 @@ def _operations(
         return [call(pb2.GetVariableRequest(session_id=session_id, variable_identifier=name)) for name in names]
 
     def raw_set_batch(k: int) -> Any:
-        updates = {name: _float_any(k + i / n + 0.25) for i, name in enumerate(names)}
-        response = stub.SetVariables(pb2.BatchSetVariablesRequest(session_id=session_id, updates=updates))
+        request = _compact_set(session_id, names, [k + i / n + 0.25 for i in range(n)])
+        response = stub.SetVariables(request)
         assert response.success and not response.errors, dict(response.errors)
         return response
 
@@ -443,6 +445,12 @@ def _operations(
     return ops
 
 
+def _compact_set(session_id: str, names: list[str], values: list[float]) -> pb2.BatchSetVariablesRequest:
+    """A compact-form set of floats (``repr`` of a finite float is valid JSON)."""
+    values_json = ("[" + ",".join(map(repr, values)) + "]").encode()
+    return pb2.BatchSetVariablesRequest(session_id=session_id, value_identifiers=names, values_json=values_json)
+
+
 def _float_any(x: float) -> any_pb2.Any:
     """A float as the bridge's ``Any`` (JSON text; ``repr`` of a finite float is valid JSON)."""
     return any_pb2.Any(type_url=FLOAT_URL, value=repr(x).encode())
@@ -453,12 +461,14 @@ def _breakdown(
 ) -> dict[str, Any]:
     """Where a batch call's time goes, measured piece by piece.
 
-    ``bytes_call_ms``: the RPC with a pre-serialized request and the response
-    left as bytes (server work + transport + gRPC's own client cost);
-    ``parse_response_ms``: protobuf parsing of that response in Python;
-    ``build_request_ms`` (set): building and serializing the request the
-    raw-stub way; ``server_cpu_ms``: CPU the server's threads used per call
-    (only when the bench started the server, from /proc schedstat).
+    ``bytes_call_ms``: the RPC in the compact form SessionContext sends, with
+    a pre-serialized request and the response left as bytes (server work +
+    transport + gRPC's own client cost); ``parse_response_ms``: protobuf
+    parsing of that response in Python; ``build_request_ms`` (set): building
+    and serializing that request; ``server_cpu_ms``: CPU the server's threads
+    used per call (only when the bench started the server, from /proc
+    schedstat); ``map_form_call_ms``: ``bytes_call_ms`` for the published map
+    form existing clients send (a ``Variable`` / an ``Any`` per value).
     """
     n = len(names)
     prefix = "/snakepit.bridge.BridgeService/"
@@ -467,13 +477,19 @@ def _breakdown(
     parsers = {"get": pb2.BatchGetVariablesResponse.FromString, "set": pb2.BatchSetVariablesResponse.FromString}
 
     def build_set(k: int) -> bytes:
+        return _compact_set(session_id, names, [k + i / n + 0.125 for i in range(n)]).SerializeToString()
+
+    def map_form_set(k: int) -> bytes:
         updates = {name: _float_any(k + i / n + 0.125) for i, name in enumerate(names)}
         return pb2.BatchSetVariablesRequest(session_id=session_id, updates=updates).SerializeToString()
 
-    requests = {
-        "get": [pb2.BatchGetVariablesRequest(session_id=session_id, variable_identifiers=names).SerializeToString()],
-        "set": [build_set(k) for k in range(2)],  # alternate, so every write changes the value
-    }
+    def get_request(values_only: bool) -> bytes:
+        request = pb2.BatchGetVariablesRequest(session_id=session_id, variable_identifiers=names, values_only=values_only)
+        return request.SerializeToString()
+
+    # Sets alternate between two requests, so every write changes the value.
+    requests = {"get": [get_request(True)], "set": [build_set(k) for k in range(2)]}
+    map_form = {"get": [get_request(False)], "set": [map_form_set(k) for k in range(2)]}
     out: dict[str, Any] = {}
     for op, call in calls.items():
         reqs = requests[op]
@@ -494,6 +510,8 @@ def _breakdown(
         }
         if op == "set":
             entry["build_request_ms"] = _stats_ms([_timed(lambda: build_set(3))[0] for _ in range(count)])
+        old = map_form[op]
+        entry["map_form_call_ms"] = _stats_ms([_timed(lambda: call(old[i % len(old)]))[0] for i in range(count)])
         out[op] = entry
     return out
 
@@ -546,12 +564,15 @@ def format_result(r: dict[str, Any]) -> str:
         "get = GetVariables vs GetVariable; set = SetVariables vs SetVariable; "
         "ratio = sequential median / batch median (same run)",
         "SessionContext = ctx.get_variables / ctx.get_variable / ctx.update_variables / ctx.update_variable;",
-        "raw stub = BridgeServiceStub, requests built in the timed body, responses not decoded to Python values.",
+        "raw stub = BridgeServiceStub with the compact forms SessionContext sends, requests built in the timed body,",
+        "responses not decoded to Python values.",
         "",
     ]
     b = r.get("breakdown")
     if b:
-        lines.append(f"Where a batch call's time goes (medians of {b['get']['bytes_call_ms']['runs']} calls each):")
+        lines.append(
+            f"Where a batch call's time goes, in the compact form (medians of {b['get']['bytes_call_ms']['runs']} calls each):"
+        )
         for op, what in (("get", "GetVariables"), ("set", "SetVariables")):
             e = b[op]
             cpu = f"{e['server_cpu_ms']:.3f} ms" if e["server_cpu_ms"] is not None else "n/a (server not started by the bench)"
@@ -561,12 +582,13 @@ def format_result(r: dict[str, Any]) -> str:
                 f"    RPC with bytes in/out (server + transport + gRPC)  {e['bytes_call_ms']['median']:.3f} ms",
             ]
             if op == "set":
-                lines.append(f"    build + serialize the request (raw-stub way)       {e['build_request_ms']['median']:.3f} ms")
+                lines.append(f"    build + serialize the request                      {e['build_request_ms']['median']:.3f} ms")
             lines += [
                 f"    parse the response (protobuf, Python)              {e['parse_response_ms']['median']:.3f} ms",
                 f"    raw stub, whole call                               {r['raw'][op]['batch_ms']['median']:.3f} ms",
                 f"    SessionContext on top of the raw stub              {r['client'][op]['overhead_vs_raw_ms']:.3f} ms"
                 f"  (client {r['client'][op]['batch_ms']['median']:.3f} ms)",
+                f"    the map form of existing clients, bytes in/out     {e['map_form_call_ms']['median']:.3f} ms",
             ]
         lines.append(
             f"  One unary round trip (Ping) costs {r['ping']['per_call_us']:.1f} µs; a sequential GetVariable "

@@ -194,7 +194,8 @@ class Report:
         out = [
             f"Python → the standalone server over gRPC: one batch call of **{fmt(n)} float variables** vs {fmt(n)} "
             "sequential single calls, through the blocking `SessionContext` (what users call) and through the raw "
-            "generated stub (`bench/python_batch.py`).\n",
+            "generated stub sending the same compact batch forms (`values_only` gets; sets as `value_identifiers` + "
+            "one JSON array) (`bench/python_batch.py`).\n",
             f"Unit: **ms**. Runs: batch = median of **{fmt(runs_b)} calls** ({r['repeats']} repetitions × "
             f"{r['batch_reps']}); sequential = median of **{r['repeats']} passes of {fmt(n)} calls**; every write "
             f"carries a new value; Python GC {'on' if r['gc_enabled'] else 'off'} while timing. Client: Python "
@@ -219,12 +220,16 @@ class Report:
                         fmt(e["build_request_ms"]["median"], 3) if "build_request_ms" in e else "–",
                         fmt(e["parse_response_ms"]["median"], 3),
                         fmt(r["client"][op]["overhead_vs_raw_ms"], 3),
+                        fmt(e["map_form_call_ms"]["median"], 3) if "map_form_call_ms" in e else "–",
                     ]
                 )
             out += [
-                f"Where one batch call's time goes (ms, medians of {fmt(b['get']['bytes_call_ms']['runs'])} calls each):\n",
+                f"Where one batch call's time goes, in the compact form SessionContext and the raw stub send (ms, medians "
+                f"of {fmt(b['get']['bytes_call_ms']['runs'])} calls each); the last column is the RPC in the published map "
+                "form existing clients send (a `Variable` / an `Any` per value):\n",
                 table(
-                    ["call", "server CPU", "RPC, bytes in/out", "build request", "parse response", "SessionContext on top of raw"],
+                    ["call", "server CPU", "RPC, bytes in/out", "build request", "parse response", "SessionContext on top of raw",
+                     "map form RPC, bytes in/out"],
                     brow,
                 ),
             ]

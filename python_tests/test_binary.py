@@ -99,6 +99,23 @@ async def test_batch_update_with_numpy(ctx: AnyMode) -> None:
     assert got["s"] == 1.5
 
 
+async def test_binary_and_compact_values_are_one_batch(ctx: AnyMode) -> None:
+    # Binary-path values travel as Any messages, the others in the compact
+    # form; together they are still one batch: in the order asked, and all or
+    # nothing when atomic.
+    await ctx.register_variable("e", "embedding", np.zeros(2048))
+    await ctx.register_variable("k", "integer", 0, constraints={"min": 0})
+    await ctx.register_variable("s", "string", "a")
+    refused = await ctx.update_variables({"e": np.ones(2048), "k": -1, "s": "b"}, atomic=True)
+    assert not refused.success and "below minimum 0" in str(refused["k"])
+    assert await ctx.get_variables(["s", "e", "k"]) == {"s": "a", "e": [0.0] * 2048, "k": 0}
+    applied = await ctx.update_variables({"e": np.ones(2048), "k": 3, "s": "b"}, atomic=True)
+    assert applied.success and applied.new_versions == {"e": 2, "k": 2, "s": 2}
+    got = await ctx.get_variables(["k", "missing", "e", "s"])
+    assert list(got) == ["k", "e", "s"] and got.missing == ["missing"]
+    assert got == {"k": 3, "e": [1.0] * 2048, "s": "b"}
+
+
 async def test_binary_value_is_still_validated(ctx: AnyMode) -> None:
     await ctx.register_variable("e", "embedding", np.zeros(2048), constraints={"dimensions": 2048})
     with pytest.raises(ValidationError) as info:

@@ -29,10 +29,10 @@ from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
 from snakepit_bridge.context import SessionContext
 from snakepit_bridge.values import (
     BINARY_THRESHOLD,
-    decode_json_values,
     decode_value,
+    decode_values_json,
     decode_variable_value,
-    encode_into,
+    encode_compact,
     encode_parts,
     encode_value,
     type_url,
@@ -187,7 +187,7 @@ def test_a_bad_var_type_is_still_a_type_error() -> None:
         encode_parts(["float"], 1.0)  # type: ignore[arg-type]
 
 
-def test_encode_into_fills_the_request_as_encode_parts_would() -> None:
+def test_encode_compact_joins_what_encode_parts_gives() -> None:
     big = np.linspace(0.0, 1.0, BINARY_THRESHOLD)
     values = {
         "f": 0.5,
@@ -204,15 +204,17 @@ def test_encode_into_fills_the_request_as_encode_parts_would() -> None:
     types = {"f": "float", "nan": "float", "i": "integer", "s": "string", "b": "boolean", "e": "embedding",
              "big": "embedding", "t": "tensor", "bad": "string", "bad2": "float"}
     request = pb2.BatchSetVariablesRequest(session_id="s")
-    errors = encode_into(request.updates, request.binary_updates, values, types)
+    keys, values_json, errors = encode_compact(values, types, request.updates, request.binary_updates)
     assert set(errors) == {"bad", "bad2"} and all("cannot be encoded" in m for m in errors.values())
-    assert set(request.updates) == set(values) - {"bad", "bad2"}
-    assert set(request.binary_updates) == {"big"}
-    for key in request.updates:
-        url, payload, binary = encode_parts(types[key], values[key])
-        assert (request.updates[key].type_url, request.updates[key].value) == (url, payload)
-        assert request.binary_updates.get(key) == binary
-    assert request.binary_updates["big"] == big.astype("<f8").tobytes()
+    assert keys == ["f", "nan", "i", "s", "b", "e", "t"]
+    assert values_json == b"[" + b",".join(encode_parts(types[k], values[k])[1] for k in keys) + b"]"
+    assert json.loads(values_json) == [json.loads(reference_json(values[k])) for k in keys]
+    # The binary-path value takes the map form, as encode_parts gives it.
+    assert set(request.updates) == {"big"} and set(request.binary_updates) == {"big"}
+    url, payload, binary = encode_parts("embedding", big)
+    assert (request.updates["big"].type_url, request.updates["big"].value, request.binary_updates["big"]) == (
+        url, payload, binary)
+    assert encode_compact({}, {}, request.updates, request.binary_updates) == ([], b"[]", {})
 
 
 # --------------------------------------------------------------------------- decoding
@@ -300,64 +302,67 @@ def test_malformed_values_raise_bridge_errors_with_json_loads_message(var_type: 
     with pytest.raises(BridgeError) as single:
         decode_value(_any(var_type, raw))
     assert single.value.message == expected
-    # In a batch, the malformed one raises the same error (whatever its neighbours).
-    with pytest.raises(BridgeError) as batch:
-        decode_json_values([type_url(var_type)] * 3, [b"1", raw, b"2"])
-    assert batch.value.message == expected
+    # As a whole compact batch, it is a malformed batch.
+    with pytest.raises(BridgeError, match="server sent malformed batch values"):
+        decode_values_json([var_type], raw)
 
 
-def test_decode_json_values_of_one_type_match_decode_value() -> None:
+def _array(payloads: list[bytes]) -> bytes:
+    return b"[" + b",".join(payloads) + b"]"
+
+
+# Empty payloads (an empty Any) never appear in a JSON array.
+ARRAY_CASES = [(t, raw) for t, raw in DECODE_CASES if raw]
+
+
+def test_decode_values_json_of_one_type_match_decode_value() -> None:
     for var_type in KNOWN_TYPES:
-        cases = [raw for t, raw in DECODE_CASES if t == var_type]
+        cases = [raw for t, raw in ARRAY_CASES if t == var_type]
         if not cases:
             continue
-        urls = [type_url(var_type)] * len(cases)
-        got = decode_json_values(urls, cases)
+        got = decode_values_json([var_type] * len(cases), _array(cases))
         want = [reference_decode(var_type, raw) for raw in cases]
         assert all(same(g, w) for g, w in zip(got, want)), (var_type, got, want)
 
 
-def test_decode_json_values_of_mixed_types_keep_their_order() -> None:
-    urls = [type_url(t) for t, _ in DECODE_CASES]
-    payloads = [raw for _, raw in DECODE_CASES]
-    got = decode_json_values(urls, payloads)
-    want = [reference_decode(t, raw) for t, raw in DECODE_CASES]
+def test_decode_values_json_of_mixed_types_keep_their_order() -> None:
+    got = decode_values_json([t for t, _ in ARRAY_CASES], _array([raw for _, raw in ARRAY_CASES]))
+    want = [reference_decode(t, raw) for t, raw in ARRAY_CASES]
     assert len(got) == len(want)
-    for (t, raw), g, w in zip(DECODE_CASES, got, want):
+    for (t, raw), g, w in zip(ARRAY_CASES, got, want):
         assert same(g, w), (t, raw, g, w)
+    # A type this client does not know keeps its JSON as it is.
+    assert decode_values_json(["quaternion", "float"], b'[[1,2],3]') == [[1, 2], 3.0]
 
 
 def test_one_parse_of_many_floats_is_exact() -> None:
     values = [i / 7 for i in range(-500, 500)] + [-0.0, 5e-324, 1e308, math.nan, math.inf, -math.inf]
-    payloads = [encode_parts("float", v)[1] for v in values]
-    got = decode_json_values([type_url("float")] * len(payloads), payloads)
+    got = decode_values_json(["float"] * len(values), _array([encode_parts("float", v)[1] for v in values]))
     assert all(same(g, w) for g, w in zip(got, values))
     ints = [2**63 - 1, -(2**63), 2**53 + 1, 0, -1]
-    got_ints = decode_json_values([type_url("integer")] * len(ints), [str(i).encode() for i in ints])
+    got_ints = decode_values_json(["integer"] * len(ints), _array([str(i).encode() for i in ints]))
     assert all(same(g, w) for g, w in zip(got_ints, ints))
 
 
 @pytest.mark.parametrize(
-    ("var_type", "payloads"),
+    ("types", "payload", "says"),
     [
-        # Payloads that are each malformed but join into a valid array of the right length.
-        ("embedding", [b"[1", b"2]", b"3"]),
-        ("string", [b'"a","b', b'"']),
-        ("float", [b"1,2", b""]),
-        ("float", [b"1]", b"[2"]),
+        (["float", "float"], b"[1]", "server sent 1 values for a batch of 2 variables"),
+        (["float"], b"[1,2]", "server sent 2 values for a batch of 1 variables"),
+        (["float"], b'{"a":1}', "server sent a JSON dict for a batch of 1 variables"),
+        (["float"], b"1", "server sent a JSON int for a batch of 1 variables"),
+        (["float"], b"[1,", "server sent malformed batch values"),
+        (["float"], b"", "server sent malformed batch values"),
     ],
 )
-def test_payloads_that_only_parse_together_are_still_refused(var_type: str, payloads: list[bytes]) -> None:
-    with pytest.raises(BridgeError, match="malformed"):
-        decode_json_values([type_url(var_type)] * len(payloads), payloads)
+def test_a_compact_batch_of_the_wrong_shape_is_a_bridge_error(types: list[str], payload: bytes, says: str) -> None:
+    with pytest.raises(BridgeError, match=says):
+        decode_values_json(types, payload)
 
 
-def test_commas_inside_values_fall_back_to_one_by_one() -> None:
-    payloads = [b'"a,b"', b'"c"', b"[1,2]"]
-    urls = [type_url("string"), type_url("string"), type_url("embedding")]
-    assert decode_json_values(urls, payloads) == ["a,b", "c", [1.0, 2.0]]
-    assert decode_json_values([], []) == []
-    assert decode_json_values([type_url("float")], [b"1"]) == [1.0]
+def test_commas_inside_values_and_the_empty_batch() -> None:
+    assert decode_values_json(["string", "string", "embedding"], b'["a,b","c",[1,2]]') == ["a,b", "c", [1.0, 2.0]]
+    assert decode_values_json([], b"[]") == []
 
 
 def test_decode_variable_value_covers_both_paths() -> None:

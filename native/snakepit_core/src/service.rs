@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::*;
+use crate::error::StoreError;
 use crate::store::{BatchGet, Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
 use crate::watch::{Owner, Subscription, Update};
 use crate::value::VarType;
@@ -162,11 +163,19 @@ impl BridgeService for Service {
             .store
             .get_variables(&req.session_id, req.variable_identifiers)
             .map_err(store_err)?;
+        if req.values_only {
+            let (values, variables) = wire::batch_values(found, req.include_metadata);
+            return Ok(Response::new(BatchGetVariablesResponse {
+                variables,
+                missing_variables: missing,
+                values: Some(values),
+            }));
+        }
         let variables = found
             .into_iter()
             .map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata)))
             .collect();
-        Ok(Response::new(BatchGetVariablesResponse { variables, missing_variables: missing }))
+        Ok(Response::new(BatchGetVariablesResponse { variables, missing_variables: missing, values: None }))
     }
 
     async fn set_variables(
@@ -187,8 +196,17 @@ impl BridgeService for Service {
                 (key, input)
             })
             .collect();
+        // The compact form joins the same batch; malformed, it refuses the whole request.
+        let compact = wire::compact_updates(req.value_identifiers, &req.values_json).map_err(store_err)?;
+        updates.extend(compact);
         // Map order is random on the wire; a fixed order makes outcomes repeatable.
         updates.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(pair) = updates.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(store_err(StoreError::InvalidArgument(format!(
+                "identifier {:?} is given more than once (updates and value_identifiers together)",
+                pair[0].0
+            ))));
+        }
         let outcome = self
             .store
             .update_variables(&req.session_id, updates, req.atomic, &from_python(req.metadata))

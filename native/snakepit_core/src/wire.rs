@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 
 use crate::error::StoreError;
 use crate::proto;
-use crate::store::{Metadata, Source, Variable};
+use crate::store::{Input, Metadata, Source, Variable};
 use crate::value::{element_count, Raw, Tensor, Value, VarType};
 
 /// Every `type_url` starts with this; the variable's type follows.
@@ -147,6 +147,26 @@ pub fn decode_any(any: Option<&Any>, binary: &[u8]) -> Result<(VarType, Raw), St
     Ok((ty, decode_binary(ty, &json, binary)?))
 }
 
+/// The compact form of a batch set: `identifiers[i]` gets element `i` of the
+/// JSON array `values_json`, typed by the variable itself (nothing declared).
+/// Both empty is no update; anything else malformed is an error for the whole
+/// request, before any value is applied.
+pub fn compact_updates(identifiers: Vec<String>, values_json: &[u8]) -> Result<Vec<(String, Input)>, StoreError> {
+    if identifiers.is_empty() && values_json.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Json> = serde_json::from_slice(values_json)
+        .map_err(|e| bad(format!("values_json must be a JSON array: {e}")))?;
+    if values.len() != identifiers.len() {
+        return Err(bad(format!(
+            "values_json has {} values for {} value_identifiers",
+            values.len(),
+            identifiers.len()
+        )));
+    }
+    Ok(identifiers.into_iter().zip(values).map(|(key, json)| (key, Input::from(raw_from_json(json)))).collect())
+}
+
 fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreError> {
     let format = meta.get("binary_format").and_then(Json::as_str).unwrap_or("raw_le");
     if format != "raw_le" {
@@ -202,21 +222,37 @@ fn type_url(ty: VarType) -> &'static str {
     }
 }
 
+/// Whether `value` travels on the binary path rather than as JSON.
+pub fn is_binary(value: &Value) -> bool {
+    match value {
+        Value::Embedding(v) => v.len() >= BINARY_THRESHOLD,
+        Value::Tensor(t) => t.data.len() >= BINARY_THRESHOLD,
+        _ => false,
+    }
+}
+
+/// Appends `value`'s JSON (what a JSON-path `Any` carries) to `out`.
+pub fn write_json(value: &Value, out: &mut Vec<u8>) {
+    // Scalars are the common case: written without building a JSON tree.
+    let written = match value {
+        Value::Float(x) if x.is_finite() => serde_json::to_writer(&mut *out, x),
+        Value::Integer(i) => serde_json::to_writer(&mut *out, i),
+        Value::Boolean(b) => serde_json::to_writer(&mut *out, b),
+        Value::Text(t) => serde_json::to_writer(&mut *out, t),
+        Value::Float(x) => serde_json::to_writer(&mut *out, &float_json(*x)),
+        Value::Embedding(v) => serde_json::to_writer(&mut *out, &floats_json(v)),
+        Value::Tensor(Tensor { shape, data }) => {
+            let mut m = Map::new();
+            m.insert("shape".into(), Json::from(shape.clone()));
+            m.insert("data".into(), floats_json(data));
+            serde_json::to_writer(&mut *out, &Json::Object(m))
+        }
+    };
+    written.expect("JSON values always serialize into a Vec");
+}
+
 /// Encodes a value as an `Any` plus, on the binary path, its raw bytes.
 pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
-    let plain = |json: Json| Any {
-        type_url: type_url(ty).to_string(),
-        value: serde_json::to_vec(&json).expect("JSON values always serialize"),
-    };
-    // Scalars are the common case: serialize them without building a JSON tree.
-    let scalar = |bytes: Vec<u8>| (Any { type_url: type_url(ty).to_string(), value: bytes }, Vec::new());
-    match value {
-        Value::Float(x) if x.is_finite() => return scalar(serde_json::to_vec(x).expect("finite floats serialize")),
-        Value::Integer(i) => return scalar(i.to_string().into_bytes()),
-        Value::Boolean(b) => return scalar(if *b { b"true".to_vec() } else { b"false".to_vec() }),
-        Value::Text(t) => return scalar(serde_json::to_vec(t).expect("strings serialize")),
-        _ => {}
-    }
     let binary = |shape: &[usize], data: &[f64]| {
         let meta = serde_json::json!({"shape": shape, "dtype": "float64", "binary_format": "raw_le"});
         let any = Any {
@@ -226,20 +262,42 @@ pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
         (any, data.iter().flat_map(|x| x.to_le_bytes()).collect())
     };
     match value {
-        Value::Embedding(v) if v.len() >= BINARY_THRESHOLD => binary(&[v.len()], v),
-        Value::Tensor(Tensor { shape, data }) if data.len() >= BINARY_THRESHOLD => binary(shape, data),
-        Value::Float(x) => (plain(float_json(*x)), Vec::new()),
-        Value::Integer(i) => (plain(Json::from(*i)), Vec::new()),
-        Value::Text(s) => (plain(Json::String(s.clone())), Vec::new()),
-        Value::Boolean(b) => (plain(Json::Bool(*b)), Vec::new()),
-        Value::Embedding(v) => (plain(floats_json(v)), Vec::new()),
-        Value::Tensor(Tensor { shape, data }) => {
-            let mut m = Map::new();
-            m.insert("shape".into(), Json::from(shape.clone()));
-            m.insert("data".into(), floats_json(data));
-            (plain(Json::Object(m)), Vec::new())
+        Value::Embedding(v) if is_binary(value) => binary(&[v.len()], v),
+        Value::Tensor(Tensor { shape, data }) if is_binary(value) => binary(shape, data),
+        _ => {
+            let mut json = Vec::new();
+            write_json(value, &mut json);
+            (Any { type_url: type_url(ty).to_string(), value: json }, Vec::new())
         }
     }
+}
+
+/// A batch get's found variables in the compact `values_only` form: JSON-path
+/// values go into [`proto::BatchValues`], binary-path ones (as full messages)
+/// into the map.
+pub fn batch_values(
+    found: Vec<(String, Variable)>,
+    include_metadata: bool,
+) -> (proto::BatchValues, std::collections::HashMap<String, proto::Variable>) {
+    let mut values = proto::BatchValues { values_json: vec![b'['], ..Default::default() };
+    let mut binary = std::collections::HashMap::new();
+    for (key, v) in found {
+        if is_binary(&v.value) {
+            binary.insert(key, variable_with(&v, include_metadata));
+            continue;
+        }
+        if !values.identifiers.is_empty() {
+            values.values_json.push(b',');
+        }
+        write_json(&v.value, &mut values.values_json);
+        values.identifiers.push(key);
+        values.ids.push(v.id.to_string());
+        values.names.push(v.name.to_string());
+        values.types.push(v.ty.as_str().to_string());
+        values.versions.push(v.version);
+    }
+    values.values_json.push(b']');
+    (values, binary)
 }
 
 /// The proto enum value of a source.

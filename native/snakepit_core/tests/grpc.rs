@@ -199,9 +199,8 @@ async fn batches_over_grpc() {
     let batch = |atomic: bool, b: &str| BatchSetVariablesRequest {
         session_id: "s".into(),
         updates: [("a".to_string(), any("integer", "1").unwrap()), ("b".to_string(), any("integer", b).unwrap())].into(),
-        metadata: HashMap::new(),
         atomic,
-        binary_updates: HashMap::new(),
+        ..Default::default()
     };
     let refused = c.set_variables(batch(true, "-1")).await.unwrap().into_inner();
     assert!(!refused.success);
@@ -218,6 +217,93 @@ async fn batches_over_grpc() {
     let ok = c.set_variables(batch(true, "7")).await.unwrap().into_inner();
     assert!(ok.success && ok.errors.is_empty());
     assert_eq!(ok.new_versions, [("a".to_string(), 3), ("b".to_string(), 2)].into());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn values_only_gets_answer_in_parallel_lists_and_binary_values_in_the_map() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    let t_id = register(&mut c, "s", "t", "float", "0.5", "").await;
+    register(&mut c, "s", "n", "integer", "3", "").await;
+    register(&mut c, "s", "w", "string", r#""hi, there""#, "").await;
+    register(&mut c, "s", "nan", "float", r#""NaN""#, "").await;
+    let long: Vec<String> = (0..2048).map(|i| i.to_string()).collect();
+    register(&mut c, "s", "emb", "embedding", &format!("[{}]", long.join(",")), "").await;
+    let request = |ids: Vec<&str>| BatchGetVariablesRequest {
+        session_id: "s".into(),
+        variable_identifiers: ids.into_iter().map(String::from).collect(),
+        values_only: true,
+        ..Default::default()
+    };
+    let got = c.get_variables(request(vec!["n", &t_id, "zzz", "emb", "w", "nan"])).await.unwrap().into_inner();
+    let values = got.values.unwrap();
+    assert_eq!(values.identifiers, [&"n".to_string(), &t_id, &"w".into(), &"nan".into()].map(String::clone));
+    assert_eq!(values.names, ["n", "t", "w", "nan"]);
+    assert_eq!(values.ids[1], t_id);
+    assert_eq!(values.types, ["integer", "float", "string", "float"]);
+    assert_eq!(values.versions, [1, 1, 1, 1]);
+    assert_eq!(String::from_utf8(values.values_json).unwrap(), r#"[3,0.5,"hi, there","NaN"]"#);
+    assert_eq!(got.missing_variables, ["zzz"]);
+    // The binary-path value comes as a full message, as without values_only.
+    assert_eq!(got.variables.len(), 1);
+    assert_eq!(got.variables["emb"].value.as_ref().unwrap().type_url, "type.googleapis.com/snakepit.embedding.binary");
+    assert_eq!(got.variables["emb"].binary_value.len(), 2048 * 8);
+
+    let none = c.get_variables(request(vec!["zzz"])).await.unwrap().into_inner();
+    assert_eq!(none.values.unwrap().values_json, b"[]");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn compact_sets_are_typed_by_the_variable_and_join_the_same_batch() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    register(&mut c, "s", "x", "float", "0.5", "").await;
+    register(&mut c, "s", "k", "integer", "0", r#"{"min": 0}"#).await;
+    register(&mut c, "s", "m", "choice", r#""a""#, r#"{"choices": ["a", "b"]}"#).await;
+    let set = |atomic: bool, idents: &[&str], json: &str, with_any: bool| BatchSetVariablesRequest {
+        session_id: "s".into(),
+        updates: if with_any { [("m".to_string(), any("choice", r#""b""#).unwrap())].into() } else { HashMap::new() },
+        atomic,
+        value_identifiers: idents.iter().map(|s| s.to_string()).collect(),
+        values_json: json.as_bytes().to_vec(),
+        ..Default::default()
+    };
+
+    // An integer JSON number for a float variable is a float; NaN travels as a string.
+    let ok = c.set_variables(set(true, &["x", "k"], "[2, 5]", true)).await.unwrap().into_inner();
+    assert!(ok.success && ok.errors.is_empty(), "{:?}", ok.errors);
+    assert_eq!(ok.new_versions, [("x".to_string(), 2), ("k".to_string(), 2), ("m".to_string(), 2)].into());
+    assert_eq!(get(&mut c, "s", "x").await.value.unwrap().value, b"2.0");
+    let nan = c.set_variables(set(false, &["x"], r#"["NaN"]"#, false)).await.unwrap().into_inner();
+    assert!(nan.success, "{:?}", nan.errors);
+
+    // Per-key refusals are reported like the map form's; atomic applies none.
+    let refused = c.set_variables(set(true, &["x", "k", "ghost"], "[1.5, -1, 0]", false)).await.unwrap().into_inner();
+    assert!(!refused.success && refused.new_versions.is_empty());
+    assert!(refused.errors["k"].contains("below minimum 0"), "{:?}", refused.errors);
+    assert!(refused.errors["ghost"].contains("not found"), "{:?}", refused.errors);
+    let partial = c.set_variables(set(false, &["x", "k"], r#"[1.5, "seven"]"#, false)).await.unwrap().into_inner();
+    assert_eq!(partial.new_versions, [("x".to_string(), 4)].into());
+    assert!(partial.errors.contains_key("k"));
+
+    // A malformed compact part refuses the whole request and changes nothing.
+    for (idents, json, says) in [
+        (&["x"][..], "[1.0", "values_json must be a JSON array"),
+        (&["x"][..], "{}", "values_json must be a JSON array"),
+        (&["x", "k"][..], "[1.0]", "1 values for 2 value_identifiers"),
+        (&["x", "x"][..], "[1.0, 2.0]", "\"x\" is given more than once"),
+        (&["m"][..], r#"["a"]"#, "\"m\" is given more than once"),
+    ] {
+        let err = c.set_variables(set(false, idents, json, true)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{json}");
+        assert!(err.message().contains(says), "{}", err.message());
+    }
+    assert_eq!(get(&mut c, "s", "x").await.version, 4);
+    assert_eq!(get(&mut c, "s", "m").await.version, 2);
     server.shutdown().await;
 }
 

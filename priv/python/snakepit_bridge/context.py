@@ -60,11 +60,10 @@ from .types import (
     VariableType,
 )
 from .values import (
-    _TYPE_OF_URL,
-    decode_json_values,
     decode_value,
+    decode_values_json,
     decode_variable_value,
-    encode_into,
+    encode_compact,
     encode_json,
     encode_parts,
 )
@@ -672,56 +671,36 @@ class SessionContext(Generic[_ChannelT]):
         return self._run(self._get_variables(list(identifiers)))
 
     def _get_variables(self, identifiers: list[str]) -> _Plan[BatchGetResult]:
-        # Only values are returned: the server may leave constraints and metadata out.
         request = pb2.BatchGetVariablesRequest(
-            session_id=self._session_id, variable_identifiers=identifiers, include_metadata=False
+            session_id=self._session_id, variable_identifiers=identifiers, values_only=True
         )
         response = yield _Rpc("GetVariables", request)
-        return BatchGetResult(self._batch_values(identifiers, response.variables), list(response.missing_variables))
+        return BatchGetResult(self._batch_values(identifiers, response), list(response.missing_variables))
 
-    def _batch_values(self, identifiers: list[str], variables: Mapping[str, pb2.Variable]) -> dict[str, Any]:
-        """The decoded values of a batch get's variables, in the order asked; the type cache learns them.
+    def _batch_values(self, identifiers: list[str], response: pb2.BatchGetVariablesResponse) -> dict[str, Any]:
+        """The decoded values of a ``values_only`` batch get, in the order asked; the type cache learns them.
 
-        The hot loop of :meth:`get_variables`. Per variable it reads only the
-        id and the value when the type cache already knows it, and it decodes
-        the JSON values of all variables together
-        (:func:`~snakepit_bridge.values.decode_json_values`).
-
-        "Already knows": ``key`` has the type the type_url names, and ``key``
-        is that variable's name (its alias is the id) or its id (with an
-        alias). :meth:`_learn` would then change nothing, since an id, its
-        name and their type are always cached together and a variable's type
-        never changes.
+        The hot loop of :meth:`get_variables`: the compact part is a few
+        lists and one JSON array (:func:`~snakepit_bridge.values.decode_values_json`);
+        only binary-path values come as ``Variable`` messages.
         """
-        get = variables.get
-        json_type = _TYPE_OF_URL.get
-        type_of = self._types.get
-        alias_of = self._aliases.get
-        keys: list[str] = []
-        urls: list[str] = []
-        payloads: list[bytes] = []
-        others: dict[str, Any] = {}  # binary-path and foreign values, decoded one by one
-        for key in dict.fromkeys(identifiers):
-            var = get(key)
-            if var is None:
-                continue  # missing
-            value = var.value
-            url = value.type_url
-            type_name = json_type(url)
-            if type_name is None:
+        values = response.values
+        keys = list(values.identifiers)
+        ids = list(values.ids)
+        names = list(values.names)
+        var_types = list(values.types)
+        types = self._types
+        aliases = self._aliases
+        # What _learn_type does per variable, inline (the key asked is its id or its name).
+        for var_id, name, var_type in zip(ids, names, var_types):
+            types[var_id] = types[name] = var_type
+            aliases[var_id] = name
+            aliases[name] = var_id
+        found = dict(zip(keys, decode_values_json(var_types, values.values_json)))
+        if response.variables:  # binary-path values
+            for key, var in response.variables.items():
                 self._learn(var, key)
-                others[key] = decode_value(value, var.binary_value, var.type)
-                continue
-            var_id = var.id
-            alias = alias_of(key)
-            if type_of(key) != type_name or (alias != var_id and (key != var_id or alias is None)):
-                self._learn(var, key)  # not known yet, or no longer (deleted and registered again)
-            keys.append(key)
-            urls.append(url)
-            payloads.append(value.value)
-        found = dict(zip(keys, decode_json_values(urls, payloads)))
-        if others:
-            found.update(others)
+                found[key] = decode_variable_value(var)
             found = {key: found[key] for key in dict.fromkeys(identifiers) if key in found}
         return found
 
@@ -780,18 +759,22 @@ class SessionContext(Generic[_ChannelT]):
                 # Worded as the server words it (the key was never sent).
                 local_errors[key] = f"variable {_quote(key)} not found in session {_quote(self._session_id)}"
 
-        # The values are encoded straight into the request (no intermediate Any to copy).
+        # JSON-path values travel in the compact form: one JSON array, not an Any each.
         request = pb2.BatchSetVariablesRequest(
             session_id=self._session_id, metadata=dict(metadata or {}), atomic=atomic
         )
         to_send = {k: v for k, v in updates.items() if k not in local_errors} if local_errors else updates
-        local_errors.update(encode_into(request.updates, request.binary_updates, to_send, types))
+        keys, values_json, errors = encode_compact(to_send, types, request.updates, request.binary_updates)
+        local_errors.update(errors)
+        if keys:
+            request.value_identifiers.extend(keys)
+            request.values_json = values_json
 
         outcome: dict[str, Union[bool, str]] = {}
         if local_errors and atomic:
             outcome.update((key, local_errors.get(key, NOT_APPLIED_ATOMIC)) for key in updates)
             return BatchUpdateResult(outcome, False, {})
-        if not request.updates:
+        if not keys and not request.updates:
             outcome.update(local_errors)
             return BatchUpdateResult(outcome, False, {})
 

@@ -20,10 +20,17 @@ Speed
     Batch calls move thousands of values, so the common cases have fast paths
     that give exactly what the general code gives (the tests compare them):
     plain ``float``/``int``/``str``/``bool``/``None`` values are encoded
-    without building a JSON encoder (:func:`encode_parts`), a JSON value is
+    without building a JSON encoder (:func:`encode_parts`), and a JSON value is
     decoded by the json module's scanner without ``json.loads``' per-call
-    overhead, and :func:`decode_json_values` decodes many values of one type
-    with a single parse.
+    overhead.
+
+Compact batches
+    ``GetVariables`` with ``values_only`` and ``SetVariables`` with
+    ``value_identifiers`` carry the JSON-path values of a batch as one JSON
+    array (``values_json``), element *i* being exactly what the *i*-th
+    value's ``Any.value`` would hold: one parse or one join instead of a
+    protobuf message per value (:func:`decode_values_json`,
+    :func:`encode_compact`). Binary-path values keep their ``Any`` form.
 """
 
 from __future__ import annotations
@@ -47,10 +54,10 @@ __all__ = [
     "BINARY_THRESHOLD",
     "EncodedValue",
     "TYPE_URL_PREFIX",
-    "decode_json_values",
     "decode_value",
+    "decode_values_json",
     "decode_variable_value",
-    "encode_into",
+    "encode_compact",
     "encode_parts",
     "encode_value",
     "parse_type_url",
@@ -150,42 +157,48 @@ def encode_parts(var_type: Union[VariableType, str], value: Any) -> tuple[str, b
     return type_url(coerced), encode_json(value), None
 
 
-def encode_into(
-    anys: MutableMapping[str, Any],
-    binaries: MutableMapping[str, bytes],
+def encode_compact(
     values: Mapping[str, Any],
     types: Mapping[str, str],
-) -> dict[str, str]:
-    """Encode many values straight into a request's maps: the batch form of :func:`encode_parts`.
+    anys: MutableMapping[str, Any],
+    binaries: MutableMapping[str, bytes],
+) -> tuple[list[str], bytes, dict[str, str]]:
+    """Encode many values for a ``BatchSetVariablesRequest``, mostly in its compact form.
 
-    For each ``key, value`` of ``values``: the variable's type is
-    ``types[key]``; the ``Any`` of ``anys[key]`` (a protobuf map field of
-    ``Any``, e.g. ``BatchSetVariablesRequest.updates``) is filled in place with
-    what :func:`encode_parts` gives, and ``binaries[key]`` set on the binary
-    path. A value that cannot be encoded leaves both maps untouched.
+    For each ``key, value`` of ``values`` (the variable's type is
+    ``types[key]``): a JSON-path value joins the compact form, as its key and
+    its payload (what :func:`encode_parts` gives as ``Any.value``); a
+    binary-path value fills ``anys[key]`` (a protobuf map field of ``Any``,
+    e.g. ``request.updates``) and ``binaries[key]`` in place. A value that
+    cannot be encoded goes nowhere.
 
     Returns:
-        key -> the reason, for the values that could not be encoded.
+        ``(keys, values_json, errors)``: the keys of the compact form in the
+        order of ``values``, the JSON array of their payloads
+        (``value_identifiers`` and ``values_json``), and key -> the reason for
+        the values that could not be encoded.
     """
+    keys: list[str] = []
+    payloads: list[bytes] = []
     errors: dict[str, str] = {}
-    url_of = _URL_OF_TYPE.get
     for key, value in values.items():
-        var_type = types[key]
-        url = url_of(var_type)
-        if url is not None and type(value) is float:  # the hot case, inline
+        if type(value) is float:  # the hot case, inline
             payload = repr(value).encode() if value - value == 0.0 else _float_json(value)
         else:
             try:
-                url, payload, binary = encode_parts(var_type, value)
+                url, payload, binary = encode_parts(types[key], value)
             except ValidationError as exc:
                 errors[key] = exc.message
                 continue
             if binary is not None:
+                entry = anys[key]
+                entry.type_url = url
+                entry.value = payload
                 binaries[key] = binary
-        entry = anys[key]
-        entry.type_url = url
-        entry.value = payload
-    return errors
+                continue
+        keys.append(key)
+        payloads.append(payload)
+    return keys, b"[" + b",".join(payloads) + b"]", errors
 
 
 def _float_json(x: float) -> bytes:
@@ -368,46 +381,26 @@ def _decode(url: str, raw: bytes, binary_value: bytes = b"", var_type: Optional[
     return _normalise(name, payload)
 
 
-def decode_json_values(urls: Sequence[str], payloads: Sequence[bytes]) -> list[Any]:
-    """Decode many JSON-path values: ``[decode_value(Any(type_url=u, value=p)) for u, p in zip(urls, payloads)]``.
+def decode_values_json(types: Sequence[str], payload: bytes) -> list[Any]:
+    """Decode a compact batch's ``values_json``: a JSON array whose element *i* is a value of type ``types[i]``.
 
-    The same results (and the same :class:`BridgeError` for a malformed
-    payload), faster: the payloads of one type_url are decoded by one JSON
-    parse of ``[p1,p2,...]``. That parse gives each ``json.loads(p)`` exactly
-    when the joined text has no commas but the separators (then every element
-    of the array is exactly one payload); otherwise (a list or a string with a
-    comma in it, or anything malformed) each payload is decoded on its own.
-    Binary-path values need their bytes field: use :func:`decode_value`.
+    Each result is what :func:`decode_value` gives for that element's own
+    ``Any`` (type names this client does not know leave the JSON as it is).
+
+    Raises:
+        BridgeError: ``payload`` is not a JSON array of ``len(types)`` values.
     """
-    count = len(urls)
-    if count == 0:
-        return []
-    first = urls[0]
-    if urls.count(first) == count:  # the usual case: all of one type
-        return _decode_same(first, payloads)
-    out: list[Any] = [None] * count
-    groups: dict[str, list[int]] = {}
-    for i, url in enumerate(urls):
-        groups.setdefault(url, []).append(i)
-    for url, indices in groups.items():
-        for i, decoded in zip(indices, _decode_same(url, [payloads[i] for i in indices])):
-            out[i] = decoded
-    return out
-
-
-def _decode_same(url: str, payloads: Sequence[bytes]) -> list[Any]:
-    name = _TYPE_OF_URL.get(url)
-    count = len(payloads)
-    if name is not None and count > 1:
-        joined = b",".join(payloads)
-        if joined.count(b",") == count - 1:
-            try:
-                items = _loads(b"[" + joined + b"]")
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                items = None
-            if type(items) is list and len(items) == count:
-                return _normalise_all(name, items)
-    return [_decode(url, raw) for raw in payloads]
+    try:
+        items = _loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BridgeError(f"server sent malformed batch values: {exc}") from exc
+    count = len(types)
+    if type(items) is not list or len(items) != count:
+        got = f"{len(items)} values" if type(items) is list else f"a JSON {type(items).__name__}"
+        raise BridgeError(f"server sent {got} for a batch of {count} variables")
+    if count and types.count(types[0]) == count:  # the usual case: all of one type
+        return _normalise_all(types[0], items)
+    return [_normalise(name, x) for name, x in zip(types, items)]
 
 
 def _same(x: Any) -> Any:

@@ -254,19 +254,21 @@ class SetVariableResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., error_message: _Optional[str] = ..., new_version: _Optional[int] = ...) -> None: ...
 
 class BatchGetVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "variable_identifiers", "include_metadata", "bypass_cache")
+    __slots__ = ("session_id", "variable_identifiers", "include_metadata", "bypass_cache", "values_only")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_ONLY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     variable_identifiers: _containers.RepeatedScalarFieldContainer[str]
     include_metadata: bool
     bypass_cache: bool
-    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_metadata: _Optional[bool] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    values_only: bool
+    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_metadata: _Optional[bool] = ..., bypass_cache: _Optional[bool] = ..., values_only: _Optional[bool] = ...) -> None: ...
 
 class BatchGetVariablesResponse(_message.Message):
-    __slots__ = ("variables", "missing_variables")
+    __slots__ = ("variables", "missing_variables", "values")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,12 +278,30 @@ class BatchGetVariablesResponse(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     MISSING_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     variables: _containers.MessageMap[str, Variable]
     missing_variables: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, variables: _Optional[_Mapping[str, Variable]] = ..., missing_variables: _Optional[_Iterable[str]] = ...) -> None: ...
+    values: BatchValues
+    def __init__(self, variables: _Optional[_Mapping[str, Variable]] = ..., missing_variables: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[BatchValues, _Mapping]] = ...) -> None: ...
+
+class BatchValues(_message.Message):
+    __slots__ = ("identifiers", "ids", "names", "types", "versions", "values_json")
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    TYPES_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
+    identifiers: _containers.RepeatedScalarFieldContainer[str]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    types: _containers.RepeatedScalarFieldContainer[str]
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    values_json: bytes
+    def __init__(self, identifiers: _Optional[_Iterable[str]] = ..., ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[int]] = ..., values_json: _Optional[bytes] = ...) -> None: ...
 
 class BatchSetVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "updates", "metadata", "atomic", "binary_updates")
+    __slots__ = ("session_id", "updates", "metadata", "atomic", "binary_updates", "value_identifiers", "values_json")
     class UpdatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -308,12 +328,16 @@ class BatchSetVariablesRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     ATOMIC_FIELD_NUMBER: _ClassVar[int]
     BINARY_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     updates: _containers.MessageMap[str, _any_pb2.Any]
     metadata: _containers.ScalarMap[str, str]
     atomic: bool
     binary_updates: _containers.ScalarMap[str, bytes]
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., atomic: _Optional[bool] = ..., binary_updates: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    value_identifiers: _containers.RepeatedScalarFieldContainer[str]
+    values_json: bytes
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., atomic: _Optional[bool] = ..., binary_updates: _Optional[_Mapping[str, bytes]] = ..., value_identifiers: _Optional[_Iterable[str]] = ..., values_json: _Optional[bytes] = ...) -> None: ...
 
 class BatchSetVariablesResponse(_message.Message):
     __slots__ = ("success", "errors", "new_versions")
