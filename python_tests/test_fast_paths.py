@@ -29,6 +29,7 @@ from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
 from snakepit_bridge.context import SessionContext
 from snakepit_bridge.values import (
     BINARY_THRESHOLD,
+    decode_batch_values,
     decode_value,
     decode_values_json,
     decode_variable_value,
@@ -204,17 +205,22 @@ def test_encode_compact_joins_what_encode_parts_gives() -> None:
     types = {"f": "float", "nan": "float", "i": "integer", "s": "string", "b": "boolean", "e": "embedding",
              "big": "embedding", "t": "tensor", "bad": "string", "bad2": "float"}
     request = pb2.BatchSetVariablesRequest(session_id="s")
-    keys, values_json, errors = encode_compact(values, types, request.updates, request.binary_updates)
+    errors = encode_compact(request, values, types)
     assert set(errors) == {"bad", "bad2"} and all("cannot be encoded" in m for m in errors.values())
-    assert keys == ["f", "nan", "i", "s", "b", "e", "t"]
-    assert values_json == b"[" + b",".join(encode_parts(types[k], values[k])[1] for k in keys) + b"]"
-    assert json.loads(values_json) == [json.loads(reference_json(values[k])) for k in keys]
+    # Python floats travel packed, as they are (NaN included).
+    assert list(request.float_identifiers) == ["f", "nan"]
+    assert same(list(request.float_values), [0.5, math.nan])
+    keys = list(request.value_identifiers)
+    assert keys == ["i", "s", "b", "e", "t"]
+    assert request.values_json == b"[" + b",".join(encode_parts(types[k], values[k])[1] for k in keys) + b"]"
+    assert json.loads(request.values_json) == [json.loads(reference_json(values[k])) for k in keys]
     # The binary-path value takes the map form, as encode_parts gives it.
     assert set(request.updates) == {"big"} and set(request.binary_updates) == {"big"}
     url, payload, binary = encode_parts("embedding", big)
     assert (request.updates["big"].type_url, request.updates["big"].value, request.binary_updates["big"]) == (
         url, payload, binary)
-    assert encode_compact({}, {}, request.updates, request.binary_updates) == ([], b"[]", {})
+    empty = pb2.BatchSetVariablesRequest(session_id="s")
+    assert encode_compact(empty, {}, {}) == {} and empty == pb2.BatchSetVariablesRequest(session_id="s")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -358,6 +364,18 @@ def test_one_parse_of_many_floats_is_exact() -> None:
 def test_a_compact_batch_of_the_wrong_shape_is_a_bridge_error(types: list[str], payload: bytes, says: str) -> None:
     with pytest.raises(BridgeError, match=says):
         decode_values_json(types, payload)
+
+
+def test_decode_batch_values_merges_packed_floats_and_json_in_order() -> None:
+    types = ["float", "string", "float", "integer", "quaternion"]
+    got = decode_batch_values(types, [0.5, math.inf], b'["a,b",3,[1]]')
+    assert got == [0.5, "a,b", math.inf, 3, [1]]
+    assert decode_batch_values(["float"] * 3, [1.0, 2.0, 3.0], b"[]") == [1.0, 2.0, 3.0]
+    assert decode_batch_values([], [], b"[]") == []
+    with pytest.raises(BridgeError, match="server sent 1 float values for a batch of 2 floats"):
+        decode_batch_values(["float", "string", "float"], [1.0], b'["a"]')
+    with pytest.raises(BridgeError, match="server sent 2 values for a batch of 1 variables"):
+        decode_batch_values(["float", "string"], [1.0], b'["a","b"]')
 
 
 def test_commas_inside_values_and_the_empty_batch() -> None:

@@ -197,13 +197,15 @@ impl BridgeService for Service {
             })
             .collect();
         // The compact form joins the same batch; malformed, it refuses the whole request.
-        let compact = wire::compact_updates(req.value_identifiers, &req.values_json).map_err(store_err)?;
+        let compact =
+            wire::compact_updates(req.value_identifiers, &req.values_json, req.float_identifiers, req.float_values)
+                .map_err(store_err)?;
         updates.extend(compact);
         // Map order is random on the wire; a fixed order makes outcomes repeatable.
         updates.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(pair) = updates.windows(2).find(|pair| pair[0].0 == pair[1].0) {
             return Err(store_err(StoreError::InvalidArgument(format!(
-                "identifier {:?} is given more than once (updates and value_identifiers together)",
+                "identifier {:?} is given more than once (updates, value_identifiers and float_identifiers together)",
                 pair[0].0
             ))));
         }

@@ -187,6 +187,9 @@ struct Session {
     watch: Arc<SessionWatch>,
 }
 
+/// Every variable id starts with this (`var_<name>_<nonce>`).
+const ID_PREFIX: &str = "var_";
+
 #[derive(Default)]
 struct Vars {
     by_id: HashMap<Arc<str>, Variable>,
@@ -196,18 +199,20 @@ struct Vars {
 
 impl Vars {
     /// Id first, then name: an id is never ambiguous, a name may look like an id.
+    /// Ids all start with ID_PREFIX: anything else can only be a name, which
+    /// saves a hash lookup on the common path (access by name).
     fn resolve(&self, identifier: &str) -> Option<Arc<str>> {
-        if let Some((id, _)) = self.by_id.get_key_value(identifier) {
-            return Some(id.clone());
+        if identifier.starts_with(ID_PREFIX) {
+            if let Some((id, _)) = self.by_id.get_key_value(identifier) {
+                return Some(id.clone());
+            }
         }
         self.by_name.get(identifier).cloned()
     }
 
     fn get(&self, identifier: &str) -> Option<&Variable> {
-        match self.by_id.get(identifier) {
-            Some(v) => Some(v),
-            None => self.by_name.get(identifier).and_then(|id| self.by_id.get(id)),
-        }
+        let by_id = if identifier.starts_with(ID_PREFIX) { self.by_id.get(identifier) } else { None };
+        by_id.or_else(|| self.by_name.get(identifier).and_then(|id| self.by_id.get(id)))
     }
 }
 
@@ -493,7 +498,7 @@ impl Store {
             return Err(StoreError::VariableExists(new.name));
         }
         let suffix = NEXT_VARIABLE_SUFFIX.fetch_add(1, Ordering::Relaxed);
-        let id: Arc<str> = Arc::from(format!("var_{}_{}{suffix}", new.name, *PROCESS_NONCE));
+        let id: Arc<str> = Arc::from(format!("{ID_PREFIX}{}_{}{suffix}", new.name, *PROCESS_NONCE));
         let name: Arc<str> = Arc::from(new.name);
         let now = self.now_us();
         let variable = Variable {

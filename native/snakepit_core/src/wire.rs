@@ -147,16 +147,29 @@ pub fn decode_any(any: Option<&Any>, binary: &[u8]) -> Result<(VarType, Raw), St
     Ok((ty, decode_binary(ty, &json, binary)?))
 }
 
-/// The compact form of a batch set: `identifiers[i]` gets element `i` of the
-/// JSON array `values_json`, typed by the variable itself (nothing declared).
-/// Both empty is no update; anything else malformed is an error for the whole
-/// request, before any value is applied.
-pub fn compact_updates(identifiers: Vec<String>, values_json: &[u8]) -> Result<Vec<(String, Input)>, StoreError> {
-    if identifiers.is_empty() && values_json.is_empty() {
-        return Ok(Vec::new());
+/// The compact forms of a batch set: `identifiers[i]` gets element `i` of the
+/// JSON array `values_json`, `float_identifiers[i]` gets `floats[i]`; each value
+/// typed by its variable (nothing declared). Empty lists are no updates;
+/// anything malformed is an error for the whole request, before any value is
+/// applied.
+pub fn compact_updates(
+    identifiers: Vec<String>,
+    values_json: &[u8],
+    float_identifiers: Vec<String>,
+    floats: Vec<f64>,
+) -> Result<Vec<(String, Input)>, StoreError> {
+    if floats.len() != float_identifiers.len() {
+        return Err(bad(format!(
+            "float_values has {} values for {} float_identifiers",
+            floats.len(),
+            float_identifiers.len()
+        )));
     }
-    let values: Vec<Json> = serde_json::from_slice(values_json)
-        .map_err(|e| bad(format!("values_json must be a JSON array: {e}")))?;
+    let values: Vec<Json> = if identifiers.is_empty() && values_json.is_empty() {
+        Vec::new()
+    } else {
+        serde_json::from_slice(values_json).map_err(|e| bad(format!("values_json must be a JSON array: {e}")))?
+    };
     if values.len() != identifiers.len() {
         return Err(bad(format!(
             "values_json has {} values for {} value_identifiers",
@@ -164,7 +177,9 @@ pub fn compact_updates(identifiers: Vec<String>, values_json: &[u8]) -> Result<V
             identifiers.len()
         )));
     }
-    Ok(identifiers.into_iter().zip(values).map(|(key, json)| (key, Input::from(raw_from_json(json)))).collect())
+    let json = identifiers.into_iter().zip(values).map(|(key, json)| (key, Input::from(raw_from_json(json))));
+    let floats = float_identifiers.into_iter().zip(floats).map(|(key, x)| (key, Input::from(Raw::Float(x))));
+    Ok(json.chain(floats).collect())
 }
 
 fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreError> {
@@ -279,20 +294,35 @@ pub fn batch_values(
     found: Vec<(String, Variable)>,
     include_metadata: bool,
 ) -> (proto::BatchValues, std::collections::HashMap<String, proto::Variable>) {
-    let mut values = proto::BatchValues { values_json: vec![b'['], ..Default::default() };
+    let n = found.len();
+    let mut values = proto::BatchValues {
+        identifiers: Vec::with_capacity(n),
+        ids: Vec::with_capacity(n),
+        names: Vec::with_capacity(n),
+        types: Vec::with_capacity(n),
+        versions: Vec::with_capacity(n),
+        values_json: Vec::new(),
+        floats: Vec::new(),
+    };
+    values.values_json.push(b'[');
     let mut binary = std::collections::HashMap::new();
     for (key, v) in found {
         if is_binary(&v.value) {
             binary.insert(key, variable_with(&v, include_metadata));
             continue;
         }
-        if !values.identifiers.is_empty() {
-            values.values_json.push(b',');
+        match *v.value {
+            Value::Float(x) => values.floats.push(x),
+            ref other => {
+                if values.values_json.len() > 1 {
+                    values.values_json.push(b',');
+                }
+                write_json(other, &mut values.values_json);
+            }
         }
-        write_json(&v.value, &mut values.values_json);
         values.identifiers.push(key);
-        values.ids.push(v.id.to_string());
-        values.names.push(v.name.to_string());
+        values.ids.push(String::from(&*v.id));
+        values.names.push(String::from(&*v.name));
         values.types.push(v.ty.as_str().to_string());
         values.versions.push(v.version);
     }
@@ -324,8 +354,8 @@ pub fn variable_with(v: &Variable, include_metadata: bool) -> proto::Variable {
         (String::new(), std::collections::HashMap::new())
     };
     proto::Variable {
-        id: v.id.to_string(),
-        name: v.name.to_string(),
+        id: String::from(&*v.id),
+        name: String::from(&*v.name),
         r#type: v.ty.as_str().to_string(),
         value: Some(value),
         constraints_json,
@@ -340,7 +370,7 @@ pub fn variable_with(v: &Variable, include_metadata: bool) -> proto::Variable {
 /// A watch update as its protobuf message.
 pub fn update(u: &crate::watch::Update) -> proto::VariableUpdate {
     proto::VariableUpdate {
-        variable_id: u.variable.as_ref().map(|v| v.id.to_string()).unwrap_or_default(),
+        variable_id: u.variable.as_ref().map(|v| String::from(&*v.id)).unwrap_or_default(),
         variable: u.variable.as_ref().map(variable),
         update_source: u.source.as_str().to_string(),
         update_metadata: metadata(&u.metadata),

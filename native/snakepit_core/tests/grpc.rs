@@ -244,15 +244,18 @@ async fn values_only_gets_answer_in_parallel_lists_and_binary_values_in_the_map(
     assert_eq!(values.ids[1], t_id);
     assert_eq!(values.types, ["integer", "float", "string", "float"]);
     assert_eq!(values.versions, [1, 1, 1, 1]);
-    assert_eq!(String::from_utf8(values.values_json).unwrap(), r#"[3,0.5,"hi, there","NaN"]"#);
+    // Floats travel packed (NaN as it is), the rest as one JSON array, each in order.
+    assert_eq!(String::from_utf8(values.values_json).unwrap(), r#"[3,"hi, there"]"#);
+    assert_eq!(values.floats[0], 0.5);
+    assert!(values.floats[1].is_nan() && values.floats.len() == 2);
     assert_eq!(got.missing_variables, ["zzz"]);
     // The binary-path value comes as a full message, as without values_only.
     assert_eq!(got.variables.len(), 1);
     assert_eq!(got.variables["emb"].value.as_ref().unwrap().type_url, "type.googleapis.com/snakepit.embedding.binary");
     assert_eq!(got.variables["emb"].binary_value.len(), 2048 * 8);
 
-    let none = c.get_variables(request(vec!["zzz"])).await.unwrap().into_inner();
-    assert_eq!(none.values.unwrap().values_json, b"[]");
+    let none = c.get_variables(request(vec!["zzz"])).await.unwrap().into_inner().values.unwrap();
+    assert_eq!((none.values_json, none.floats.len()), (b"[]".to_vec(), 0));
     server.shutdown().await;
 }
 
@@ -272,6 +275,12 @@ async fn compact_sets_are_typed_by_the_variable_and_join_the_same_batch() {
         values_json: json.as_bytes().to_vec(),
         ..Default::default()
     };
+    let floats = |idents: &[&str], xs: &[f64]| BatchSetVariablesRequest {
+        session_id: "s".into(),
+        float_identifiers: idents.iter().map(|s| s.to_string()).collect(),
+        float_values: xs.to_vec(),
+        ..Default::default()
+    };
 
     // An integer JSON number for a float variable is a float; NaN travels as a string.
     let ok = c.set_variables(set(true, &["x", "k"], "[2, 5]", true)).await.unwrap().into_inner();
@@ -280,6 +289,13 @@ async fn compact_sets_are_typed_by_the_variable_and_join_the_same_batch() {
     assert_eq!(get(&mut c, "s", "x").await.value.unwrap().value, b"2.0");
     let nan = c.set_variables(set(false, &["x"], r#"["NaN"]"#, false)).await.unwrap().into_inner();
     assert!(nan.success, "{:?}", nan.errors);
+    // Packed floats: typed by the variable too (an integral float for an integer is that integer).
+    let packed = c.set_variables(floats(&["x", "k"], &[f64::INFINITY, 4.0])).await.unwrap().into_inner();
+    assert!(packed.success, "{:?}", packed.errors);
+    assert_eq!(get(&mut c, "s", "x").await.value.unwrap().value, br#""Infinity""#);
+    assert_eq!(get(&mut c, "s", "k").await.value.unwrap().value, b"4");
+    let fractional = c.set_variables(floats(&["k"], &[4.5])).await.unwrap().into_inner();
+    assert!(fractional.errors.contains_key("k"), "{:?}", fractional);
 
     // Per-key refusals are reported like the map form's; atomic applies none.
     let refused = c.set_variables(set(true, &["x", "k", "ghost"], "[1.5, -1, 0]", false)).await.unwrap().into_inner();
@@ -287,7 +303,7 @@ async fn compact_sets_are_typed_by_the_variable_and_join_the_same_batch() {
     assert!(refused.errors["k"].contains("below minimum 0"), "{:?}", refused.errors);
     assert!(refused.errors["ghost"].contains("not found"), "{:?}", refused.errors);
     let partial = c.set_variables(set(false, &["x", "k"], r#"[1.5, "seven"]"#, false)).await.unwrap().into_inner();
-    assert_eq!(partial.new_versions, [("x".to_string(), 4)].into());
+    assert_eq!(partial.new_versions, [("x".to_string(), 5)].into());
     assert!(partial.errors.contains_key("k"));
 
     // A malformed compact part refuses the whole request and changes nothing.
@@ -302,7 +318,16 @@ async fn compact_sets_are_typed_by_the_variable_and_join_the_same_batch() {
         assert_eq!(err.code(), Code::InvalidArgument, "{json}");
         assert!(err.message().contains(says), "{}", err.message());
     }
-    assert_eq!(get(&mut c, "s", "x").await.version, 4);
+    for (request, says) in [
+        (floats(&["x", "k"], &[1.0]), "float_values has 1 values for 2 float_identifiers"),
+        (BatchSetVariablesRequest { values_json: b"[1]".to_vec(), ..floats(&["x"], &[1.0]) }, "1 values for 0 value_identifiers"),
+        (BatchSetVariablesRequest { value_identifiers: vec!["x".into()], values_json: b"[1]".to_vec(), ..floats(&["x"], &[1.0]) }, "\"x\" is given more than once"),
+    ] {
+        let err = c.set_variables(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(says), "{}", err.message());
+    }
+    assert_eq!(get(&mut c, "s", "x").await.version, 5);
     assert_eq!(get(&mut c, "s", "m").await.version, 2);
     server.shutdown().await;
 }

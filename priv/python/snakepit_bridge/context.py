@@ -60,8 +60,8 @@ from .types import (
     VariableType,
 )
 from .values import (
+    decode_batch_values,
     decode_value,
-    decode_values_json,
     decode_variable_value,
     encode_compact,
     encode_json,
@@ -221,6 +221,9 @@ class SessionContext(Generic[_ChannelT]):
         # identifier (id or name) -> type name; id <-> name. See "Type cache".
         self._types: dict[str, str] = {}
         self._aliases: dict[str, str] = {}
+        # (ids, types) of the last values_only batch learned, while nothing else
+        # changed the type cache since: the next equal batch has nothing to teach.
+        self._batch_learned: Optional[tuple[list[str], list[str]]] = None
         # Values delivered by live watches; see snakepit_bridge.watch.
         self._watch_cache = _WatchCache()
 
@@ -308,6 +311,7 @@ class SessionContext(Generic[_ChannelT]):
         self._learn_type(var.id, var.name, var.type, *asked)
 
     def _learn_type(self, var_id: str, name: str, var_type: str, *asked: str) -> None:
+        self._batch_learned = None
         types = self._types
         for key in (var_id, name, *asked):
             if key:
@@ -317,6 +321,7 @@ class SessionContext(Generic[_ChannelT]):
             self._aliases[name] = var_id
 
     def _forget(self, identifier: str) -> None:
+        self._batch_learned = None
         for key in (identifier, self._aliases.pop(identifier, None)):
             if key:
                 self._types.pop(key, None)
@@ -400,6 +405,7 @@ class SessionContext(Generic[_ChannelT]):
         response = yield _Rpc("CleanupSession", request)
         self._types.clear()
         self._aliases.clear()
+        self._batch_learned = None
         self._watch_cache.clear()
         return int(response.resources_cleaned)
 
@@ -681,27 +687,31 @@ class SessionContext(Generic[_ChannelT]):
         """The decoded values of a ``values_only`` batch get, in the order asked; the type cache learns them.
 
         The hot loop of :meth:`get_variables`: the compact part is a few
-        lists and one JSON array (:func:`~snakepit_bridge.values.decode_values_json`);
+        lists, packed floats and one JSON array
+        (:func:`~snakepit_bridge.values.decode_batch_values`);
         only binary-path values come as ``Variable`` messages.
         """
         values = response.values
-        keys = list(values.identifiers)
         ids = list(values.ids)
-        names = list(values.names)
         var_types = list(values.types)
-        types = self._types
-        aliases = self._aliases
-        # What _learn_type does per variable, inline (the key asked is its id or its name).
-        for var_id, name, var_type in zip(ids, names, var_types):
-            types[var_id] = types[name] = var_type
-            aliases[var_id] = name
-            aliases[name] = var_id
-        found = dict(zip(keys, decode_values_json(var_types, values.values_json)))
+        learned = (ids, var_types)
+        if learned != self._batch_learned:
+            types = self._types
+            aliases = self._aliases
+            # What _learn_type does per variable, inline (the key asked is its id or its name).
+            for var_id, name, var_type in zip(ids, values.names, var_types):
+                types[var_id] = types[name] = var_type
+                aliases[var_id] = name
+                aliases[name] = var_id
+        # With nothing missing or binary, the server answered every identifier asked, in order.
+        keys = list(values.identifiers) if response.missing_variables or response.variables else identifiers
+        found = dict(zip(keys, decode_batch_values(var_types, values.floats, values.values_json)))
         if response.variables:  # binary-path values
             for key, var in response.variables.items():
                 self._learn(var, key)
                 found[key] = decode_variable_value(var)
             found = {key: found[key] for key in dict.fromkeys(identifiers) if key in found}
+        self._batch_learned = learned
         return found
 
     @overload
@@ -748,8 +758,12 @@ class SessionContext(Generic[_ChannelT]):
             return BatchUpdateResult({}, True, {})
         local_errors: dict[str, str] = {}
 
+        # Types matter only for encoding values other than floats (floats go
+        # packed, typed by their variable on the server).
         types = self._types
-        unknown = [key for key in updates if key not in types]
+        unknown = [] if types.keys() >= updates.keys() else [
+            key for key, value in updates.items() if key not in types and type(value) is not float
+        ]
         if unknown:
             lookup = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=unknown)
             found = yield _Rpc("GetVariables", lookup)
@@ -764,17 +778,13 @@ class SessionContext(Generic[_ChannelT]):
             session_id=self._session_id, metadata=dict(metadata or {}), atomic=atomic
         )
         to_send = {k: v for k, v in updates.items() if k not in local_errors} if local_errors else updates
-        keys, values_json, errors = encode_compact(to_send, types, request.updates, request.binary_updates)
-        local_errors.update(errors)
-        if keys:
-            request.value_identifiers.extend(keys)
-            request.values_json = values_json
+        local_errors.update(encode_compact(request, to_send, types))
 
         outcome: dict[str, Union[bool, str]] = {}
         if local_errors and atomic:
             outcome.update((key, local_errors.get(key, NOT_APPLIED_ATOMIC)) for key in updates)
             return BatchUpdateResult(outcome, False, {})
-        if not keys and not request.updates:
+        if not (request.float_identifiers or request.value_identifiers or request.updates):
             outcome.update(local_errors)
             return BatchUpdateResult(outcome, False, {})
 

@@ -28,9 +28,10 @@ Compact batches
     ``GetVariables`` with ``values_only`` and ``SetVariables`` with
     ``value_identifiers`` carry the JSON-path values of a batch as one JSON
     array (``values_json``), element *i* being exactly what the *i*-th
-    value's ``Any.value`` would hold: one parse or one join instead of a
-    protobuf message per value (:func:`decode_values_json`,
-    :func:`encode_compact`). Binary-path values keep their ``Any`` form.
+    value's ``Any.value`` would hold, and the values of floats as packed
+    doubles: one parse or one join instead of a protobuf message per value
+    (:func:`decode_batch_values`, :func:`encode_compact`). Binary-path values
+    keep their ``Any`` form.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ __all__ = [
     "BINARY_THRESHOLD",
     "EncodedValue",
     "TYPE_URL_PREFIX",
+    "decode_batch_values",
     "decode_value",
     "decode_values_json",
     "decode_variable_value",
@@ -157,48 +159,55 @@ def encode_parts(var_type: Union[VariableType, str], value: Any) -> tuple[str, b
     return type_url(coerced), encode_json(value), None
 
 
-def encode_compact(
-    values: Mapping[str, Any],
-    types: Mapping[str, str],
-    anys: MutableMapping[str, Any],
-    binaries: MutableMapping[str, bytes],
-) -> tuple[list[str], bytes, dict[str, str]]:
-    """Encode many values for a ``BatchSetVariablesRequest``, mostly in its compact form.
+def encode_compact(request: Any, values: Mapping[str, Any], types: Mapping[str, str]) -> dict[str, str]:
+    """Encode many values into a ``BatchSetVariablesRequest``, mostly in its compact forms.
 
     For each ``key, value`` of ``values`` (the variable's type is
-    ``types[key]``): a JSON-path value joins the compact form, as its key and
-    its payload (what :func:`encode_parts` gives as ``Any.value``); a
-    binary-path value fills ``anys[key]`` (a protobuf map field of ``Any``,
-    e.g. ``request.updates``) and ``binaries[key]`` in place. A value that
-    cannot be encoded goes nowhere.
+    ``types[key]``), in order: a ``float`` joins ``float_identifiers`` /
+    ``float_values`` (packed doubles); another JSON-path value joins
+    ``value_identifiers`` / ``values_json`` (its payload, what
+    :func:`encode_parts` gives as ``Any.value``, as an element of one JSON
+    array); a binary-path value fills ``request.updates[key]`` and
+    ``request.binary_updates[key]``. A value that cannot be encoded goes
+    nowhere.
 
     Returns:
-        ``(keys, values_json, errors)``: the keys of the compact form in the
-        order of ``values``, the JSON array of their payloads
-        (``value_identifiers`` and ``values_json``), and key -> the reason for
-        the values that could not be encoded.
+        key -> the reason, for the values that could not be encoded.
     """
+    if set(map(type, values.values())) == {float}:  # the usual case: all floats, no loop in Python
+        request.float_identifiers.extend(values.keys())
+        request.float_values.extend(values.values())
+        return {}
     keys: list[str] = []
     payloads: list[bytes] = []
+    float_keys: list[str] = []
+    floats: list[float] = []
     errors: dict[str, str] = {}
     for key, value in values.items():
-        if type(value) is float:  # the hot case, inline
-            payload = repr(value).encode() if value - value == 0.0 else _float_json(value)
-        else:
-            try:
-                url, payload, binary = encode_parts(types[key], value)
-            except ValidationError as exc:
-                errors[key] = exc.message
-                continue
-            if binary is not None:
-                entry = anys[key]
-                entry.type_url = url
-                entry.value = payload
-                binaries[key] = binary
-                continue
+        if type(value) is float:  # the hot case
+            float_keys.append(key)
+            floats.append(value)
+            continue
+        try:
+            url, payload, binary = encode_parts(types[key], value)
+        except ValidationError as exc:
+            errors[key] = exc.message
+            continue
+        if binary is not None:
+            entry = request.updates[key]
+            entry.type_url = url
+            entry.value = payload
+            request.binary_updates[key] = binary
+            continue
         keys.append(key)
         payloads.append(payload)
-    return keys, b"[" + b",".join(payloads) + b"]", errors
+    if float_keys:
+        request.float_identifiers.extend(float_keys)
+        request.float_values.extend(floats)
+    if keys:
+        request.value_identifiers.extend(keys)
+        request.values_json = b"[" + b",".join(payloads) + b"]"
+    return errors
 
 
 def _float_json(x: float) -> bytes:
@@ -379,6 +388,27 @@ def _decode(url: str, raw: bytes, binary_value: bytes = b"", var_type: Optional[
     if is_binary:
         return _decode_binary(name, payload, binary_value)
     return _normalise(name, payload)
+
+
+def decode_batch_values(types: Sequence[str], floats: Sequence[float], values_json: bytes) -> list[Any]:
+    """Decode a ``BatchValues``: the value of each variable, given the type of each.
+
+    The values of ``"float"`` variables come in order from ``floats``, the
+    others from the JSON array ``values_json`` (see :func:`decode_values_json`).
+
+    Raises:
+        BridgeError: the counts do not match the types, or ``values_json`` is malformed.
+    """
+    count = len(types)
+    n_floats = len(floats)
+    if n_floats == count and (values_json == b"[]" or not values_json):  # the usual case: all floats
+        return list(floats)
+    others = [name for name in types if name != "float"]
+    if n_floats != count - len(others):
+        raise BridgeError(f"server sent {n_floats} float values for a batch of {count - len(others)} floats")
+    json_values = iter(decode_values_json(others, values_json))
+    float_values = iter(floats)
+    return [next(float_values) if name == "float" else next(json_values) for name in types]
 
 
 def decode_values_json(types: Sequence[str], payload: bytes) -> list[Any]:

@@ -285,23 +285,25 @@ class BatchGetVariablesResponse(_message.Message):
     def __init__(self, variables: _Optional[_Mapping[str, Variable]] = ..., missing_variables: _Optional[_Iterable[str]] = ..., values: _Optional[_Union[BatchValues, _Mapping]] = ...) -> None: ...
 
 class BatchValues(_message.Message):
-    __slots__ = ("identifiers", "ids", "names", "types", "versions", "values_json")
+    __slots__ = ("identifiers", "ids", "names", "types", "versions", "values_json", "floats")
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
+    FLOATS_FIELD_NUMBER: _ClassVar[int]
     identifiers: _containers.RepeatedScalarFieldContainer[str]
     ids: _containers.RepeatedScalarFieldContainer[str]
     names: _containers.RepeatedScalarFieldContainer[str]
     types: _containers.RepeatedScalarFieldContainer[str]
     versions: _containers.RepeatedScalarFieldContainer[int]
     values_json: bytes
-    def __init__(self, identifiers: _Optional[_Iterable[str]] = ..., ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[int]] = ..., values_json: _Optional[bytes] = ...) -> None: ...
+    floats: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, identifiers: _Optional[_Iterable[str]] = ..., ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., types: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[int]] = ..., values_json: _Optional[bytes] = ..., floats: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BatchSetVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "updates", "metadata", "atomic", "binary_updates", "value_identifiers", "values_json")
+    __slots__ = ("session_id", "updates", "metadata", "atomic", "binary_updates", "value_identifiers", "values_json", "float_identifiers", "float_values")
     class UpdatesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -330,6 +332,8 @@ class BatchSetVariablesRequest(_message.Message):
     BINARY_UPDATES_FIELD_NUMBER: _ClassVar[int]
     VALUE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     VALUES_JSON_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_VALUES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     updates: _containers.MessageMap[str, _any_pb2.Any]
     metadata: _containers.ScalarMap[str, str]
@@ -337,7 +341,9 @@ class BatchSetVariablesRequest(_message.Message):
     binary_updates: _containers.ScalarMap[str, bytes]
     value_identifiers: _containers.RepeatedScalarFieldContainer[str]
     values_json: bytes
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., atomic: _Optional[bool] = ..., binary_updates: _Optional[_Mapping[str, bytes]] = ..., value_identifiers: _Optional[_Iterable[str]] = ..., values_json: _Optional[bytes] = ...) -> None: ...
+    float_identifiers: _containers.RepeatedScalarFieldContainer[str]
+    float_values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., atomic: _Optional[bool] = ..., binary_updates: _Optional[_Mapping[str, bytes]] = ..., value_identifiers: _Optional[_Iterable[str]] = ..., values_json: _Optional[bytes] = ..., float_identifiers: _Optional[_Iterable[str]] = ..., float_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BatchSetVariablesResponse(_message.Message):
     __slots__ = ("success", "errors", "new_versions")
