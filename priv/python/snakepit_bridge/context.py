@@ -311,14 +311,19 @@ class SessionContext(Generic[_ChannelT]):
         self._learn_type(var.id, var.name, var.type, *asked)
 
     def _learn_type(self, var_id: str, name: str, var_type: str, *asked: str) -> None:
-        self._batch_learned = None
         types = self._types
+        aliases = self._aliases
+        changed = False
         for key in (var_id, name, *asked):
-            if key:
+            if key and types.get(key) != var_type:
                 types[key] = var_type
-        if var_id and name:
-            self._aliases[var_id] = name
-            self._aliases[name] = var_id
+                changed = True
+        if var_id and name and (aliases.get(var_id) != name or aliases.get(name) != var_id):
+            aliases[var_id] = name
+            aliases[name] = var_id
+            changed = True
+        if changed:
+            self._batch_learned = None
 
     def _forget(self, identifier: str) -> None:
         self._batch_learned = None
@@ -693,7 +698,10 @@ class SessionContext(Generic[_ChannelT]):
         """
         values = response.values
         ids = list(values.ids)
-        var_types = list(values.types)
+        floats = values.floats
+        all_floats = len(floats) == len(ids) and values.values_json in (b"[]", b"")
+        # All floats (the usual case): the types are known without reading them.
+        var_types = ["float"] * len(ids) if all_floats else list(values.types)
         learned = (ids, var_types)
         if learned != self._batch_learned:
             types = self._types
@@ -705,7 +713,7 @@ class SessionContext(Generic[_ChannelT]):
                 aliases[name] = var_id
         # With nothing missing or binary, the server answered every identifier asked, in order.
         keys = list(values.identifiers) if response.missing_variables or response.variables else identifiers
-        found = dict(zip(keys, decode_batch_values(var_types, values.floats, values.values_json)))
+        found = dict(zip(keys, list(floats) if all_floats else decode_batch_values(var_types, floats, values.values_json)))
         if response.variables:  # binary-path values
             for key, var in response.variables.items():
                 self._learn(var, key)
