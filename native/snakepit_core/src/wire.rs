@@ -287,9 +287,10 @@ pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
     }
 }
 
-/// A batch get's found variables in the compact `values_only` form: JSON-path
-/// values go into [`proto::BatchValues`], binary-path ones (as full messages)
-/// into the map.
+/// A batch get's found variables in the compact `values_only` form: into
+/// [`proto::BatchValues`] go the values of floats as packed doubles and the
+/// other JSON-path values as one JSON array; binary-path ones go into the map
+/// as full messages.
 pub fn batch_values(
     found: Vec<(String, Variable)>,
     include_metadata: bool,
