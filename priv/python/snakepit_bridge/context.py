@@ -713,7 +713,7 @@ class SessionContext(Generic[_ChannelT]):
                 aliases[name] = var_id
         # With nothing missing or binary, the server answered every identifier asked, in order.
         keys = list(values.identifiers) if response.missing_variables or response.variables else identifiers
-        found = dict(zip(keys, list(floats) if all_floats else decode_batch_values(var_types, floats, values.values_json)))
+        found = dict(zip(keys, decode_batch_values(var_types, floats, values.values_json)))
         if response.variables:  # binary-path values
             for key, var in response.variables.items():
                 self._learn(var, key)
