@@ -4,6 +4,7 @@
 use regex::Regex;
 
 use crate::error::{Result, StoreError};
+use crate::limits::{clip, clip_debug};
 use crate::value::{fmt_float, parse_shape, Raw, Value, VarType};
 
 /// A compiled `pattern` constraint; keeps its source to report it back.
@@ -74,7 +75,8 @@ impl Constraints {
                     format!("allowed: {}", allowed.join(", "))
                 };
                 return Err(bad(format!(
-                    "constraint {key:?} does not apply to type {ty} ({hint})"
+                    "constraint {} does not apply to type {ty} ({hint})",
+                    clip(key)
                 )));
             }
         }
@@ -170,25 +172,29 @@ impl Constraints {
                     return fail(format!("string length {len} is above max_length {hi}"));
                 }
                 if let Some(p) = pattern.as_ref().filter(|p| !p.regex.is_match(s)) {
-                    return fail(format!("value {s:?} does not match pattern {:?}", p.source));
+                    return fail(format!("value {} does not match pattern {}", clip(s), clip(&p.source)));
                 }
                 if let Some(list) = allowed.as_ref().filter(|l| !l.contains(s)) {
-                    return fail(format!("value {s:?} is not one of {list:?} (enum)"));
+                    return fail(format!("value {} is not one of {} (enum)", clip(s), clip_debug(list)));
                 }
             }
             (Constraints::Choice { choices: Some(list) }, Value::Text(s)) if !list.contains(s) => {
-                return fail(format!("value {s:?} is not one of the choices {list:?}"));
+                return fail(format!("value {} is not one of the choices {}", clip(s), clip_debug(list)));
             }
             (Constraints::Module { allowed_modules: Some(list) }, Value::Text(s))
                 if !list.contains(s) =>
             {
-                return fail(format!("module {s:?} is not in allowed_modules {list:?}"));
+                return fail(format!("module {} is not in allowed_modules {}", clip(s), clip_debug(list)));
             }
             (Constraints::Embedding { dimensions: Some(d) }, Value::Embedding(v)) if v.len() != *d => {
                 return fail(format!("embedding has {} dimensions, expected {d}", v.len()));
             }
             (Constraints::Tensor { shape: Some(want) }, Value::Tensor(t)) if &t.shape != want => {
-                return fail(format!("tensor shape {:?} does not match required shape {want:?}", t.shape));
+                return fail(format!(
+                    "tensor shape {} does not match required shape {}",
+                    clip_debug(&t.shape),
+                    clip_debug(want)
+                ));
             }
             _ => {}
         }
@@ -284,7 +290,7 @@ fn pattern(raw: &Raw) -> Result<Pattern> {
         return Err(bad(format!("pattern must be a string, got {}", raw.describe())));
     };
     let regex = Regex::new(source)
-        .map_err(|e| bad(format!("pattern {source:?} is not a valid regular expression: {e}")))?;
+        .map_err(|e| bad(format!("pattern {} is not a valid regular expression: {}", clip(source), clip(&e.to_string()))))?;
     Ok(Pattern { source: source.clone(), regex })
 }
 

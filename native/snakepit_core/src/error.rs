@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::limits::clip;
+
 /// Why a store operation was refused. A refused operation changes nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreError {
@@ -51,13 +53,14 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::SessionNotFound(id) => write!(f, "session {id:?} not found"),
+            // Ids and names are echoed clipped: a lookup may name anything.
+            StoreError::SessionNotFound(id) => write!(f, "session {} not found", clip(id)),
             StoreError::VariableNotFound { session_id, identifier } => {
-                write!(f, "variable {identifier:?} not found in session {session_id:?}")
+                write!(f, "variable {} not found in session {}", clip(identifier), clip(session_id))
             }
-            StoreError::SessionExists(id) => write!(f, "session {id:?} already exists"),
+            StoreError::SessionExists(id) => write!(f, "session {} already exists", clip(id)),
             StoreError::VariableExists(name) => {
-                write!(f, "a variable named {name:?} already exists in this session")
+                write!(f, "a variable named {} already exists in this session", clip(name))
             }
             StoreError::InvalidArgument(m)
             | StoreError::InvalidType(m)

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`value`]: the eight variable types, raw input values and normalisation.
 //! - [`constraints`]: per-type constraints, parsed at registration, checked on writes.
+//! - [`limits`]: what one caller can make the store hold or compute, and their defaults.
 //! - [`store`]: sessions and typed, versioned variables behind a cheap `Clone` handle.
 //! - [`watch`]: subscriptions, coalescing and fan-out (the dispatcher thread).
 //! - [`wire`]: protobuf ⇄ store conversions (values in `Any`, timestamps, statuses).
 //! - [`service`]: the tonic `BridgeService` over a store.
+//! - [`net`]: guarded accept loop: connection cap, handshake and idle deadlines, fd limit.
 //! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
 //! - [`proto`]: code generated from `proto/snakepit_bridge.proto`.
 //!
@@ -17,6 +19,8 @@ pub mod clock;
 pub mod constraints;
 pub mod error;
 pub mod glob;
+pub mod limits;
+pub mod net;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -9,12 +9,17 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 use crate::proto::bridge_service_server::BridgeServiceServer;
-use crate::service::Service;
+use crate::service::{Service, ServiceConfig};
+use crate::net::{self, ConnInfo, ConnLimits};
+use crate::limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES};
 use crate::store::{Store, DEFAULT_SESSION_TTL};
+
+/// Room for unary calls on a connection beside its watch streams.
+const STREAMS_BESIDE_WATCHES: usize = 100;
 
 /// Settings of one server.
 #[derive(Debug, Clone)]
@@ -29,28 +34,98 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// How often expired sessions are swept (access also expires them lazily).
     pub sweep_interval: Duration,
+    /// Open connections at once. Each costs a file descriptor; the default
+    /// leaves a BEAM with the usual soft limit of 1,024 most of its own.
+    pub max_connections: usize,
+    /// A new connection must send the HTTP/2 preface within this time, or it is closed.
+    pub handshake_timeout: Duration,
+    /// A connection with no call in progress for this long is closed (clients
+    /// reconnect on their next call); `None` keeps idle connections forever.
+    pub idle_timeout: Option<Duration>,
+    /// WatchVariables streams open at once on one connection.
+    pub max_watchers_per_connection: usize,
+    /// WatchVariables streams open at once on this server.
+    pub max_watchers: usize,
+    /// The store's limits; applied to the store when the server starts.
+    pub limits: Limits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             session_ttl: DEFAULT_SESSION_TTL,
-            max_message_bytes: 4 * 1024 * 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(20),
             sweep_interval: Duration::from_secs(1),
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_watchers_per_connection: 1024,
+            max_watchers: 16_384,
+            limits: Limits::default(),
         }
     }
 }
 
+impl From<&ServerConfig> for ServiceConfig {
+    fn from(c: &ServerConfig) -> ServiceConfig {
+        ServiceConfig {
+            session_ttl: c.session_ttl,
+            max_message_bytes: c.max_message_bytes,
+            max_watchers: c.max_watchers,
+            max_watchers_per_connection: c.max_watchers_per_connection,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The defaults with another message limit, and the store limits sized for it.
+    pub fn with_max_message_bytes(max_message_bytes: usize) -> ServerConfig {
+        ServerConfig { max_message_bytes, limits: Limits::for_message_bytes(max_message_bytes), ..ServerConfig::default() }
+    }
+
+    /// Refuses settings that make no sense (zero limits, a message limit a
+    /// variable cannot fit in); the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(format!(
+                "max_message_bytes must be at least {MIN_MESSAGE_BYTES}, got {}",
+                self.max_message_bytes
+            ));
+        }
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_watchers_per_connection", self.max_watchers_per_connection),
+            ("max_watchers", self.max_watchers),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        let times = [
+            ("session_ttl", self.session_ttl),
+            ("keepalive_timeout", self.keepalive_timeout),
+            ("sweep_interval", self.sweep_interval),
+            ("handshake_timeout", self.handshake_timeout),
+        ];
+        if let Some((name, _)) = times.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name} must be positive"));
+        }
+        self.limits.check_fits(self.max_message_bytes)
+    }
+}
+
 /// Serves the bridge on `listener` until `shutdown` completes, then finishes
-/// in-flight calls and returns.
+/// in-flight calls and returns. Refuses a config that does not validate, and
+/// applies its store limits to `store`.
 pub async fn serve(
     store: Store,
     listener: tokio::net::TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    config.validate()?;
+    store.set_limits(config.limits);
     let sweeper = tokio::spawn(sweep(store.clone(), config.sweep_interval));
     let _stop_sweeper = AbortOnDrop(sweeper);
     // Graceful shutdown waits for open calls; watch streams never end on their
@@ -60,18 +135,40 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
-    let service = BridgeServiceServer::new(Service::new(store, config.session_ttl, stopping))
+    let service = BridgeServiceServer::new(Service::new(store, ServiceConfig::from(&config), stopping))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    // serve_with_incoming ignores Server::tcp_nodelay; without nodelay on the
-    // incoming sockets each streamed message waits ~40 ms (Nagle + delayed ACK).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let service = InterceptedService::new(service, note_call);
+    // Our own accept loop: a connection cap, handshake and idle deadlines, and
+    // accept errors that back off (and TCP_NODELAY: without it each streamed
+    // message waits ~40 ms for Nagle and delayed ACKs).
+    let limits = ConnLimits {
+        max_connections: config.max_connections,
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    let (incoming, _open) = net::incoming(listener, limits);
     Server::builder()
         .http2_keepalive_interval(config.keepalive_interval)
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        // Watch streams are counted by the service, which refuses extras with
+        // a clear status; this caps what any one connection can open at all.
+        .max_concurrent_streams(
+            u32::try_from(config.max_watchers_per_connection.saturating_add(STREAMS_BESIDE_WATCHES))
+                .unwrap_or(u32::MAX),
+        )
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await?;
+    Ok(())
+}
+
+/// Every call restarts its connection's idle clock.
+fn note_call(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if let Some(conn) = request.extensions().get::<ConnInfo>() {
+        conn.state.touch();
+    }
+    Ok(request)
 }
 
 async fn sweep(store: Store, every: Duration) {

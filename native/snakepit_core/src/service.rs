@@ -1,10 +1,21 @@
 //! The gRPC `BridgeService` over a [`Store`]: each handler decodes, calls the
 //! store once, and encodes. Store calls are short and in memory, so they run
-//! inline on the runtime's worker threads.
+//! inline on the runtime's worker threads; the one whose cost grows with a
+//! session (ListVariables) runs on the blocking pool, a few at a time, so it
+//! never holds up the workers that serve everyone else.
+//!
+//! Limits of this edge: watch streams per connection and in all, and the
+//! message size of every response (a response that would not fit is refused
+//! with a message saying so, instead of failing in the transport).
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::Semaphore;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -13,26 +24,100 @@ use tonic::{Request, Response, Status};
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::*;
 use crate::error::StoreError;
+use crate::limits::clip;
+use crate::net::{self, ConnInfo};
 use crate::store::{BatchGet, Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
 use crate::watch::{Owner, Subscription, Update};
 use crate::value::VarType;
 use crate::wire;
 
+/// The settings of a service; see [`crate::server::ServerConfig`] for each.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub session_ttl: Duration,
+    pub max_message_bytes: usize,
+    pub max_watchers: usize,
+    pub max_watchers_per_connection: usize,
+}
+
+/// Scans of whole sessions (ListVariables) running at once; more wait their turn.
+const CONCURRENT_SCANS: usize = 2;
+
 /// The service: a store handle plus the settings of this server.
 #[derive(Clone, Debug)]
 pub struct Service {
     store: Store,
-    /// Idle TTL of sessions created through InitializeSession.
-    session_ttl: Duration,
+    config: Arc<ServiceConfig>,
     /// Becomes true when the server shuts down; open watch streams then end.
     stopping: watch::Receiver<bool>,
+    /// Open WatchVariables streams of this server.
+    watchers: Arc<AtomicUsize>,
+    scans: Arc<Semaphore>,
 }
 
 impl Service {
-    /// A service over `store`; sessions it creates expire after `session_ttl`
-    /// idle; watch streams end with UNAVAILABLE once `stopping` turns true.
-    pub fn new(store: Store, session_ttl: Duration, stopping: watch::Receiver<bool>) -> Service {
-        Service { store, session_ttl, stopping }
+    /// A service over `store`; watch streams end with UNAVAILABLE once
+    /// `stopping` turns true.
+    pub fn new(store: Store, config: ServiceConfig, stopping: watch::Receiver<bool>) -> Service {
+        Service {
+            store,
+            config: Arc::new(config),
+            stopping,
+            watchers: Arc::default(),
+            scans: Arc::new(Semaphore::new(CONCURRENT_SCANS)),
+        }
+    }
+
+    /// Refuses a response bigger than the message limit with a message that
+    /// says what to do, rather than letting the transport fail it.
+    fn fits<T: Message>(&self, response: T, what: &str, advice: &str) -> Result<Response<T>, Status> {
+        let size = response.encoded_len();
+        if size > self.config.max_message_bytes {
+            return Err(store_err(StoreError::ResourceExhausted(format!(
+                "{what} would be {size} bytes: over the limit max_message_bytes = {}; {advice}",
+                self.config.max_message_bytes
+            ))));
+        }
+        Ok(Response::new(response))
+    }
+
+    /// Takes a watch-stream slot of the connection and one of the server;
+    /// both are released when the stream ends.
+    fn watcher_slots(&self, conn: Option<&ConnInfo>) -> Result<WatcherSlots, Status> {
+        let per_connection = self.config.max_watchers_per_connection;
+        let connection = match conn {
+            Some(c) => Some(c.state.try_add_watcher(per_connection).ok_or_else(|| {
+                store_err(StoreError::ResourceExhausted(format!(
+                    "this connection has {per_connection} watch streams open: over the limit \
+                     max_watchers_per_connection = {per_connection}"
+                )))
+            })?),
+            // Only in-process transports without our accept loop come here.
+            None => None,
+        };
+        let max = self.config.max_watchers;
+        let taken = self.watchers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        match taken {
+            Ok(_) => Ok(WatcherSlots { _server: ServerSlot(self.watchers.clone()), _connection: connection }),
+            Err(_) => Err(store_err(StoreError::ResourceExhausted(format!(
+                "the server has {max} watch streams open: over the limit max_watchers = {max}"
+            )))),
+        }
+    }
+}
+
+/// A watch stream's slots, held for its life.
+struct WatcherSlots {
+    _server: ServerSlot,
+    _connection: Option<net::WatcherSlot>,
+}
+
+/// One of the server's watch-stream slots.
+struct ServerSlot(Arc<AtomicUsize>);
+
+impl Drop for ServerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -58,6 +143,8 @@ fn from_python(metadata: HashMap<String, String>) -> Change {
 
 struct WatchState {
     sub: Subscription,
+    /// Held for the life of the stream.
+    _slots: WatcherSlots,
     buffered: VecDeque<Update>,
     stopping: watch::Receiver<bool>,
     stopped: bool,
@@ -79,7 +166,7 @@ impl BridgeService for Service {
     ) -> Result<Response<InitializeSessionResponse>, Status> {
         let req = request.into_inner();
         self.store
-            .create_session(&req.session_id, to_metadata(req.metadata), self.session_ttl)
+            .create_session(&req.session_id, to_metadata(req.metadata), self.config.session_ttl)
             .map_err(store_err)?;
         Ok(Response::new(InitializeSessionResponse {
             success: true,
@@ -131,7 +218,11 @@ impl BridgeService for Service {
             .store
             .get_variable(&req.session_id, &req.variable_identifier)
             .map_err(store_err)?;
-        Ok(Response::new(GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false }))
+        self.fits(
+            GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false },
+            "the variable",
+            "raise max_message_bytes",
+        )
     }
 
     async fn set_variable(
@@ -163,19 +254,17 @@ impl BridgeService for Service {
             .store
             .get_variables(&req.session_id, req.variable_identifiers)
             .map_err(store_err)?;
-        if req.values_only {
+        let response = if req.values_only {
             let (values, variables) = wire::batch_values(found, req.include_metadata);
-            return Ok(Response::new(BatchGetVariablesResponse {
-                variables,
-                missing_variables: missing,
-                values: Some(values),
-            }));
-        }
-        let variables = found
-            .into_iter()
-            .map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata)))
-            .collect();
-        Ok(Response::new(BatchGetVariablesResponse { variables, missing_variables: missing, values: None }))
+            BatchGetVariablesResponse { variables, missing_variables: missing, values: Some(values) }
+        } else {
+            let variables = found
+                .into_iter()
+                .map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata)))
+                .collect();
+            BatchGetVariablesResponse { variables, missing_variables: missing, values: None }
+        };
+        self.fits(response, "the batch read's response", "read fewer variables at once")
     }
 
     async fn set_variables(
@@ -205,8 +294,8 @@ impl BridgeService for Service {
         updates.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(pair) = updates.windows(2).find(|pair| pair[0].0 == pair[1].0) {
             return Err(store_err(StoreError::InvalidArgument(format!(
-                "identifier {:?} is given more than once (updates, value_identifiers and float_identifiers together)",
-                pair[0].0
+                "identifier {} is given more than once (updates, value_identifiers and float_identifiers together)",
+                clip(&pair[0].0)
             ))));
         }
         let outcome = self
@@ -257,11 +346,16 @@ impl BridgeService for Service {
         request: Request<ListVariablesRequest>,
     ) -> Result<Response<ListVariablesResponse>, Status> {
         let req = request.into_inner();
-        let vars = self
-            .store
-            .list_variables(&req.session_id, Some(&req.pattern))
-            .map_err(store_err)?;
-        Ok(Response::new(ListVariablesResponse { variables: vars.iter().map(wire::variable).collect() }))
+        let _turn = self.scans.acquire().await.map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let store = self.store.clone();
+        let response = tokio::task::spawn_blocking(move || {
+            let vars = store.list_variables(&req.session_id, Some(&req.pattern))?;
+            Ok::<_, StoreError>(ListVariablesResponse { variables: vars.iter().map(wire::variable).collect() })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing the variables failed: {e}")))?
+        .map_err(store_err)?;
+        self.fits(response, "the listing", "narrow the pattern or raise max_message_bytes")
     }
 
     async fn delete_variable(
@@ -281,6 +375,7 @@ impl BridgeService for Service {
         &self,
         request: Request<WatchVariablesRequest>,
     ) -> Result<Response<Self::WatchVariablesStream>, Status> {
+        let slots = self.watcher_slots(request.extensions().get::<ConnInfo>())?;
         let req = request.into_inner();
         let watch = WatchRequest {
             identifiers: req.variable_identifiers,
@@ -290,7 +385,8 @@ impl BridgeService for Service {
         // Refusals (unknown session or variable, empty list) happen here,
         // before anything is streamed.
         let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc).map_err(store_err)?;
-        let state = WatchState { sub, buffered: VecDeque::new(), stopping: self.stopping.clone(), stopped: false };
+        let state =
+            WatchState { sub, _slots: slots, buffered: VecDeque::new(), stopping: self.stopping.clone(), stopped: false };
         // Polled by the connection when it can send: a slow client simply polls
         // less often, and its updates coalesce in the subscription meanwhile.
         // Dropping the stream (client gone, any reason) drops the subscription.

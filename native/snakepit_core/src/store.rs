@@ -12,7 +12,8 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock};
 use crate::constraints::Constraints;
 use crate::error::{Result, StoreError};
-use crate::glob::glob_match;
+use crate::glob::Glob;
+use crate::limits::{self, exceeded, Limits};
 use crate::value::{normalize, Raw, Value, VarType};
 use crate::watch::{Hub, Owner, SessionWatch, Subscription, Update, UpdateKind, WatchStats};
 
@@ -224,6 +225,8 @@ pub struct Store {
 
 struct Inner {
     sessions: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    /// Read (and copied) once per operation; written when a server starts.
+    limits: RwLock<Limits>,
     clock: Arc<dyn Clock>,
     hub: Arc<Hub>,
     watch_stats: Arc<WatchStats>,
@@ -274,12 +277,24 @@ impl Store {
         Store {
             inner: Arc::new(Inner {
                 sessions: RwLock::default(),
+                limits: RwLock::default(),
                 clock,
                 hub: Arc::default(),
                 watch_stats: Arc::default(),
                 next_batch: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        *self.inner.limits.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the limits. What the store already holds stays, even where it
+    /// is over a new limit; the limits apply to what comes next.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.inner.limits.write().unwrap_or_else(|e| e.into_inner()) = limits;
     }
 
     fn now_us(&self) -> i64 {
@@ -300,9 +315,15 @@ impl Store {
         self.inner.sessions.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A session expires `ttl` after its last access or, if later, after its
+    /// last watcher left; never while someone watches it (a gRPC stream's
+    /// connection is proven alive by keepalive, an Elixir watcher by its pid).
     fn is_expired(&self, s: &Session, mono_now: u64) -> bool {
-        let idle = mono_now.saturating_sub(s.last_access_us.load(Ordering::Relaxed));
-        idle > s.ttl.as_micros() as u64
+        if s.watch.count() > 0 {
+            return false;
+        }
+        let last = s.last_access_us.load(Ordering::Relaxed).max(s.watch.last_left_us());
+        mono_now.saturating_sub(last) > s.ttl.as_micros() as u64
     }
 
     /// The live session `id`, touched (its idle timer restarts). An expired
@@ -343,6 +364,8 @@ impl Store {
         if ttl.is_zero() {
             return Err(StoreError::InvalidArgument("session ttl must be positive".into()));
         }
+        let limits = self.limits();
+        limits::check_metadata(&limits, "the session", metadata.iter())?;
         let now = self.mono_us();
         let wall = self.now_us();
         let session = Arc::new(Session {
@@ -353,13 +376,27 @@ impl Store {
             last_access_us: AtomicU64::new(now),
             last_access_wall_us: AtomicU64::new(wall as u64),
             vars: Mutex::default(),
-            watch: Arc::new(SessionWatch::new(self.inner.hub.clone(), self.inner.watch_stats.clone())),
+            watch: Arc::new(SessionWatch::new(
+                self.inner.hub.clone(),
+                self.inner.watch_stats.clone(),
+                self.inner.clock.clone(),
+            )),
         });
         let mut sessions = self.sessions_write();
         if let Some(existing) = sessions.get(id) {
             if !self.is_expired(existing, now) {
                 return Err(StoreError::SessionExists(id.to_string()));
             }
+        }
+        // Expired sessions not swept yet do not count; looked at only when full.
+        if sessions.len() >= limits.max_sessions
+            && sessions.values().filter(|s| !self.is_expired(s, now)).count() >= limits.max_sessions
+        {
+            return Err(exceeded(
+                format_args!("cannot create session {}", limits::clip(id)),
+                "max_sessions",
+                limits.max_sessions,
+            ));
         }
         let replaced = sessions.insert(session.id.clone(), session.clone());
         drop(sessions);
@@ -415,6 +452,7 @@ impl Store {
         if request.identifiers.is_empty() {
             return Err(StoreError::InvalidArgument("watch at least one variable".into()));
         }
+        check_batch(&self.limits(), "a watch", request.identifiers.len())?;
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         // since_versions may name a variable by id or by name, whichever the watch uses.
@@ -489,13 +527,40 @@ impl Store {
     /// Registers a variable; its version starts at 1.
     pub fn register_variable(&self, session_id: &str, new: NewVariable, source: Source) -> Result<Variable> {
         validate_name("variable name", &new.name)?;
+        let limits = self.limits();
+        let constraint_bytes = new.constraints.json_bytes();
+        if constraint_bytes > limits.max_constraint_bytes {
+            return Err(exceeded(
+                format_args!("the constraints are {constraint_bytes} bytes as JSON"),
+                "max_constraint_bytes",
+                limits.max_constraint_bytes,
+            ));
+        }
+        limits::check_metadata(&limits, "the variable", new.metadata.iter())?;
+        // Checked before parsing too: compiling a huge `pattern` is the expensive part.
         let constraints = Constraints::parse(new.ty, &new.constraints)?;
+        let constraint_bytes = constraints.to_raw().json_bytes();
+        if constraint_bytes > limits.max_constraint_bytes {
+            return Err(exceeded(
+                format_args!("the constraints are {constraint_bytes} bytes as JSON"),
+                "max_constraint_bytes",
+                limits.max_constraint_bytes,
+            ));
+        }
         let value = normalize(new.ty, new.value)?;
+        check_value_size(&limits, value.json_bytes())?;
         constraints.check(&value)?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
         if vars.by_name.contains_key(new.name.as_str()) {
             return Err(StoreError::VariableExists(new.name));
+        }
+        if vars.by_id.len() >= limits.max_variables_per_session {
+            return Err(exceeded(
+                format_args!("cannot register {} in session {}", limits::clip(&new.name), limits::clip(session_id)),
+                "max_variables_per_session",
+                limits.max_variables_per_session,
+            ));
         }
         let suffix = NEXT_VARIABLE_SUFFIX.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = Arc::from(format!("{ID_PREFIX}{}_{}{suffix}", new.name, *PROCESS_NONCE));
@@ -534,10 +599,12 @@ impl Store {
 
     /// Sets a variable's value; returns its new version. Refused changes change nothing.
     pub fn update_variable(&self, session_id: &str, identifier: &str, value: impl Into<Input>, change: &Change) -> Result<i64> {
+        let limits = self.limits();
+        limits::check_metadata(&limits, "the change", change.metadata.iter())?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
         let now = self.now_us();
-        let (id, value) = prepare(&vars, session_id, identifier, value.into(), change.expected_version)?;
+        let (id, value) = prepare(&vars, &limits, session_id, identifier, value.into(), change.expected_version, &change.metadata)?;
         let version = apply(&mut vars, &id, value, change, now);
         if session.watch.count() > 0 {
             session.watch.publish([changed(&vars, &id, change, &change_metadata(change), now, None)]);
@@ -548,6 +615,7 @@ impl Store {
     /// Looks up several variables at once: those found, keyed by the identifier
     /// asked for, and the identifiers not found.
     pub fn get_variables(&self, session_id: &str, identifiers: Vec<String>) -> Result<BatchGet> {
+        check_batch(&self.limits(), "a batch read", identifiers.len())?;
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         let mut found = Vec::with_capacity(identifiers.len());
@@ -565,6 +633,9 @@ impl Store {
     /// none (and every offending key is reported); otherwise each valid key is
     /// applied and the rest reported. `change.expected_version` is ignored.
     pub fn update_variables(&self, session_id: &str, updates: Vec<(String, Input)>, atomic: bool, change: &Change) -> Result<BatchOutcome> {
+        let limits = self.limits();
+        check_batch(&limits, "a batch write", updates.len())?;
+        limits::check_metadata(&limits, "the change", change.metadata.iter())?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
         let now = self.now_us();
@@ -572,7 +643,7 @@ impl Store {
         if atomic {
             let mut ready = Vec::with_capacity(updates.len());
             for (key, raw) in updates {
-                match prepare(&vars, session_id, &key, raw, 0) {
+                match prepare(&vars, &limits, session_id, &key, raw, 0, &change.metadata) {
                     Ok((id, value)) => ready.push((key, id, value)),
                     Err(e) => outcome.errors.push((key, e)),
                 }
@@ -593,7 +664,7 @@ impl Store {
         } else {
             let mut ids = Vec::new();
             for (key, raw) in updates {
-                match prepare(&vars, session_id, &key, raw, 0) {
+                match prepare(&vars, &limits, session_id, &key, raw, 0, &change.metadata) {
                     Ok((id, value)) => {
                         let version = apply(&mut vars, &id, value, change, now);
                         outcome.applied.push((key, version));
@@ -611,17 +682,26 @@ impl Store {
     }
 
     /// The session's variables whose names match the glob `pattern` (all when
-    /// `None` or empty), sorted by name.
+    /// `None` or empty), sorted by name. The variables are copied out under
+    /// the session's lock (cheap: shared parts are reference-counted) and
+    /// matched after it is released, so writers never wait for a scan.
     pub fn list_variables(&self, session_id: &str, pattern: Option<&str>) -> Result<Vec<Variable>> {
-        let session = self.session(session_id)?;
-        let vars = lock(&session.vars);
+        let limits = self.limits();
         let pattern = pattern.filter(|p| !p.is_empty());
-        let mut out: Vec<Variable> = vars
-            .by_id
-            .values()
-            .filter(|v| pattern.is_none_or(|p| glob_match(p, &v.name)))
-            .cloned()
-            .collect();
+        if let Some(p) = pattern.filter(|p| p.len() > limits.max_pattern_bytes) {
+            return Err(exceeded(
+                format_args!("the pattern is {} bytes long", p.len()),
+                "max_pattern_bytes",
+                limits.max_pattern_bytes,
+            ));
+        }
+        let glob = pattern.map(Glob::new);
+        let session = self.session(session_id)?;
+        let all: Vec<Variable> = lock(&session.vars).by_id.values().cloned().collect();
+        let mut out: Vec<Variable> = match glob {
+            Some(g) => all.into_iter().filter(|v| g.matches(&v.name)).collect(),
+            None => all,
+        };
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
@@ -668,9 +748,62 @@ fn not_found(session_id: &str, identifier: &str) -> StoreError {
     StoreError::VariableNotFound { session_id: session_id.into(), identifier: identifier.into() }
 }
 
+/// Refuses a batch of more than `max_batch` identifiers.
+fn check_batch(limits: &Limits, what: &str, len: usize) -> Result<()> {
+    if len > limits.max_batch {
+        return Err(exceeded(format_args!("{what} names {len} identifiers"), "max_batch", limits.max_batch));
+    }
+    Ok(())
+}
+
+fn check_value_size(limits: &Limits, bytes: usize) -> Result<()> {
+    if bytes > limits.max_value_bytes {
+        return Err(exceeded(format_args!("the value is {bytes} bytes as JSON"), "max_value_bytes", limits.max_value_bytes));
+    }
+    Ok(())
+}
+
+/// Checks that `change`'s metadata merged into `var`'s stays within the limits.
+fn check_merged_metadata(limits: &Limits, var: &Variable, change: &Metadata) -> Result<()> {
+    if change.is_empty() {
+        return Ok(());
+    }
+    let mut entries = var.metadata.len();
+    let mut bytes: usize = var.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    for (k, v) in change {
+        match var.metadata.get(k) {
+            Some(old) => bytes = bytes - old.len() + v.len(),
+            None => {
+                entries += 1;
+                bytes += k.len() + v.len();
+            }
+        }
+    }
+    let what = || format!("variable {}'s metadata would have", limits::clip(&var.name));
+    if entries > limits.max_metadata_entries {
+        return Err(exceeded(
+            format_args!("{} {entries} entries", what()),
+            "max_metadata_entries",
+            limits.max_metadata_entries,
+        ));
+    }
+    if bytes > limits.max_metadata_bytes {
+        return Err(exceeded(format_args!("{} {bytes} bytes", what()), "max_metadata_bytes", limits.max_metadata_bytes));
+    }
+    Ok(())
+}
+
 /// Every check of a write, without changing anything: resolves the variable,
-/// checks the expected version, normalizes the value and checks constraints.
-fn prepare(vars: &Vars, session_id: &str, identifier: &str, input: Input, expected_version: i64) -> Result<(Arc<str>, Value)> {
+/// checks the expected version, the sizes, normalizes the value and checks constraints.
+fn prepare(
+    vars: &Vars,
+    limits: &Limits,
+    session_id: &str,
+    identifier: &str,
+    input: Input,
+    expected_version: i64,
+    metadata: &Metadata,
+) -> Result<(Arc<str>, Value)> {
     let id = vars.resolve(identifier).ok_or_else(|| not_found(session_id, identifier))?;
     let var = &vars.by_id[&id];
     if let Some(declared) = input.declared.filter(|t| *t != var.ty) {
@@ -684,7 +817,9 @@ fn prepare(vars: &Vars, session_id: &str, identifier: &str, input: Input, expect
         return Err(StoreError::VersionConflict { expected: expected_version, current: var.version });
     }
     let value = normalize(var.ty, raw).map_err(|e| in_variable(e, &var.name))?;
+    check_value_size(limits, value.json_bytes())?;
     var.constraints.check(&value).map_err(|e| in_variable(e, &var.name))?;
+    check_merged_metadata(limits, var, metadata)?;
     Ok((id, value))
 }
 

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use crate::error::{Result, StoreError};
+use crate::limits::{clip, clip_debug, JSON_BYTES_PER_NUMBER};
 
 /// The eight variable types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,8 +58,9 @@ impl VarType {
             .find(|t| t.as_str() == name)
             .ok_or_else(|| {
                 StoreError::InvalidType(format!(
-                    "unknown variable type {name:?} (known: float, integer, string, boolean, \
-                     choice, module, embedding, tensor)"
+                    "unknown variable type {} (known: float, integer, string, boolean, \
+                     choice, module, embedding, tensor)",
+                    clip(name)
                 ))
             })
     }
@@ -176,6 +178,55 @@ impl Value {
     }
 }
 
+impl Value {
+    /// The size of this value's JSON form, the largest form it travels in:
+    /// what [`crate::limits::Limits::max_value_bytes`] measures. Exact for
+    /// text; numbers count [`JSON_BYTES_PER_NUMBER`] each, their longest form.
+    pub fn json_bytes(&self) -> usize {
+        match self {
+            Value::Text(s) => json_string_bytes(s),
+            Value::Embedding(v) => 2 + v.len().saturating_mul(JSON_BYTES_PER_NUMBER),
+            Value::Tensor(t) => {
+                let numbers = t.data.len().saturating_add(t.shape.len());
+                32usize.saturating_add(numbers.saturating_mul(JSON_BYTES_PER_NUMBER))
+            }
+            _ => JSON_BYTES_PER_NUMBER,
+        }
+    }
+}
+
+/// The length of `s` as a JSON string: quotes, and escapes for `"`, `\\` and
+/// control characters (6 bytes as `\\u00XX`, 2 for the short forms).
+pub fn json_string_bytes(s: &str) -> usize {
+    let escapes: usize = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    s.len() + escapes + 2
+}
+
+impl Raw {
+    /// This raw value's size as JSON, measured like [`Value::json_bytes`]:
+    /// strings exactly, numbers at their longest form. Counted without
+    /// building anything, so a door can refuse a huge input cheaply.
+    pub fn json_bytes(&self) -> usize {
+        match self {
+            Raw::Str(s) | Raw::Atom(s) => json_string_bytes(s),
+            Raw::BigInt(s) => s.len() + 2,
+            Raw::List(items) => items.iter().fold(2usize, |n, i| n.saturating_add(i.json_bytes())),
+            Raw::Floats(v) => v.len().saturating_mul(JSON_BYTES_PER_NUMBER).saturating_add(2),
+            Raw::Map(entries) => entries.iter().fold(2usize, |n, (k, v)| {
+                n.saturating_add(json_string_bytes(k) + 1).saturating_add(v.json_bytes())
+            }),
+            Raw::Nil | Raw::Bool(_) | Raw::Int(_) | Raw::Float(_) => JSON_BYTES_PER_NUMBER,
+        }
+    }
+}
+
 /// Names accepted for the special floats: the JSON forms and the Elixir atoms.
 fn special_float(name: &str) -> Option<f64> {
     match name {
@@ -248,7 +299,10 @@ fn to_i64(raw: &Raw) -> Result<i64> {
                     "expected an integer, got {} which is not a whole number",
                     fmt_float(*x)
                 )))
-            } else if *x >= LIMIT || *x < -LIMIT {
+            } else if *x >= LIMIT || *x <= -LIMIT {
+                // -2^63 itself fits, but as a float it is also what every
+                // JSON integer just below it rounds to; refusing it treats
+                // both ends of the range alike instead of saturating.
                 Err(StoreError::InvalidValue(format!(
                     "integer {} is outside the 64-bit range",
                     fmt_float(*x)
@@ -288,7 +342,9 @@ fn to_tensor(raw: &Raw) -> Result<Tensor> {
     let flat = match data {
         Raw::Floats(v) => v.clone(),
         Raw::List(items) => {
-            let mut out = Vec::with_capacity(expected_len);
+            // Grown from the data actually present, never reserved from the
+            // shape: a shape is a claim, and [2^40] must not allocate 8 TiB.
+            let mut out = Vec::new();
             flatten(items, &shape, 0, &mut out)?;
             out
         }
@@ -301,9 +357,9 @@ fn to_tensor(raw: &Raw) -> Result<Tensor> {
     };
     if flat.len() != expected_len {
         return Err(StoreError::InvalidValue(format!(
-            "tensor data has {} elements but shape {:?} needs {}",
+            "tensor data has {} elements but shape {} needs {}",
             flat.len(),
-            shape,
+            clip_debug(&shape),
             expected_len
         )));
     }
@@ -329,7 +385,7 @@ pub fn parse_shape(raw: &Raw, what: &str) -> std::result::Result<Vec<usize>, Str
 /// The number of elements a shape holds, refusing shapes whose product overflows.
 pub fn element_count(shape: &[usize]) -> Result<usize> {
     shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d)).ok_or_else(|| {
-        StoreError::InvalidValue(format!("tensor shape {shape:?} holds too many elements"))
+        StoreError::InvalidValue(format!("tensor shape {} holds too many elements", clip_debug(shape)))
     })
 }
 
@@ -343,7 +399,8 @@ fn flatten(items: &[Raw], shape: &[usize], depth: usize, out: &mut Vec<f64>) -> 
     let want = shape.get(depth).copied();
     if want != Some(items.len()) || depth + 1 >= shape.len() {
         return Err(StoreError::InvalidValue(format!(
-            "tensor data nesting does not match shape {shape:?} at depth {depth}"
+            "tensor data nesting does not match shape {} at depth {depth}",
+            clip_debug(shape)
         )));
     }
     for item in items {
@@ -351,7 +408,8 @@ fn flatten(items: &[Raw], shape: &[usize], depth: usize, out: &mut Vec<f64>) -> 
             Raw::List(inner) => {
                 if inner.len() != shape[depth + 1] {
                     return Err(StoreError::InvalidValue(format!(
-                        "tensor data nesting does not match shape {shape:?} at depth {}",
+                        "tensor data nesting does not match shape {} at depth {}",
+                        clip_debug(shape),
                         depth + 1
                     )));
                 }
@@ -362,7 +420,8 @@ fn flatten(items: &[Raw], shape: &[usize], depth: usize, out: &mut Vec<f64>) -> 
             }
             other => {
                 return Err(StoreError::InvalidValue(format!(
-                    "tensor data nesting does not match shape {shape:?}: found {} at depth {}",
+                    "tensor data nesting does not match shape {}: found {} at depth {}",
+                    clip_debug(shape),
                     other.describe(),
                     depth + 1
                 )))
@@ -492,6 +551,32 @@ mod tests {
         assert!(err(VarType::Tensor, nums(&[1])).contains("expected a tensor"));
         let huge = tensor(vec![i64::MAX, i64::MAX], nums(&[]));
         assert!(err(VarType::Tensor, huge).contains("too many elements"));
+    }
+
+    #[test]
+    fn a_huge_shape_is_refused_without_reserving_for_it() {
+        // 2^40 elements would be 8 TiB: reserving it aborted the process.
+        let huge = tensor(vec![1 << 40], nums(&[]));
+        assert!(err(VarType::Tensor, huge).contains("has 0 elements but shape [1099511627776]"));
+        let nested = tensor(vec![1 << 40, 2], Raw::List(vec![nums(&[1, 2])]));
+        assert!(err(VarType::Tensor, nested).contains("nesting"));
+    }
+
+    #[test]
+    fn both_ends_of_the_integer_range_are_refused_alike() {
+        assert!(err(VarType::Integer, Raw::Float(9_223_372_036_854_775_808.0)).contains("64-bit range"));
+        assert!(err(VarType::Integer, Raw::Float(-9_223_372_036_854_775_808.0)).contains("64-bit range"));
+        assert!(err(VarType::Integer, Raw::Float(-9.3e18)).contains("64-bit range"));
+        assert_eq!(ok(VarType::Integer, Raw::Int(i64::MIN)), Value::Integer(i64::MIN));
+    }
+
+    #[test]
+    fn json_sizes() {
+        assert_eq!(Value::Text("ab".into()).json_bytes(), 4);
+        assert_eq!(Value::Text("a\"\n\u{1}".into()).json_bytes(), 2 + 1 + 2 + 2 + 6);
+        assert_eq!(json_string_bytes("é"), 4);
+        assert_eq!(Value::Embedding(vec![0.0; 4]).json_bytes(), 2 + 4 * 25);
+        assert_eq!(Raw::List(vec![Raw::Int(1), Raw::Int(2)]).json_bytes(), 2 + 2 * 25);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::Notify;
 
+use crate::clock::Clock;
 use crate::store::{Metadata, Source, Variable};
 
 /// Sessions with at most this many watchers are fanned out by the writer
@@ -251,10 +252,14 @@ pub(crate) struct SessionWatch {
     closed: AtomicBool,
     /// The `SessionClosed` update, once the session is closed.
     closing: Mutex<Option<Arc<Update>>>,
+    /// Monotonic microseconds when the last watcher left: a watched session
+    /// does not expire, and its idle time counts from then.
+    last_left_us: AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 impl SessionWatch {
-    pub(crate) fn new(hub: Arc<Hub>, stats: Arc<WatchStats>) -> SessionWatch {
+    pub(crate) fn new(hub: Arc<Hub>, stats: Arc<WatchStats>, clock: Arc<dyn Clock>) -> SessionWatch {
         SessionWatch {
             table: Mutex::default(),
             pending: Mutex::default(),
@@ -263,7 +268,14 @@ impl SessionWatch {
             hub,
             closed: AtomicBool::new(false),
             closing: Mutex::default(),
+            last_left_us: AtomicU64::new(0),
+            clock,
         }
+    }
+
+    /// When the last watcher left (monotonic microseconds; 0 if none ever did).
+    pub(crate) fn last_left_us(&self) -> u64 {
+        self.last_left_us.load(Ordering::Acquire)
     }
 
     /// Live watchers of this session.
@@ -375,6 +387,9 @@ impl SessionWatch {
                 }
             }
         }
+        // Stamped before the count drops, so a session seen unwatched is
+        // never judged by an older stamp.
+        self.last_left_us.store(self.clock.monotonic().as_micros() as u64, Ordering::Release);
         self.count.fetch_sub(1, Ordering::AcqRel);
         self.stats.counter(watcher.owner).fetch_sub(1, Ordering::Relaxed);
     }

@@ -7,6 +7,7 @@ use serde_json::{Map, Number, Value as Json};
 use tonic::{Code, Status};
 
 use crate::error::StoreError;
+use crate::limits::{clip, clip_debug};
 use crate::proto;
 use crate::store::{Input, Metadata, Source, Variable};
 use crate::value::{element_count, Raw, Tensor, Value, VarType};
@@ -24,6 +25,9 @@ pub const ERROR_KIND_KEY: &str = "snakepit-error-kind";
 /// Trailing metadata key carrying the current version on a version conflict.
 pub const CURRENT_VERSION_KEY: &str = "snakepit-current-version";
 
+/// Longest status message sent; longer ones are cut.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
 /// A store error as a gRPC status a person (and a client library) can act on.
 pub fn status(e: &StoreError) -> Status {
     let code = match e {
@@ -36,7 +40,15 @@ pub fn status(e: &StoreError) -> Status {
         | StoreError::InvalidValue(_)
         | StoreError::InvalidConstraints(_) => Code::InvalidArgument,
     };
-    let mut status = Status::new(code, e.to_string());
+    let mut message = e.to_string();
+    // Every echo is clipped where it is made; this is the backstop that keeps
+    // a status within what HTTP/2 trailers may carry.
+    if message.len() > MAX_STATUS_MESSAGE_BYTES {
+        let cut = (0..=MAX_STATUS_MESSAGE_BYTES).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    let mut status = Status::new(code, message);
     let md = status.metadata_mut();
     md.insert(ERROR_KIND_KEY, e.kind().parse().expect("kinds are ASCII"));
     if let StoreError::VersionConflict { current, .. } = e {
@@ -125,14 +137,14 @@ pub fn decode_value(ty: VarType, any: Option<&Any>, binary: &[u8]) -> Result<Raw
 pub fn decode_any(any: Option<&Any>, binary: &[u8]) -> Result<(VarType, Raw), StoreError> {
     let any = any.ok_or_else(|| bad("a value is required".into()))?;
     let named = any.type_url.strip_prefix(TYPE_URL_PREFIX).ok_or_else(|| {
-        bad(format!("type_url {:?} must start with {TYPE_URL_PREFIX:?}", any.type_url))
+        bad(format!("type_url {} must start with {TYPE_URL_PREFIX:?}", clip(&any.type_url)))
     })?;
     let (named_type, is_binary) = match named.strip_suffix(".binary") {
         Some(t) => (t, true),
         None => (named, false),
     };
     let ty = VarType::parse(named_type)
-        .map_err(|_| bad(format!("type_url {:?} names no known type", any.type_url)))?;
+        .map_err(|_| bad(format!("type_url {} names no known type", clip(&any.type_url))))?;
     let json: Json = serde_json::from_slice(&any.value)
         .map_err(|e| bad(format!("value is not valid UTF-8 JSON: {e}")))?;
     if !is_binary {
@@ -185,13 +197,13 @@ pub fn compact_updates(
 fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreError> {
     let format = meta.get("binary_format").and_then(Json::as_str).unwrap_or("raw_le");
     if format != "raw_le" {
-        return Err(bad(format!("binary_format {format:?} is not supported; only \"raw_le\" is")));
+        return Err(bad(format!("binary_format {} is not supported; only \"raw_le\" is", clip(format))));
     }
     let dtype = meta.get("dtype").and_then(Json::as_str).unwrap_or("float64");
     let width = match dtype {
         "float64" => 8,
         "float32" => 4,
-        other => return Err(bad(format!("dtype {other:?} is not supported; use float32 or float64"))),
+        other => return Err(bad(format!("dtype {} is not supported; use float32 or float64", clip(other)))),
     };
     let shape = match meta.get("shape") {
         Some(s) => crate::value::parse_shape(&raw_from_json(s.clone()), "binary shape").map_err(bad)?,
@@ -201,8 +213,9 @@ fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreErr
     let count = element_count(&shape)?;
     if count.checked_mul(width) != Some(bytes.len()) {
         return Err(bad(format!(
-            "binary value has {} bytes but shape {shape:?} of {dtype} needs {}",
+            "binary value has {} bytes but shape {} of {dtype} needs {}",
             bytes.len(),
+            clip_debug(&shape),
             count.saturating_mul(width)
         )));
     }
@@ -214,7 +227,7 @@ fn decode_binary(ty: VarType, meta: &Json, bytes: &[u8]) -> Result<Raw, StoreErr
     Ok(match ty {
         VarType::Embedding if shape.len() == 1 => Raw::Floats(data),
         VarType::Embedding => {
-            return Err(bad(format!("an embedding is one-dimensional, got shape {shape:?}")))
+            return Err(bad(format!("an embedding is one-dimensional, got shape {}", clip_debug(&shape))))
         }
         _ => Raw::Map(vec![
             ("shape".into(), Raw::List(shape.iter().map(|d| Raw::Int(*d as i64)).collect())),
@@ -474,6 +487,25 @@ mod tests {
         assert_eq!(raw_from_json(serde_json::json!(3)), Raw::Int(3));
         assert_eq!(raw_from_json(serde_json::json!(3.0)), Raw::Float(3.0));
         assert_eq!(raw_from_json(serde_json::json!(u64::MAX)), Raw::BigInt(u64::MAX.to_string()));
+    }
+
+    #[test]
+    fn echoed_input_is_clipped() {
+        let long = "x".repeat(1 << 20);
+        let e = decode_any(Some(&Any { type_url: long.clone(), value: b"1".to_vec() }), &[]).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+        let s = status(&StoreError::InvalidValue(long));
+        assert!(s.message().len() <= MAX_STATUS_MESSAGE_BYTES + 3);
+        let s = status(&StoreError::SessionNotFound("y".repeat(1 << 20)));
+        assert!(s.message().len() < 200 && s.message().contains("1048576 bytes in all"), "{}", s.message());
+    }
+
+    #[test]
+    fn integers_below_the_64_bit_range_do_not_saturate() {
+        let raw = raw_from_json(serde_json::from_str("-9223372036854775809").unwrap());
+        assert!(crate::value::normalize(VarType::Integer, raw).is_err());
+        let raw = raw_from_json(serde_json::from_str("-9223372036854775808").unwrap());
+        assert_eq!(crate::value::normalize(VarType::Integer, raw).unwrap(), Value::Integer(i64::MIN));
     }
 
     #[test]

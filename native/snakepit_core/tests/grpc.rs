@@ -371,7 +371,7 @@ async fn binary_path_round_trips_and_refuses_other_formats() {
 
 #[tokio::test]
 async fn oversized_requests_are_refused_and_change_nothing() {
-    let config = ServerConfig { max_message_bytes: 64 * 1024, ..ServerConfig::default() };
+    let config = ServerConfig::with_max_message_bytes(64 * 1024);
     let server = TestServer::start(config).await;
     let mut c = server.client().await;
     session(&mut c, "s").await;

@@ -9,6 +9,7 @@ use snakepit_core::value::{Raw, Tensor, Value, VarType};
 use snakepit_core::StoreError;
 
 use crate::atoms;
+use crate::STORE;
 
 /// Deeper nesting than this in a value is refused rather than risk the stack.
 const MAX_DEPTH: usize = 64;
@@ -31,19 +32,74 @@ pub fn var_type(term: Term) -> Result<VarType, StoreError> {
     VarType::parse(&name)
 }
 
-/// Any supported term as a raw value.
+/// Any supported term as a value, refused before it is copied if it cannot
+/// fit in `max_value_bytes` (see [`Budget`]).
 pub fn raw(term: Term) -> Result<Raw, StoreError> {
-    raw_at(term, 0)
+    let limit = STORE.limits().max_value_bytes;
+    raw_at(term, 0, &mut Budget { left: limit, limit, setting: "max_value_bytes" })
+}
+
+/// Constraints as a raw map, refused before it is copied if it cannot fit in
+/// `max_constraint_bytes`.
+pub fn constraints(term: Term) -> Result<Raw, StoreError> {
+    let limit = STORE.limits().max_constraint_bytes;
+    raw_at(term, 0, &mut Budget { left: limit, limit, setting: "max_constraint_bytes" })
+        .map_err(|e| match e {
+            StoreError::InvalidValue(m) => StoreError::InvalidConstraints(m),
+            other => other,
+        })
+}
+
+/// What is left of a size limit while a term is converted. Each part is
+/// charged no more than its JSON form can take (2 bytes a list element, the
+/// length plus quotes for text), so a term refused here would have been
+/// refused by the store too; it only stops a huge term from being copied first.
+struct Budget {
+    left: usize,
+    limit: usize,
+    setting: &'static str,
+}
+
+impl Budget {
+    fn charge(&mut self, bytes: usize) -> Result<(), StoreError> {
+        match self.left.checked_sub(bytes) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(snakepit_core::limits::exceeded("the value is too big", self.setting, self.limit)),
+        }
+    }
+}
+
+/// What kind of term this is, for messages: never the term itself, which may be huge.
+fn kind(term: Term) -> &'static str {
+    match term.get_type() {
+        TermType::Atom => "an atom",
+        TermType::Binary => "a binary",
+        TermType::List => "a list",
+        TermType::Float => "a float",
+        TermType::Fun => "a function",
+        TermType::Integer => "an integer",
+        TermType::Map => "a map",
+        TermType::Pid => "a pid",
+        TermType::Port => "a port",
+        TermType::Ref => "a reference",
+        TermType::Tuple => "a tuple",
+        TermType::Unknown => "an unknown term",
+    }
 }
 
 fn unsupported(term: Term, why: &str) -> StoreError {
-    StoreError::InvalidValue(format!("{why}: {term:?}"))
+    StoreError::InvalidValue(format!("{why}, got {}", kind(term)))
 }
 
-fn raw_at(term: Term, depth: usize) -> Result<Raw, StoreError> {
+fn raw_at(term: Term, depth: usize, budget: &mut Budget) -> Result<Raw, StoreError> {
     if depth > MAX_DEPTH {
         return Err(StoreError::InvalidValue(format!("value is nested deeper than {MAX_DEPTH} levels")));
     }
+    // Every part of a value takes at least two bytes of JSON (`0,`, `""`, `[]`).
+    budget.charge(2)?;
     Ok(match term.get_type() {
         TermType::Atom => match term.atom_to_string().map_err(|_| unsupported(term, "unreadable atom"))?.as_str() {
             "nil" => Raw::Nil,
@@ -58,6 +114,7 @@ fn raw_at(term: Term, depth: usize) -> Result<Raw, StoreError> {
         TermType::Float => Raw::Float(term.decode::<f64>().map_err(|_| unsupported(term, "unreadable float"))?),
         TermType::Binary => {
             let bin = term.decode_as_binary().map_err(|_| unsupported(term, "unreadable binary"))?;
+            budget.charge(bin.len())?;
             match std::str::from_utf8(bin.as_slice()) {
                 Ok(s) => Raw::Str(s.to_string()),
                 Err(_) => return Err(StoreError::InvalidValue("binary is not valid UTF-8 text".into())),
@@ -65,7 +122,7 @@ fn raw_at(term: Term, depth: usize) -> Result<Raw, StoreError> {
         }
         TermType::List => {
             let items: ListIterator = term.decode().map_err(|_| unsupported(term, "improper list"))?;
-            Raw::List(items.map(|t| raw_at(t, depth + 1)).collect::<Result<_, _>>()?)
+            Raw::List(items.map(|t| raw_at(t, depth + 1, budget)).collect::<Result<_, _>>()?)
         }
         TermType::Map => {
             let iter = MapIterator::new(term).ok_or_else(|| unsupported(term, "unreadable map"))?;
@@ -73,13 +130,14 @@ fn raw_at(term: Term, depth: usize) -> Result<Raw, StoreError> {
             for (k, v) in iter {
                 let key = text(k).map_err(|_| unsupported(k, "map keys must be atoms or strings"))?;
                 if key == "__struct__" {
-                    return Err(unsupported(term, "structs are not values"));
+                    return Err(StoreError::InvalidValue("structs are not values".into()));
                 }
-                entries.push((key.into_owned(), raw_at(v, depth + 1)?));
+                budget.charge(key.len() + 1)?;
+                entries.push((key.into_owned(), raw_at(v, depth + 1, budget)?));
             }
             Raw::Map(entries)
         }
-        _ => return Err(unsupported(term, "unsupported term")),
+        _ => return Err(unsupported(term, "values are nil, booleans, numbers, atoms, strings, lists and maps")),
     })
 }
 
@@ -89,6 +147,16 @@ pub fn metadata(term: Term) -> Result<Metadata, StoreError> {
     let bad = || StoreError::InvalidArgument("metadata must be a map of strings (atoms and numbers are converted)".into());
     if term.get_type() == TermType::Atom && term.atom_to_string().is_ok_and(|a| a == "nil") {
         return Ok(Metadata::new());
+    }
+    // Refused before copying; the store checks bytes once it is copied.
+    let max = STORE.limits().max_metadata_entries;
+    let size = term.map_size().map_err(|_| bad())?;
+    if size > max {
+        return Err(snakepit_core::limits::exceeded(
+            format_args!("the metadata has {size} entries"),
+            "max_metadata_entries",
+            max,
+        ));
     }
     let iter = MapIterator::new(term).ok_or_else(bad)?;
     let mut out = Metadata::new();

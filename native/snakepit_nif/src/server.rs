@@ -6,11 +6,18 @@ use std::time::Duration;
 
 use once_cell::sync::OnceCell;
 use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
+use snakepit_core::limits::Limits;
 use snakepit_core::server::{RunningServer, ServerConfig};
 use tokio::runtime::Runtime;
 
 use crate::atoms;
 use crate::STORE;
+
+rustler::atoms! {
+    // Only between this NIF and Snakepit.Bridge.Server, which retries a
+    // remembered port on it and reports `:invalid_argument` to its callers.
+    addr_in_use,
+}
 
 /// Created on first use, never in the NIF `load` callback: `load` also runs
 /// inside the compiler's VM, which must not start threads it cannot stop.
@@ -26,7 +33,8 @@ pub(crate) fn runtime() -> std::io::Result<&'static Runtime> {
 }
 
 /// A running server, owned by the Elixir process that started it. If that
-/// process dies without stopping it, the garbage collector's drop stops it.
+/// process dies without stopping it (say it was killed), the garbage
+/// collector's drop asks it to stop, which closes the listener at once.
 pub struct ServerResource {
     server: Mutex<Option<RunningServer>>,
     port: u16,
@@ -35,38 +43,113 @@ pub struct ServerResource {
 #[rustler::resource_impl]
 impl rustler::Resource for ServerResource {}
 
-/// Options from `Snakepit.Bridge.Server`, all already validated there.
+/// Options from `Snakepit.Bridge.Server`, whose types it has checked.
+///
+/// Every key is present; `nil` (`None`) means "the default", which lives in
+/// one place: `ServerConfig::default()` and `Limits::for_message_bytes`.
 #[derive(NifMap)]
 pub struct StartOptions {
     session_ttl_ms: u64,
     max_message_bytes: u64,
     /// 0 turns keepalive pings off.
     keepalive_interval_ms: u64,
+    max_connections: Option<u64>,
+    handshake_timeout_ms: Option<u64>,
+    /// `Some(0)` keeps idle connections forever.
+    idle_timeout_ms: Option<u64>,
+    max_watchers_per_connection: Option<u64>,
+    max_watchers: Option<u64>,
+    max_sessions: Option<u64>,
+    max_variables_per_session: Option<u64>,
+    /// `None` derives it from `max_message_bytes` (what a message leaves room for).
+    max_value_bytes: Option<u64>,
+    max_metadata_entries: Option<u64>,
+    max_metadata_bytes: Option<u64>,
+    max_constraint_bytes: Option<u64>,
+    max_batch: Option<u64>,
+    max_pattern_bytes: Option<u64>,
+}
+
+/// usize from a u64 the caller sent; saturates on 32-bit targets, where
+/// anything that large is "no limit" in practice.
+fn size(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl StartOptions {
+    /// The server's settings: the defaults, overridden by what was given.
+    fn config(&self) -> ServerConfig {
+        let defaults = ServerConfig::default();
+        let max_message_bytes = size(self.max_message_bytes);
+        let base = Limits::for_message_bytes(max_message_bytes);
+        let or = |given: Option<u64>, default: usize| given.map(size).unwrap_or(default);
+        let limits = Limits {
+            max_sessions: or(self.max_sessions, base.max_sessions),
+            max_variables_per_session: or(self.max_variables_per_session, base.max_variables_per_session),
+            max_value_bytes: 0,
+            max_metadata_entries: or(self.max_metadata_entries, base.max_metadata_entries),
+            max_metadata_bytes: or(self.max_metadata_bytes, base.max_metadata_bytes),
+            max_constraint_bytes: or(self.max_constraint_bytes, base.max_constraint_bytes),
+            max_batch: or(self.max_batch, base.max_batch),
+            max_pattern_bytes: or(self.max_pattern_bytes, base.max_pattern_bytes),
+        };
+        // Derived after the others: bigger metadata or constraint limits leave
+        // less room in a message for the value (the same rule as the defaults).
+        let derived = max_message_bytes.saturating_sub(limits.reserved_bytes()).max(1024);
+        let limits = Limits { max_value_bytes: or(self.max_value_bytes, derived), ..limits };
+        let millis = Duration::from_millis;
+        ServerConfig {
+            session_ttl: millis(self.session_ttl_ms),
+            max_message_bytes,
+            keepalive_interval: (self.keepalive_interval_ms > 0).then(|| millis(self.keepalive_interval_ms)),
+            max_connections: or(self.max_connections, defaults.max_connections),
+            handshake_timeout: self.handshake_timeout_ms.map(millis).unwrap_or(defaults.handshake_timeout),
+            idle_timeout: match self.idle_timeout_ms {
+                None => defaults.idle_timeout,
+                Some(0) => None,
+                Some(ms) => Some(millis(ms)),
+            },
+            max_watchers_per_connection: or(self.max_watchers_per_connection, defaults.max_watchers_per_connection),
+            max_watchers: or(self.max_watchers, defaults.max_watchers),
+            limits,
+            ..defaults
+        }
+    }
+}
+
+fn invalid<'a>(env: Env<'a>, message: String) -> Term<'a> {
+    (atoms::error(), (atoms::invalid_argument(), message)).encode(env)
 }
 
 fn io_error<'a>(env: Env<'a>, what: &str, e: std::io::Error) -> Term<'a> {
-    (atoms::error(), (atoms::invalid_argument(), format!("{what}: {e}"))).encode(env)
+    invalid(env, format!("{what}: {e}"))
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn server_start<'a>(env: Env<'a>, host: &str, port: u16, opts: StartOptions) -> Term<'a> {
+    // Checked before binding, so a bad setting never holds a port.
+    let config = opts.config();
+    if let Err(message) = config.validate() {
+        return invalid(env, message);
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return io_error(env, "cannot start the tokio runtime", e),
     };
     let listener = match TcpListener::bind((host, port)) {
         Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let message = format!("cannot listen on {host}:{port}: {e}");
+            return (atoms::error(), (addr_in_use(), message)).encode(env);
+        }
         Err(e) => return io_error(env, &format!("cannot listen on {host}:{port}"), e),
     };
-    let config = ServerConfig {
-        session_ttl: Duration::from_millis(opts.session_ttl_ms),
-        max_message_bytes: opts.max_message_bytes as usize,
-        keepalive_interval: (opts.keepalive_interval_ms > 0)
-            .then(|| Duration::from_millis(opts.keepalive_interval_ms)),
-        ..ServerConfig::default()
-    };
+    let limits = config.limits;
     match RunningServer::start(rt.handle(), STORE.clone(), listener, config) {
         Ok(server) => {
+            // `serve` applies them too, but on the runtime, a moment later:
+            // set here, they hold for every call made after this returns.
+            STORE.set_limits(limits);
             let port = server.local_addr().port();
             let res = ResourceArc::new(ServerResource { server: Mutex::new(Some(server)), port });
             (atoms::ok(), res).encode(env)
@@ -81,7 +164,8 @@ fn server_port(res: ResourceArc<ServerResource>) -> u16 {
 }
 
 /// Stops the server, waiting up to `grace_ms` for in-flight calls. Returns
-/// whether it finished in time; stopping a stopped server is `true`.
+/// whether it finished in time; stopping a stopped server is `true`. The
+/// listener closes as soon as the stop begins, not after the grace period.
 #[rustler::nif(schedule = "DirtyIo")]
 fn server_stop(res: ResourceArc<ServerResource>, grace_ms: u64) -> bool {
     let server = res.server.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -100,8 +100,7 @@ fn register_variable_impl<'a>(
             name,
             ty: convert::var_type(var_type)?,
             value: convert::raw(value)?,
-            constraints: convert::raw(constraints)
-                .map_err(|e| snakepit_core::StoreError::InvalidConstraints(e.to_string()))?,
+            constraints: convert::constraints(constraints)?,
             metadata: convert::metadata(metadata)?,
         };
         STORE.register_variable(session_id, new, Source::Elixir)

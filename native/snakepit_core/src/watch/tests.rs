@@ -198,17 +198,26 @@ async fn closing_the_session_ends_every_stream_after_pending_changes() {
 }
 
 #[tokio::test]
-async fn expiry_closes_streams_too() {
+async fn a_watched_session_does_not_expire_and_idles_from_when_its_last_watcher_left() {
     let clock = Arc::new(ManualClock::default());
     let store = Store::with_clock(clock.clone());
     store.create_session("s", Metadata::new(), Duration::from_secs(5)).unwrap();
     let new = NewVariable { name: "a".into(), ty: VarType::Integer, value: Raw::Int(0), constraints: Raw::Nil, metadata: Metadata::new() };
     store.register_variable("s", new, Source::Elixir).unwrap();
-    let sub = watch(&store, &["a"], false);
-    clock.advance(Duration::from_secs(6));
+    let first = watch(&store, &["a"], false);
+    let second = watch(&store, &["a"], false);
+    clock.advance(Duration::from_secs(60));
+    assert!(store.sweep_expired().is_empty(), "watched, so alive");
+    assert!(store.session_exists("s"));
+    drop(first);
+    clock.advance(Duration::from_secs(60));
+    assert!(store.sweep_expired().is_empty(), "one watcher is enough");
+    second.canceller().cancel();
+    clock.advance(Duration::from_secs(4));
+    assert!(store.sweep_expired().is_empty(), "the TTL counts from when the last watcher left");
+    clock.advance(Duration::from_secs(2));
     assert_eq!(store.sweep_expired(), vec!["s".to_string()]);
-    let got = collect(&sub, |_| false).await;
-    assert_eq!(summary(&got), vec![(String::new(), UpdateKind::SessionClosed, 0)]);
+    assert!(!store.session_exists("s"));
 }
 
 #[tokio::test]

@@ -1,0 +1,201 @@
+//! The store's limits: how much one caller can make it hold or compute.
+//!
+//! Every limit has a default that leaves a BEAM node room to breathe, and
+//! each is a named value tests can shrink. Going over one is
+//! [`StoreError::ResourceExhausted`], whose message names the limit and its
+//! value, and changes nothing.
+//!
+//! One invariant ties them to the gRPC message size: anything the store
+//! accepts can be read back and watched through every door. A variable's
+//! biggest message (a `VariableUpdate` carrying the variable, its metadata,
+//! its constraints and the change's metadata) must fit in a message, so
+//! `max_value_bytes + 2 × max_metadata_bytes + max_constraint_bytes + ENVELOPE_BYTES`
+//! may not exceed the message limit ([`Limits::check_fits`]).
+
+use crate::error::{Result, StoreError};
+
+/// The gRPC message limit the defaults are sized for (each way).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room in a message for everything but the value, the metadata and the
+/// constraints: ids, names (at most 256 bytes each), type URLs, timestamps,
+/// field tags and lengths.
+pub const ENVELOPE_BYTES: usize = 16 * 1024;
+
+/// The smallest message limit a server accepts.
+pub const MIN_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// A float's longest JSON form plus its separator ("-2.2250738585072014e-308,").
+pub const JSON_BYTES_PER_NUMBER: usize = 25;
+
+/// Limits of one store. `Copy`, so a write reads them once without holding a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Live sessions in the store.
+    pub max_sessions: usize,
+    /// Variables in one session.
+    pub max_variables_per_session: usize,
+    /// A value's size on the wire, measured as its JSON (the largest form it
+    /// can travel in): strings by their escaped length, embeddings and
+    /// tensors at [`JSON_BYTES_PER_NUMBER`] bytes an element.
+    pub max_value_bytes: usize,
+    /// Entries in the metadata of one session, variable or change.
+    pub max_metadata_entries: usize,
+    /// Bytes of keys and values in the metadata of one session, variable or change.
+    pub max_metadata_bytes: usize,
+    /// Size of a variable's constraints as JSON; also bounds a `pattern`
+    /// constraint's source (its compiled form has a limit of its own).
+    pub max_constraint_bytes: usize,
+    /// Identifiers in one batch read or write.
+    pub max_batch: usize,
+    /// Length of a ListVariables glob pattern.
+    pub max_pattern_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::for_message_bytes(DEFAULT_MAX_MESSAGE_BYTES)
+    }
+}
+
+impl Limits {
+    /// The defaults, with values as large as a message of `max_message_bytes`
+    /// allows (never less than 1 KiB, which then does not fit: see [`Limits::check_fits`]).
+    /// Under a small message limit, metadata and constraints get a
+    /// sixteenth of it each, so values keep most of the room.
+    pub fn for_message_bytes(max_message_bytes: usize) -> Limits {
+        let side = (max_message_bytes / 16).min(64 * 1024);
+        let mut limits = Limits {
+            max_sessions: 10_000,
+            max_variables_per_session: 10_000,
+            max_value_bytes: 0,
+            max_metadata_entries: 256,
+            max_metadata_bytes: side,
+            max_constraint_bytes: side,
+            max_batch: 10_000,
+            max_pattern_bytes: 1024,
+        };
+        limits.max_value_bytes = max_message_bytes.saturating_sub(limits.reserved_bytes()).max(1024);
+        limits
+    }
+
+    /// What a message must hold besides the value.
+    pub fn reserved_bytes(&self) -> usize {
+        self.max_metadata_bytes
+            .saturating_mul(2)
+            .saturating_add(self.max_constraint_bytes)
+            .saturating_add(ENVELOPE_BYTES)
+    }
+
+    /// Checks that every limit is at least 1 and that the largest variable
+    /// fits in a message of `max_message_bytes`; the error says which setting to change.
+    pub fn check_fits(&self, max_message_bytes: usize) -> std::result::Result<(), String> {
+        let named = [
+            ("max_sessions", self.max_sessions),
+            ("max_variables_per_session", self.max_variables_per_session),
+            ("max_value_bytes", self.max_value_bytes),
+            ("max_metadata_entries", self.max_metadata_entries),
+            ("max_metadata_bytes", self.max_metadata_bytes),
+            ("max_constraint_bytes", self.max_constraint_bytes),
+            ("max_batch", self.max_batch),
+            ("max_pattern_bytes", self.max_pattern_bytes),
+        ];
+        if let Some((name, _)) = named.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        let needed = self.max_value_bytes.saturating_add(self.reserved_bytes());
+        if needed > max_message_bytes {
+            return Err(format!(
+                "max_value_bytes {} does not fit in max_message_bytes {max_message_bytes}: a variable's \
+                 message also carries up to {} bytes of metadata, constraints and envelope; lower \
+                 max_value_bytes to at most {} or raise max_message_bytes",
+                self.max_value_bytes,
+                self.reserved_bytes(),
+                max_message_bytes.saturating_sub(self.reserved_bytes())
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The error for going over `limit` (its setting's name) of `value`.
+pub fn exceeded(what: impl std::fmt::Display, limit: &str, value: usize) -> StoreError {
+    StoreError::ResourceExhausted(format!("{what}: over the limit {limit} = {value}"))
+}
+
+/// Checks metadata against the entry and byte limits; `what` names whose it is.
+pub fn check_metadata<'a>(
+    limits: &Limits,
+    what: &str,
+    entries: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+) -> Result<()> {
+    let count = entries.len();
+    if count > limits.max_metadata_entries {
+        return Err(exceeded(
+            format_args!("{what} has {count} metadata entries"),
+            "max_metadata_entries",
+            limits.max_metadata_entries,
+        ));
+    }
+    let bytes: usize = entries.map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > limits.max_metadata_bytes {
+        return Err(exceeded(
+            format_args!("{what} has {bytes} bytes of metadata"),
+            "max_metadata_bytes",
+            limits.max_metadata_bytes,
+        ));
+    }
+    Ok(())
+}
+
+/// Shortens text a message echoes back to a caller: the first 64 characters,
+/// then how long it really was. Keeps error messages (and gRPC trailers,
+/// which have a size limit of their own) small whatever was sent.
+pub fn clip(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+/// [`clip`] for anything printable with `{:?}` (shapes, lists), without the quotes.
+pub fn clip_debug<T: std::fmt::Debug + ?Sized>(value: &T) -> String {
+    let text = format!("{value:?}");
+    match text.char_indices().nth(64) {
+        None => text,
+        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fit_the_default_message_size() {
+        let l = Limits::default();
+        assert!(l.check_fits(DEFAULT_MAX_MESSAGE_BYTES).is_ok());
+        assert_eq!(l.max_value_bytes + l.reserved_bytes(), DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn a_value_limit_that_cannot_be_read_back_is_refused() {
+        let l = Limits { max_value_bytes: DEFAULT_MAX_MESSAGE_BYTES, ..Limits::default() };
+        let e = l.check_fits(DEFAULT_MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(e.contains("does not fit in max_message_bytes 4194304"), "{e}");
+        let small = Limits::for_message_bytes(MIN_MESSAGE_BYTES);
+        assert!(small.check_fits(MIN_MESSAGE_BYTES).is_ok());
+        assert!(small.max_value_bytes > MIN_MESSAGE_BYTES / 2, "{small:?}");
+        let zero = Limits { max_batch: 0, ..Limits::default() };
+        assert_eq!(zero.check_fits(DEFAULT_MAX_MESSAGE_BYTES).unwrap_err(), "max_batch must be at least 1");
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(clip("abc"), "\"abc\"");
+        let long = "é".repeat(1000);
+        let c = clip(&long);
+        assert!(c.len() < 200 && c.ends_with("(2000 bytes in all)"), "{c}");
+    }
+}
