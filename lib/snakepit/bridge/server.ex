@@ -12,25 +12,109 @@ defmodule Snakepit.Bridge.Server do
   The server runs on a tokio runtime inside this BEAM OS process and serves
   the same store that `Snakepit.Bridge.SessionStore` reads and writes. This
   process owns the listener: when its supervisor stops it, the server stops
-  accepting, in-flight calls finish (up to `:shutdown_grace` ms) and the port is
-  released, so a restart can bind it again.
+  accepting (the listener closes at once), in-flight calls finish (up to
+  `:shutdown_grace` ms) and the port is released, so a restart can bind it again.
+  If the process is killed instead, the listener is closed when the process's
+  memory is reclaimed, a moment later.
 
   ## Options
+
+  Address and protocol:
 
     * `:host` — address to bind (default `"127.0.0.1"`)
     * `:port` — port to bind; `0` picks a free one (default `50051`)
     * `:name` — registered name (default `Snakepit.Bridge.Server`)
     * `:session_ttl` — idle seconds before sessions created over gRPC expire (default 3600)
-    * `:max_message_bytes` — largest gRPC message each way (default 4 MiB)
+    * `:max_message_bytes` — largest gRPC message each way, at least 65536 (default 4 MiB)
     * `:keepalive_interval` — seconds between HTTP/2 keepalive pings, `0` for none (default 30)
     * `:shutdown_grace` — ms that in-flight calls get when stopping (default 5000)
+
+  Connections (each costs a file descriptor of this BEAM, so hostile or
+  forgetful clients must not be able to take them all):
+
+    * `:max_connections` — connections open at once; one more is closed as
+      soon as it is accepted (default 256)
+    * `:handshake_timeout` — seconds a new connection has to start HTTP/2
+      before it is closed (default 10)
+    * `:idle_timeout` — seconds a connection with no call started and no
+      watch open stays open; `0` keeps it forever (default 300). Clients
+      reconnect on their next call.
+    * `:max_watchers_per_connection` — WatchVariables streams open at once on
+      one connection (default 1024)
+    * `:max_watchers` — WatchVariables streams open at once on this server (default 16384)
+
+  Store limits. These apply to the **whole store of this BEAM**, Elixir calls
+  through `Snakepit.Bridge.SessionStore` included, from the moment the server
+  starts, and they stay in force after it stops (until another server starts
+  with other limits). Going over one returns
+  `{:error, {:resource_exhausted, message}}`, where the message names the
+  limit and its value, and changes nothing:
+
+    * `:max_sessions` — live sessions (default 10000)
+    * `:max_variables_per_session` — variables in one session (default 10000)
+    * `:max_value_bytes` — a value's size as JSON (default: as much as a
+      message of `:max_message_bytes` leaves after the metadata and constraint
+      limits and a 16 KiB envelope; 3,981,312 bytes with every default)
+    * `:max_metadata_entries` — entries in the metadata of one session,
+      variable or change (default 256)
+    * `:max_metadata_bytes` — bytes of keys and values in that metadata (default 65536)
+    * `:max_constraint_bytes` — a variable's constraints as JSON (default 65536)
+    * `:max_batch` — identifiers in one batch read or write (default 10000)
+    * `:max_pattern_bytes` — length of a `list_variables` glob pattern (default 1024)
+
+  Every count and size must be a positive integer and every duration a
+  positive number of seconds (`:keepalive_interval` and `:idle_timeout` may
+  be 0): anything else raises `ArgumentError` naming the option. Settings
+  that are well-typed but do not fit together (a `:max_message_bytes` below
+  65536, a `:max_value_bytes` whose variable could not be read back in one
+  message) fail to start with `{:error, {:invalid_argument, message}}`, the
+  message naming the setting, before any port is bound.
+
+  ## Restarts keep the port
+
+  A server started with `port: 0` remembers the port it got, per `:name` and
+  `:host`, for the life of this BEAM. When its supervisor restarts it (after a
+  crash, a `:kill` or a `Supervisor.terminate_child/2` and
+  `Supervisor.restart_child/2`), it binds that same port again, so Python
+  clients that reconnect to the address they had (watchers do) find it. While
+  the old instance is still releasing the port, the bind is retried for up to
+  2 seconds; if the port is still taken then, the start fails with
+  `{:error, {:invalid_argument, message}}` saying so. The same retry applies
+  to a restart with an explicit port. To get a fresh port, use another
+  `:name`.
   """
 
   use GenServer
 
   alias Snakepit.Bridge.Native
 
-  @doc false
+  # How long a restart waits for its old port to be released, and how often it tries.
+  @rebind_window_ms 2000
+  @rebind_every_ms 25
+
+  @max_u64 0xFFFF_FFFF_FFFF_FFFF
+
+  # Counts and sizes passed to the NIF as they are; `nil` there means the
+  # Rust default (the one documented above).
+  @count_options [
+    :max_connections,
+    :max_watchers_per_connection,
+    :max_watchers,
+    :max_sessions,
+    :max_variables_per_session,
+    :max_value_bytes,
+    :max_metadata_entries,
+    :max_metadata_bytes,
+    :max_constraint_bytes,
+    :max_batch,
+    :max_pattern_bytes
+  ]
+
+  @doc """
+  The child spec: the id is the `:name`, and shutdown leaves room for
+  `:shutdown_grace`.
+  """
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     %{
       id: Keyword.get(opts, :name, __MODULE__),
@@ -41,8 +125,11 @@ defmodule Snakepit.Bridge.Server do
   end
 
   @doc """
-  Starts the server and links it to the caller. Fails with
-  `{:error, {:invalid_argument, message}}` when the address cannot be bound.
+  Starts the server and links it to the caller.
+
+  Raises `ArgumentError` naming the option when an option has the wrong type
+  or range. Fails with `{:error, {:invalid_argument, message}}` when the
+  options do not fit together or the address cannot be bound.
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
@@ -50,7 +137,9 @@ defmodule Snakepit.Bridge.Server do
       raise ArgumentError, "opts must be a keyword list, got: #{inspect(opts)}"
     end
 
-    GenServer.start_link(__MODULE__, opts, name: Keyword.get(opts, :name, __MODULE__))
+    # Checked here, in the caller, so a bad option raises where it was written.
+    config = config!(opts)
+    GenServer.start_link(__MODULE__, config, name: config.name)
   end
 
   @doc "The port the server named `server` is bound to (the real one when started with port 0)."
@@ -58,26 +147,26 @@ defmodule Snakepit.Bridge.Server do
   def port(server \\ __MODULE__), do: GenServer.call(server, :port)
 
   @impl true
-  def init(opts) do
+  def init(config) do
     # Trap exits so terminate/2 runs, and stops the listener, on shutdown.
     Process.flag(:trap_exit, true)
-    host = Keyword.get(opts, :host, "127.0.0.1")
-    port = Keyword.get(opts, :port, 50051)
+    key = {__MODULE__, config.name, config.host}
 
-    native_opts = %{
-      session_ttl_ms: seconds_to_ms!(opts, :session_ttl, 3600),
-      max_message_bytes: positive!(opts, :max_message_bytes, 4 * 1024 * 1024),
-      keepalive_interval_ms: seconds_to_ms!(opts, :keepalive_interval, 30, allow_zero: true)
-    }
+    result =
+      case {config.port, :persistent_term.get(key, nil)} do
+        {0, {0, had}} -> rebind(config, had)
+        {port, {port, port}} -> rebind(config, port)
+        {port, _} -> start_native(config, port)
+      end
 
-    unless is_binary(host), do: raise(ArgumentError, "the :host option must be a string, got: #{inspect(host)}")
-
-    unless is_integer(port) and port in 0..65535,
-      do: raise(ArgumentError, "the :port option must be an integer in 0..65535, got: #{inspect(port)}")
-
-    case Native.server_start(host, port, native_opts) do
+    case result do
       {:ok, server} ->
-        {:ok, %{server: server, port: Native.server_port(server), grace: Keyword.get(opts, :shutdown_grace, 5000)}}
+        port = Native.server_port(server)
+        remember(key, {config.port, port})
+        {:ok, %{server: server, port: port, grace: config.grace}}
+
+      {:error, {:addr_in_use, message}} ->
+        {:stop, {:invalid_argument, message}}
 
       {:error, reason} ->
         {:stop, reason}
@@ -93,24 +182,116 @@ defmodule Snakepit.Bridge.Server do
     :ok
   end
 
+  defp start_native(config, port), do: Native.server_start(config.host, port, config.native)
+
+  # A restart binds the port it had. After a :kill the old instance's listener
+  # closes only once its resource is collected, so "in use" is retried briefly.
+  defp rebind(config, port) do
+    deadline = System.monotonic_time(:millisecond) + @rebind_window_ms
+    rebind(config, port, deadline)
+  end
+
+  defp rebind(config, port, deadline) do
+    case start_native(config, port) do
+      {:error, {:addr_in_use, message}} ->
+        if System.monotonic_time(:millisecond) < deadline do
+          Process.sleep(@rebind_every_ms)
+          rebind(config, port, deadline)
+        else
+          {:error,
+           {:invalid_argument,
+            "the port this server had before its restart is taken (still in use after " <>
+              "#{@rebind_window_ms} ms): #{message}; give it another :name to get a fresh port"}}
+        end
+
+      other ->
+        other
+    end
+  end
+
+  # persistent_term updates are costly (a global scan), so write only on change.
+  defp remember(key, value) do
+    unless :persistent_term.get(key, nil) == value, do: :persistent_term.put(key, value)
+  end
+
+  defp config!(opts) do
+    host = Keyword.get(opts, :host, "127.0.0.1")
+    port = Keyword.get(opts, :port, 50051)
+    grace = Keyword.get(opts, :shutdown_grace, 5000)
+
+    unless is_binary(host),
+      do: raise(ArgumentError, "the :host option must be a string, got: #{inspect(host)}")
+
+    unless is_integer(port) and port in 0..65535,
+      do:
+        raise(
+          ArgumentError,
+          "the :port option must be an integer in 0..65535, got: #{inspect(port)}"
+        )
+
+    unless is_integer(grace) and grace >= 0,
+      do:
+        raise(
+          ArgumentError,
+          "the :shutdown_grace option must be a non-negative integer of ms, got: #{inspect(grace)}"
+        )
+
+    idle_timeout_ms =
+      if Keyword.has_key?(opts, :idle_timeout),
+        do: seconds_to_ms!(opts, :idle_timeout, nil, allow_zero: true)
+
+    handshake_timeout_ms =
+      if Keyword.has_key?(opts, :handshake_timeout),
+        do: seconds_to_ms!(opts, :handshake_timeout, nil)
+
+    native =
+      Map.merge(
+        %{
+          session_ttl_ms: seconds_to_ms!(opts, :session_ttl, 3600),
+          max_message_bytes: positive!(opts, :max_message_bytes, 4 * 1024 * 1024),
+          keepalive_interval_ms: seconds_to_ms!(opts, :keepalive_interval, 30, allow_zero: true),
+          handshake_timeout_ms: handshake_timeout_ms,
+          idle_timeout_ms: idle_timeout_ms
+        },
+        Map.new(@count_options, fn key -> {key, positive!(opts, key, nil)} end)
+      )
+
+    %{
+      name: Keyword.get(opts, :name, __MODULE__),
+      host: host,
+      port: port,
+      grace: grace,
+      native: native
+    }
+  end
+
   defp seconds_to_ms!(opts, key, default, flags \\ []) do
     value = Keyword.get(opts, key, default)
-    min_ok = if flags[:allow_zero], do: value >= 0, else: value > 0
+    min_ok = is_number(value) and if(flags[:allow_zero], do: value >= 0, else: value > 0)
 
-    unless is_number(value) and min_ok do
-      raise ArgumentError, "the #{inspect(key)} option must be a positive number of seconds, got: #{inspect(value)}"
+    # Caps at u64 ms so the NIF never sees a number it cannot decode.
+    unless min_ok and value * 1000 <= @max_u64 do
+      what = if flags[:allow_zero], do: "a non-negative", else: "a positive"
+
+      raise ArgumentError,
+            "the #{inspect(key)} option must be #{what} number of seconds, got: #{inspect(value)}"
     end
 
     round(value * 1000)
   end
 
+  # A `nil` default means "not given": the NIF applies its own default.
   defp positive!(opts, key, default) do
-    value = Keyword.get(opts, key, default)
+    case Keyword.get(opts, key, default) do
+      nil when is_nil(default) ->
+        nil
 
-    unless is_integer(value) and value > 0 do
-      raise ArgumentError, "the #{inspect(key)} option must be a positive integer, got: #{inspect(value)}"
+      value when is_integer(value) and value > 0 and value <= @max_u64 ->
+        value
+
+      value ->
+        raise ArgumentError,
+              "the #{inspect(key)} option must be a positive integer, got: #{inspect(value)}"
     end
-
-    value
   end
 end
