@@ -1015,18 +1015,23 @@ async def test_reconnect_keeps_trying_while_the_server_is_down(
         await watch.close()
 
 
-async def test_an_expiring_session_yields_session_closed(mode: str, channel_factory: Any, tmp_path: Any) -> None:
-    """A watch does not keep its session alive (heartbeat does); expiry ends it like a cleanup."""
+async def test_a_watched_session_does_not_expire(mode: str, channel_factory: Any, tmp_path: Any) -> None:
+    """A live watch keeps its session alive; the TTL counts from when the watch left."""
     server = start_server(tmp_path, "--session-ttl", "1")
     try:
         ctx = SessionContext(f"ttl-{uuid.uuid4().hex}", channel_factory(server.address))
         session = AnyMode(ctx)
         await session.initialize()
         await session.register_variable("x", "integer", 1)
-        watch = WatchDriver(ctx.watch_variable("x", reconnect=True))
+        watch = WatchDriver(ctx.watch_variable("x", reconnect=False))
         assert (await watch.next()).update_type == "initial_value"
-        rest = await within(watch.rest(), "the session to expire")
-        assert [u.update_type for u in rest] == ["session_closed"]
+        # Twice the TTL without any call: only the watch keeps it alive.
+        await asyncio.sleep(2.2)
+        assert await session.heartbeat() is True
+        await session.update_variable("x", 2)
+        assert ((await watch.next()).update_type, (await session.get_variable("x"))) == ("value_change", 2)
+        await watch.close()
+        await asyncio.sleep(2.2)
         assert await session.heartbeat() is False
     finally:
         server.terminate()

@@ -148,23 +148,30 @@ pub fn check_metadata<'a>(
     Ok(())
 }
 
-/// Shortens text a message echoes back to a caller: the first 64 characters,
+/// Most bytes of one input a message echoes: every valid name or id fits.
+pub const ECHO_BYTES: usize = crate::store::MAX_NAME_BYTES;
+
+/// Shortens text a message echoes back to a caller: up to [`ECHO_BYTES`],
 /// then how long it really was. Keeps error messages (and gRPC trailers,
 /// which have a size limit of their own) small whatever was sent.
 pub fn clip(text: &str) -> String {
-    const SHOWN: usize = 64;
-    match text.char_indices().nth(SHOWN) {
+    match cut_point(text) {
         None => format!("{text:?}"),
-        Some((cut, _)) => format!("{:?}… ({} bytes in all)", &text[..cut], text.len()),
+        Some(cut) => format!("{:?}… ({} bytes in all)", &text[..cut], text.len()),
     }
+}
+
+/// Where to cut `text` to at most [`ECHO_BYTES`], on a character boundary; `None` if it fits.
+fn cut_point(text: &str) -> Option<usize> {
+    (text.len() > ECHO_BYTES).then(|| (0..=ECHO_BYTES).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0))
 }
 
 /// [`clip`] for anything printable with `{:?}` (shapes, lists), without the quotes.
 pub fn clip_debug<T: std::fmt::Debug + ?Sized>(value: &T) -> String {
     let text = format!("{value:?}");
-    match text.char_indices().nth(64) {
+    match cut_point(&text) {
         None => text,
-        Some((cut, _)) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+        Some(cut) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
     }
 }
 
@@ -194,8 +201,10 @@ mod tests {
     #[test]
     fn clip_keeps_short_text_and_cuts_long_text() {
         assert_eq!(clip("abc"), "\"abc\"");
+        let name = "n".repeat(ECHO_BYTES);
+        assert_eq!(clip(&name), format!("{name:?}"));
         let long = "é".repeat(1000);
         let c = clip(&long);
-        assert!(c.len() < 200 && c.ends_with("(2000 bytes in all)"), "{c}");
+        assert!(c.len() < ECHO_BYTES + 40 && c.ends_with("(2000 bytes in all)"), "{c}");
     }
 }

@@ -562,8 +562,22 @@ impl Store {
                 limits.max_variables_per_session,
             ));
         }
-        let suffix = NEXT_VARIABLE_SUFFIX.fetch_add(1, Ordering::Relaxed);
-        let id: Arc<str> = Arc::from(format!("{ID_PREFIX}{}_{}{suffix}", new.name, *PROCESS_NONCE));
+        // Identifiers resolve to ids first, so a name equal to an id could
+        // never be reached by name (and would shadow nothing, but confuse).
+        if vars.by_id.contains_key(new.name.as_str()) {
+            return Err(StoreError::InvalidArgument(format!(
+                "variable name {} is the id of another variable in this session",
+                limits::clip(&new.name)
+            )));
+        }
+        let id: Arc<str> = loop {
+            let suffix = NEXT_VARIABLE_SUFFIX.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{ID_PREFIX}{}_{}{suffix}", new.name, *PROCESS_NONCE);
+            // Nor may a new id be an existing name, which it would shadow.
+            if !vars.by_name.contains_key(id.as_str()) {
+                break Arc::from(id);
+            }
+        };
         let name: Arc<str> = Arc::from(new.name);
         let now = self.now_us();
         let variable = Variable {

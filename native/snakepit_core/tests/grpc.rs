@@ -417,3 +417,83 @@ fn running_server_starts_stops_and_restarts_on_the_same_port() {
     ping(addr).map_err(|e| e.to_string()).unwrap();
     drop(second); // Dropping also stops it.
 }
+
+fn exhausted(e: &tonic::Status, limit: &str) {
+    assert_eq!((e.code(), kind(e)), (Code::ResourceExhausted, "resource_exhausted"), "{e:?}");
+    assert!(e.message().contains(&format!("over the limit {limit} = ")), "{}", e.message());
+}
+
+#[tokio::test]
+async fn watch_streams_are_limited_per_connection_and_in_all() {
+    let config = ServerConfig { max_watchers_per_connection: 2, max_watchers: 3, ..ServerConfig::default() };
+    let server = TestServer::start(config).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    register(&mut c, "s", "x", "integer", "1", "").await;
+    let watch = || WatchVariablesRequest {
+        session_id: "s".into(),
+        variable_identifiers: vec!["x".into()],
+        include_initial_values: true,
+        ..Default::default()
+    };
+    let mut first = c.watch_variables(watch()).await.unwrap().into_inner();
+    let _second = c.watch_variables(watch()).await.unwrap().into_inner();
+    exhausted(&c.watch_variables(watch()).await.unwrap_err(), "max_watchers_per_connection");
+    // Another connection has its own two, but the server only one more.
+    let mut other = server.client().await;
+    let _third = other.watch_variables(watch()).await.unwrap().into_inner();
+    exhausted(&other.watch_variables(watch()).await.unwrap_err(), "max_watchers");
+    // The first keeps working; ending it frees a slot.
+    assert_eq!(first.message().await.unwrap().unwrap().update_type, "initial_value");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match other.watch_variables(watch()).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                exhausted(&e, "max_watchers");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the slot was never freed: {e:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_response_that_would_not_fit_is_refused_with_advice() {
+    let server = TestServer::start(ServerConfig::with_max_message_bytes(64 * 1024)).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    let limits = server.store.limits();
+    // Each value alone fits; together they do not.
+    let text = format!("\"{}\"", "x".repeat(limits.max_value_bytes - 2));
+    for name in ["a", "b"] {
+        register(&mut c, "s", name, "string", &text, "").await;
+        assert_eq!(get(&mut c, "s", name).await.version, 1, "each can be read back");
+    }
+    let over = format!("\"{}\"", "x".repeat(limits.max_value_bytes - 1));
+    let e = c
+        .register_variable(RegisterVariableRequest {
+            session_id: "s".into(),
+            name: "c".into(),
+            r#type: "string".into(),
+            initial_value: any("string", &over),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    exhausted(&e, "max_value_bytes");
+    let e = c.list_variables(ListVariablesRequest { session_id: "s".into(), pattern: String::new() }).await.unwrap_err();
+    exhausted(&e, "max_message_bytes");
+    assert!(e.message().contains("narrow the pattern"), "{}", e.message());
+    let both = BatchGetVariablesRequest {
+        session_id: "s".into(),
+        variable_identifiers: vec!["a".into(), "b".into()],
+        ..Default::default()
+    };
+    exhausted(&c.get_variables(both).await.unwrap_err(), "max_message_bytes");
+    let one = ListVariablesRequest { session_id: "s".into(), pattern: "a".into() };
+    assert_eq!(c.list_variables(one).await.unwrap().into_inner().variables.len(), 1);
+    server.shutdown().await;
+}

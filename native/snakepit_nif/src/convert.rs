@@ -121,6 +121,8 @@ fn raw_at(term: Term, depth: usize, budget: &mut Budget) -> Result<Raw, StoreErr
             }
         }
         TermType::List => {
+            // An improper list (`[1 | 2]`) iterates into a panic; its length is an error instead.
+            term.list_length().map_err(|_| unsupported(term, "improper lists are not values"))?;
             let items: ListIterator = term.decode().map_err(|_| unsupported(term, "improper list"))?;
             Raw::List(items.map(|t| raw_at(t, depth + 1, budget)).collect::<Result<_, _>>()?)
         }

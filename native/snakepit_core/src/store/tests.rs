@@ -263,3 +263,147 @@ fn declared_type_must_match_and_decode_errors_are_per_key() {
     assert_eq!(out.errors, vec![("a".to_string(), StoreError::InvalidArgument("bad json".into()))]);
     assert_eq!(s.get_variable("s", "a").unwrap().version, 1);
 }
+
+fn text_var(name: &str, value: &str) -> NewVariable {
+    NewVariable {
+        name: name.into(),
+        ty: VarType::String,
+        value: Raw::Str(value.into()),
+        constraints: Raw::Nil,
+        metadata: Metadata::new(),
+    }
+}
+
+/// A refusal over a limit names the limit and its value.
+fn over(e: StoreError, limit: &str, value: usize) {
+    assert_eq!(e.kind(), "resource_exhausted", "{e}");
+    assert!(e.to_string().ends_with(&format!("over the limit {limit} = {value}")), "{e}");
+}
+
+fn small_limits() -> Limits {
+    Limits {
+        max_sessions: 2,
+        max_variables_per_session: 2,
+        max_value_bytes: 100,
+        max_metadata_entries: 2,
+        max_metadata_bytes: 20,
+        max_constraint_bytes: 80,
+        max_batch: 3,
+        max_pattern_bytes: 8,
+    }
+}
+
+#[test]
+fn sessions_and_variables_are_counted() {
+    let (s, clock) = store();
+    s.set_limits(small_limits());
+    s.create_session("a", Metadata::new(), Duration::from_secs(5)).unwrap();
+    session(&s, "b");
+    over(s.create_session("c", Metadata::new(), DEFAULT_SESSION_TTL).unwrap_err(), "max_sessions", 2);
+    assert_eq!(s.list_sessions(), vec!["a".to_string(), "b".to_string()]);
+    // An expired session, swept or not, no longer counts.
+    clock.advance(Duration::from_secs(6));
+    session(&s, "c");
+    s.register_variable("b", float_var("x", 0.5), Source::Elixir).unwrap();
+    s.register_variable("b", float_var("y", 0.5), Source::Elixir).unwrap();
+    over(s.register_variable("b", float_var("z", 0.5), Source::Elixir).unwrap_err(), "max_variables_per_session", 2);
+    s.delete_variable("b", "x").unwrap();
+    s.register_variable("b", float_var("z", 0.5), Source::Elixir).unwrap();
+}
+
+#[test]
+fn what_is_stored_fits_the_value_limit_measured_as_json() {
+    let (s, _) = store();
+    s.set_limits(small_limits());
+    session(&s, "s");
+    // 98 characters + 2 quotes = 100 bytes of JSON: the most allowed.
+    s.register_variable("s", text_var("t", &"x".repeat(98)), Source::Elixir).unwrap();
+    over(s.register_variable("s", text_var("u", &"x".repeat(99)), Source::Elixir).unwrap_err(), "max_value_bytes", 100);
+    // Escapes count: 49 newlines are 98 bytes of JSON, plus quotes.
+    let e = s.update_variable("s", "t", Raw::Str("\n".repeat(50)), &elixir()).unwrap_err();
+    over(e, "max_value_bytes", 100);
+    assert_eq!(s.get_variable("s", "t").unwrap().version, 1, "refused, unchanged");
+    s.update_variable("s", "t", Raw::Str("\n".repeat(49)), &elixir()).unwrap();
+    let emb = NewVariable { ty: VarType::Embedding, value: Raw::Floats(vec![0.0; 4]), ..text_var("e", "") };
+    let e = s.register_variable("s", emb, Source::Elixir).unwrap_err();
+    over(e, "max_value_bytes", 100);
+}
+
+#[test]
+fn metadata_is_bounded_per_session_variable_and_after_merging() {
+    let (s, _) = store();
+    s.set_limits(small_limits());
+    let three: Metadata = [("a", "1"), ("b", "2"), ("c", "3")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    over(s.create_session("s", three.clone(), DEFAULT_SESSION_TTL).unwrap_err(), "max_metadata_entries", 2);
+    session(&s, "s");
+    over(s.register_variable("s", NewVariable { metadata: three, ..text_var("t", "") }, Source::Elixir).unwrap_err(), "max_metadata_entries", 2);
+    s.register_variable("s", text_var("t", "v0"), Source::Elixir).unwrap();
+    let change = |k: &str, v: &str| Change { metadata: [(k.to_string(), v.to_string())].into(), ..elixir() };
+    s.update_variable("s", "t", Raw::Str("v1".into()), &change("a", "1")).unwrap();
+    s.update_variable("s", "t", Raw::Str("v2".into()), &change("b", "2")).unwrap();
+    // Replacing a key adds no entry; a third key would.
+    s.update_variable("s", "t", Raw::Str("v3".into()), &change("a", "x")).unwrap();
+    over(s.update_variable("s", "t", Raw::Str("v4".into()), &change("c", "3")).unwrap_err(), "max_metadata_entries", 2);
+    over(s.update_variable("s", "t", Raw::Str("v4".into()), &change("a", &"x".repeat(30))).unwrap_err(), "max_metadata_bytes", 20);
+    let batch = s.update_variables("s", vec![("t".into(), Raw::Str("v4".into()).into())], true, &change("c", "3")).unwrap();
+    over(batch.errors.into_iter().next().unwrap().1, "max_metadata_entries", 2);
+    let t = s.get_variable("s", "t").unwrap();
+    assert_eq!((t.version, t.metadata.len(), &*t.value), (4, 2, &Value::Text("v3".into())));
+}
+
+#[test]
+fn batches_constraints_and_patterns_are_bounded() {
+    let (s, _) = store();
+    s.set_limits(small_limits());
+    session(&s, "s");
+    let four: Vec<String> = ["a", "b", "c", "d"].map(String::from).to_vec();
+    over(s.get_variables("s", four.clone()).unwrap_err(), "max_batch", 3);
+    let updates = four.iter().map(|k| (k.clone(), Input::from(Raw::Int(1)))).collect();
+    over(s.update_variables("s", updates, false, &elixir()).unwrap_err(), "max_batch", 3);
+    let watch = WatchRequest { identifiers: four, ..WatchRequest::default() };
+    over(s.watch("s", &watch, Owner::Grpc).unwrap_err(), "max_batch", 3);
+    let regex = Raw::Map(vec![("pattern".into(), Raw::Str("a".repeat(100)))]);
+    let e = s.register_variable("s", NewVariable { constraints: regex, ..text_var("t", "") }, Source::Elixir);
+    over(e.unwrap_err(), "max_constraint_bytes", 80);
+    over(s.list_variables("s", Some("*********")).unwrap_err(), "max_pattern_bytes", 8);
+    s.register_variable("s", text_var("ab", ""), Source::Elixir).unwrap();
+    let names: Vec<_> = s.list_variables("s", Some("*b")).unwrap().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, vec![Arc::from("ab")]);
+}
+
+#[test]
+fn a_huge_tensor_shape_is_refused_and_changes_nothing() {
+    let (s, _) = store();
+    session(&s, "s");
+    let tensor = |dims: Vec<i64>| {
+        Raw::Map(vec![
+            ("shape".into(), Raw::List(dims.into_iter().map(Raw::Int).collect())),
+            ("data".into(), Raw::List(vec![])),
+        ])
+    };
+    let new = NewVariable { ty: VarType::Tensor, value: tensor(vec![1 << 40]), ..text_var("t", "") };
+    assert_eq!(s.register_variable("s", new, Source::Elixir).unwrap_err().kind(), "invalid_value");
+    let new = NewVariable { ty: VarType::Tensor, value: tensor(vec![0]), ..text_var("t", "") };
+    s.register_variable("s", new, Source::Elixir).unwrap();
+    let e = s.update_variable("s", "t", tensor(vec![1 << 40]), &elixir()).unwrap_err();
+    assert_eq!(e.kind(), "invalid_value");
+    assert_eq!(s.get_variable("s", "t").unwrap().version, 1);
+}
+
+#[test]
+fn a_name_never_collides_with_an_id() {
+    let (s, _) = store();
+    session(&s, "s");
+    let x = s.register_variable("s", float_var("x", 0.5), Source::Elixir).unwrap();
+    let e = s.register_variable("s", float_var(&x.id, 0.5), Source::Elixir).unwrap_err();
+    assert!(e.to_string().contains("is the id of another variable"), "{e}");
+    // A name shaped like y's coming id (the squatter's own registration takes
+    // one suffix first): y's id skips it, so both stay reachable.
+    let next = NEXT_VARIABLE_SUFFIX.load(Ordering::Relaxed) + 1;
+    let squatter = format!("{ID_PREFIX}y_{}{next}", *PROCESS_NONCE);
+    let squatter_id = s.register_variable("s", float_var(&squatter, 0.5), Source::Elixir).unwrap().id;
+    let y = s.register_variable("s", float_var("y", 0.5), Source::Elixir).unwrap();
+    assert_ne!(&*y.id, squatter.as_str());
+    assert_eq!(s.get_variable("s", &squatter).unwrap().id, squatter_id);
+    assert_eq!(s.get_variable("s", &y.id).unwrap().name, y.name);
+}
