@@ -214,7 +214,29 @@ defmodule Snakepit.Bridge.Server do
     unless :persistent_term.get(key, nil) == value, do: :persistent_term.put(key, value)
   end
 
+  @other_options [
+    :host,
+    :port,
+    :name,
+    :session_ttl,
+    :max_message_bytes,
+    :keepalive_interval,
+    :shutdown_grace,
+    :handshake_timeout,
+    :idle_timeout
+  ]
+
   defp config!(opts) do
+    # A misspelt limit would otherwise leave its default in force, unnoticed.
+    case Keyword.keys(opts) -- (@other_options ++ @count_options) do
+      [] ->
+        :ok
+
+      unknown ->
+        raise ArgumentError,
+              "unknown option(s) #{inspect(unknown)}; see Snakepit.Bridge.Server's docs"
+    end
+
     host = Keyword.get(opts, :host, "127.0.0.1")
     port = Keyword.get(opts, :port, 50051)
     grace = Keyword.get(opts, :shutdown_grace, 5000)

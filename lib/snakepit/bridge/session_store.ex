@@ -13,7 +13,9 @@ defmodule Snakepit.Bridge.SessionStore do
       true = SessionStore.session_exists?("run-1")
 
   A session expires after `:ttl` seconds without access (default 3600); any
-  call that names it, and a gRPC Heartbeat, counts as access.
+  call that names it, and a gRPC Heartbeat, counts as access. A watched
+  session (a live Elixir watcher or gRPC watch stream) never expires; its TTL
+  counts from when the last watcher left.
 
   ## Variables
 
@@ -47,6 +49,11 @@ defmodule Snakepit.Bridge.SessionStore do
     * `{:invalid_value, message}`, `{:invalid_constraints, message}`,
       `{:invalid_type, message}`, `{:invalid_argument, message}`
     * `{:version_conflict, current_version}`
+    * `{:resource_exhausted, message}` — a limit of the store would be passed
+      (sessions, variables per session, value size, metadata, constraints,
+      batch size, pattern length); the message names the limit and its value.
+      The limits and their defaults are in `docs/limits.md`; a
+      `Snakepit.Bridge.Server` sets them when it starts.
 
   A wrong term shape (a session id that is not a string, say) raises
   `ArgumentError` naming the argument.
@@ -69,6 +76,7 @@ defmodule Snakepit.Bridge.SessionStore do
           | {:invalid_type, String.t()}
           | {:invalid_argument, String.t()}
           | {:version_conflict, pos_integer()}
+          | {:resource_exhausted, String.t()}
 
   @type session_info :: %{
           id: String.t(),

@@ -253,6 +253,10 @@ defmodule Snakepit.Bridge.HostileTest do
                      Server.start_link(name: :hostile_bad, port: 0, idle_timeout: :never)
                    end
 
+      assert_raise ArgumentError, ~r/unknown option\(s\) \[:max_conections\]/, fn ->
+        Server.start_link(name: :hostile_bad, port: 0, max_conections: 5)
+      end
+
       refute Process.whereis(:hostile_bad)
       assert_node_answers()
     end

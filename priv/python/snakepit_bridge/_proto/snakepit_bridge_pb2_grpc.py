@@ -194,9 +194,12 @@ class BridgeServiceServicer:
         - an empty identifier list is INVALID_ARGUMENT, an unknown session or
         variable NOT_FOUND, both before anything is streamed;
         - "deleted" comes once for a deleted variable, then nothing more for it;
-        "session_closed" is the last message when the session is cleaned up or
-        expires, and the stream then ends with OK; server shutdown ends streams
-        with UNAVAILABLE.
+        "session_closed" is the last message when the session is cleaned up,
+        and the stream then ends with OK; server shutdown ends streams with
+        UNAVAILABLE;
+        - a watched session does not expire: its TTL counts from when its last
+        watcher left;
+        - streams are limited per connection and per server (RESOURCE_EXHAUSTED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
