@@ -97,9 +97,9 @@ impl Glob {
     /// Stars never follow each other, so one pass is enough.
     fn close(&self, state: &mut Bits) {
         let mut carry = 0;
-        for w in 0..state.len() {
-            let skip = state[w] & self.stars[w];
-            state[w] |= (skip << 1) | carry;
+        for (word, stars) in state.iter_mut().zip(&self.stars) {
+            let skip = *word & stars;
+            *word |= (skip << 1) | carry;
             carry = skip >> 63;
         }
     }
