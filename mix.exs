@@ -40,7 +40,8 @@ defmodule Mix.Tasks.Compile.SnakepitNif do
            env: [{"CARGO_TARGET_DIR", target_dir}]
          ) do
       {_, 0} ->
-        copy_library(Path.join([target_dir, "release", "libsnakepit_nif.so"]),
+        copy_library(
+          Path.join([target_dir, "release", "libsnakepit_nif.so"]),
           Path.join([root, "priv", "native", "libsnakepit_nif.so"])
         )
 

@@ -53,7 +53,6 @@ if _PKG not in sys.path:
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 from google.protobuf import __version__ as protobuf_version  # noqa: E402
-
 from snakepit_bridge import SessionContext  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc  # noqa: E402
@@ -145,10 +144,7 @@ async def main_async(args: argparse.Namespace) -> None:
             say(f"PINGS {mode} {len(both)} " + " ".join(map(str, both)))
     finally:
         await channel.close()
-    say(
-        f"DONE client=grpcio python={platform.python_version()} grpcio={grpc.__version__} "
-        f"protobuf={protobuf_version}"
-    )
+    say(f"DONE client=grpcio python={platform.python_version()} grpcio={grpc.__version__} protobuf={protobuf_version}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER_BIN = REPO_ROOT / "target" / "release" / "snakepit-bridge-server"
@@ -56,7 +56,6 @@ if _PKG not in sys.path:
 
 import grpc  # noqa: E402
 from google.protobuf import any_pb2  # noqa: E402
-
 from snakepit_bridge import SessionContext, VariableType  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc  # noqa: E402
@@ -120,7 +119,7 @@ def standalone_server() -> Iterator[ServerHandle]:
             )
         # Keep draining stdout so a chatty server never blocks on a full pipe.
         threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
-        yield ServerHandle(line[len("listening on "):], process.pid)
+        yield ServerHandle(line[len("listening on ") :], process.pid)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -155,7 +154,7 @@ def _drain(stream: Any) -> None:
             pass
 
 
-def process_cpu_ns(pid: int) -> Optional[int]:
+def process_cpu_ns(pid: int) -> int | None:
     """CPU time a process's threads have used so far, in ns (Linux schedstat); ``None`` if unavailable."""
     total = 0
     try:
@@ -215,14 +214,14 @@ def machine() -> dict[str, Any]:
 
 
 def run(
-    address: Optional[str] = None,
+    address: str | None = None,
     n: int = 1000,
     repeats: int = 7,
     *,
     batch_reps: int = 5,
     raw: bool = True,
     gc_enabled: bool = True,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and return its figures (times in milliseconds).
 
@@ -277,7 +276,7 @@ def run(
 
 
 def _run(
-    address: str, n: int, repeats: int, batch_reps: int, raw: bool, say: Progress, server_pid: Optional[int]
+    address: str, n: int, repeats: int, batch_reps: int, raw: bool, say: Progress, server_pid: int | None
 ) -> dict[str, Any]:
     started = time.perf_counter()
     session_id = f"bench-batch-{uuid.uuid4().hex[:12]}"
@@ -434,7 +433,11 @@ def _operations(
     def raw_set_seq(k: int) -> Any:
         call = stub.SetVariable
         return [
-            call(pb2.SetVariableRequest(session_id=session_id, variable_identifier=name, value=_float_any(k + i / n + 0.75)))
+            call(
+                pb2.SetVariableRequest(
+                    session_id=session_id, variable_identifier=name, value=_float_any(k + i / n + 0.75)
+                )
+            )
             for i, name in enumerate(names)
         ]
 
@@ -457,7 +460,7 @@ def _float_any(x: float) -> any_pb2.Any:
 
 
 def _breakdown(
-    channel: grpc.Channel, session_id: str, names: list[str], count: int, server_pid: Optional[int]
+    channel: grpc.Channel, session_id: str, names: list[str], count: int, server_pid: int | None
 ) -> dict[str, Any]:
     """Where a batch call's time goes, measured piece by piece.
 
@@ -484,7 +487,9 @@ def _breakdown(
         return pb2.BatchSetVariablesRequest(session_id=session_id, updates=updates).SerializeToString()
 
     def get_request(values_only: bool) -> bytes:
-        request = pb2.BatchGetVariablesRequest(session_id=session_id, variable_identifiers=names, values_only=values_only)
+        request = pb2.BatchGetVariablesRequest(
+            session_id=session_id, variable_identifiers=names, values_only=values_only
+        )
         return request.SerializeToString()
 
     # Sets alternate between two requests, so every write changes the value.
@@ -575,14 +580,20 @@ def format_result(r: dict[str, Any]) -> str:
         )
         for op, what in (("get", "GetVariables"), ("set", "SetVariables")):
             e = b[op]
-            cpu = f"{e['server_cpu_ms']:.3f} ms" if e["server_cpu_ms"] is not None else "n/a (server not started by the bench)"
+            cpu = (
+                f"{e['server_cpu_ms']:.3f} ms"
+                if e["server_cpu_ms"] is not None
+                else "n/a (server not started by the bench)"
+            )
             lines += [
                 f"  {what} of {n}: request {e['request_bytes'] / 1024:.1f} KiB, response {e['response_bytes'] / 1024:.1f} KiB",
                 f"    server CPU per call (all server threads)           {cpu}",
                 f"    RPC with bytes in/out (server + transport + gRPC)  {e['bytes_call_ms']['median']:.3f} ms",
             ]
             if op == "set":
-                lines.append(f"    build + serialize the request                      {e['build_request_ms']['median']:.3f} ms")
+                lines.append(
+                    f"    build + serialize the request                      {e['build_request_ms']['median']:.3f} ms"
+                )
             lines += [
                 f"    parse the response (protobuf, Python)              {e['parse_response_ms']['median']:.3f} ms",
                 f"    raw stub, whole call                               {r['raw'][op]['batch_ms']['median']:.3f} ms",
@@ -608,7 +619,7 @@ def format_result(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", help="host:port of a running server (default: start the standalone server)")
     parser.add_argument("--n", type=int, default=None, help="number of variables (default 1000)")

@@ -21,8 +21,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 #: The benches in report order: key, short name (summary), section heading, Elixir module (None: a child process).
 SECTIONS = [
@@ -54,15 +55,15 @@ def fmt(x: Any, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
-def ratio(x: Optional[float], digits: int = 2) -> str:
+def ratio(x: float | None, digits: int = 2) -> str:
     return "–" if x is None else f"{x:.{digits}f}×"
 
 
-def verdict(met: Optional[bool]) -> str:
+def verdict(met: bool | None) -> str:
     return {True: "**MET**", False: "**MISSED**", None: "–"}[met]
 
 
-def table(header: Row, rows: list[Row], align: Optional[str] = None) -> str:
+def table(header: Row, rows: list[Row], align: str | None = None) -> str:
     """A markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: first left, rest right)."""
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---" if a == "l" else "---:" for a in align]
@@ -74,7 +75,7 @@ def plural(n: int, word: str) -> str:
     return f"{fmt(n)} {word}{'' if n == 1 else 'es' if word.endswith(('s', 'ch')) else 's'}"
 
 
-def load(x: Optional[list[float]]) -> str:
+def load(x: list[float] | None) -> str:
     return fmt(x[0], 2) if x else "–"
 
 
@@ -102,11 +103,11 @@ class Report:
     def entry(self, key: str) -> dict[str, Any]:
         return self.benches.get(key) or {"status": "not run", "error": "missing from latest.json"}
 
-    def result(self, key: str) -> Optional[dict[str, Any]]:
+    def result(self, key: str) -> dict[str, Any] | None:
         e = self.entry(key)
         return e.get("result") if e.get("status") == "ok" else None
 
-    def target(self, bench: str, target: str, measured: str, met: Optional[bool]) -> Row:
+    def target(self, bench: str, target: str, measured: str, met: bool | None) -> Row:
         row = [bench, target, measured, verdict(met) if met is not None else "reported (no numeric target)"]
         self.summary.append(row)
         return row[1:]
@@ -173,7 +174,10 @@ class Report:
         for api, label in (("client", "SessionContext"), ("raw", "raw stub")):
             if api not in r:
                 continue
-            for op, what in (("get", ("get_variables", "GetVariables", "GetVariable")), ("set", ("update_variables", "SetVariables", "SetVariable"))):
+            for op, what in (
+                ("get", ("get_variables", "GetVariables", "GetVariable")),
+                ("set", ("update_variables", "SetVariables", "SetVariable")),
+            ):
                 e = r[api][op]
                 rpc = f"`{what[1]}` vs `{what[2]}`"
                 rows.append(
@@ -189,7 +193,17 @@ class Report:
                 )
         if "ping" in r:
             p = r["ping"]
-            rows.append(["raw stub", f"`Ping` × {fmt(n)}", "–", fmt(p["sequential_ms"]["median"], 2), "–", fmt(p["per_call_us"], 1), "–"])
+            rows.append(
+                [
+                    "raw stub",
+                    f"`Ping` × {fmt(n)}",
+                    "–",
+                    fmt(p["sequential_ms"]["median"], 2),
+                    "–",
+                    fmt(p["per_call_us"], 1),
+                    "–",
+                ]
+            )
         m = r["machine"]
         out = [
             f"Python → the standalone server over gRPC: one batch call of **{fmt(n)} float variables** vs {fmt(n)} "
@@ -201,7 +215,15 @@ class Report:
             f"carries a new value; Python GC {'on' if r['gc_enabled'] else 'off'} while timing. Client: Python "
             f"{m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']} ({m['protobuf_implementation']}).\n",
             table(
-                ["API", "RPCs", "batch ms (1 call)", f"sequential ms ({fmt(n)} calls)", "ratio", "µs per sequential call", "batch min ms"],
+                [
+                    "API",
+                    "RPCs",
+                    "batch ms (1 call)",
+                    f"sequential ms ({fmt(n)} calls)",
+                    "ratio",
+                    "µs per sequential call",
+                    "batch min ms",
+                ],
                 rows,
                 "llrrrrr",
             ),
@@ -228,8 +250,15 @@ class Report:
                 f"of {fmt(b['get']['bytes_call_ms']['runs'])} calls each); the last column is the RPC in the published map "
                 "form existing clients send (a `Variable` / an `Any` per value):\n",
                 table(
-                    ["call", "server CPU", "RPC, bytes in/out", "build request", "parse response", "SessionContext on top of raw",
-                     "map form RPC, bytes in/out"],
+                    [
+                        "call",
+                        "server CPU",
+                        "RPC, bytes in/out",
+                        "build request",
+                        "parse response",
+                        "SessionContext on top of raw",
+                        "map form RPC, bytes in/out",
+                    ],
                     brow,
                 ),
             ]
@@ -252,7 +281,10 @@ class Report:
                     e["target_met"]["ratio"],
                 )
             )
-        out += ["**Targets (issue 3)**, for the SessionContext figures\n", table(["target", "measured (same run)", "result"], trows, "llr")]
+        out += [
+            "**Targets (issue 3)**, for the SessionContext figures\n",
+            table(["target", "measured (same run)", "result"], trows, "llr"),
+        ]
         get = r["client"]["get"]["batch_ms"]["median"]
         comparable = "" if n == 1000 else f" (this run read {fmt(n)} variables, not 1,000: not comparable)"
         refs = [[name, fmt(ms, 1), ratio(ms / get, 1)] for name, ms in BATCH_REFERENCES_MS]
@@ -316,8 +348,18 @@ class Report:
         if c:
             lat = c["latency_us"]
             trows = [
-                self.target("Push latency", f"p50 ≤ {fmt(t['p50_us'], 0)} µs", f"{fmt(lat['p50'])} µs ({fmt(lat['count'])} samples)", c["target_met"]["p50"]),
-                self.target("Push latency", f"p99 ≤ {fmt(t['p99_us'], 0)} µs", f"{fmt(lat['p99'])} µs (p99.9 {fmt(lat['p999'])} µs)", c["target_met"]["p99"]),
+                self.target(
+                    "Push latency",
+                    f"p50 ≤ {fmt(t['p50_us'], 0)} µs",
+                    f"{fmt(lat['p50'])} µs ({fmt(lat['count'])} samples)",
+                    c["target_met"]["p50"],
+                ),
+                self.target(
+                    "Push latency",
+                    f"p99 ≤ {fmt(t['p99_us'], 0)} µs",
+                    f"{fmt(lat['p99'])} µs (p99.9 {fmt(lat['p999'])} µs)",
+                    c["target_met"]["p99"],
+                ),
                 self.target(
                     "Push latency",
                     f"p50 ≤ {fmt(t['p50_over_ping'], 1)} × the Ping round trip",
@@ -325,11 +367,25 @@ class Report:
                     c["target_met"]["p50_over_ping"],
                 ),
             ]
-        out += ["**Targets (issue 4)**, for the user-facing row (SessionContext)\n", table(["target", "measured (same run)", "result"], trows, "llr")]
+        out += [
+            "**Targets (issue 4)**, for the user-facing row (SessionContext)\n",
+            table(["target", "measured (same run)", "result"], trows, "llr"),
+        ]
         if c:
             lat = c["latency_us"]
-            refs = [[x["name"], fmt(x["p50_us"]), fmt(x["p99_us"]), ratio(x["p50_us"] / lat["p50"], 1), ratio(x["p99_us"] / lat["p99"], 1)] for x in r["references"]]
-            refs.append(["this bridge: SessionContext.watch_variables", fmt(lat["p50"]), fmt(lat["p99"]), "1.0×", "1.0×"])
+            refs = [
+                [
+                    x["name"],
+                    fmt(x["p50_us"]),
+                    fmt(x["p99_us"]),
+                    ratio(x["p50_us"] / lat["p50"], 1),
+                    ratio(x["p99_us"] / lat["p99"], 1),
+                ]
+                for x in r["references"]
+            ]
+            refs.append(
+                ["this bridge: SessionContext.watch_variables", fmt(lat["p50"]), fmt(lat["p99"]), "1.0×", "1.0×"]
+            )
             out += [
                 "**Reference figures (issue 4)**: the same workload (2,000 updates 1 ms apart, Python asyncio receiver) "
                 "on this 2-core machine class.\n",
@@ -354,7 +410,9 @@ class Report:
                     f"**{ratio(s['ratio_vs_none'])}**",
                     ratio(s["min_ratio_vs_none"]),
                     "–" if s["kind"] == "none" else fmt(s["drain_ms"]["p50"], 2),
-                    "–" if s["messages_per_watcher"] is None else f"{fmt(round(s['messages_per_watcher']))} of {fmt(s['writes'])}",
+                    "–"
+                    if s["messages_per_watcher"] is None
+                    else f"{fmt(round(s['messages_per_watcher']))} of {fmt(s['writes'])}",
                 ]
             )
         elixir = [fmt(res[k]["watchers"]) for k in r["rows"] if res[k]["kind"] in ("none", "elixir")]
@@ -369,7 +427,16 @@ class Report:
             "rows interleaved round by round in a rotating order; after each batch the bench waits until every "
             "watcher has the round's end marker (“drain”), so one row's delivery never overlaps another row's batch.\n",
             table(
-                ["watchers on the variable", "median µs", "p99 µs", "min µs", "vs none", "min vs none", "drain p50 ms", "msgs / watcher"],
+                [
+                    "watchers on the variable",
+                    "median µs",
+                    "p99 µs",
+                    "min µs",
+                    "vs none",
+                    "min vs none",
+                    "drain p50 ms",
+                    "msgs / watcher",
+                ],
                 rows,
             ),
             "“vs none” = the row's median / the no-watcher median, same run (the target's measure); “min vs none” = "
@@ -428,7 +495,16 @@ class Report:
                 None,
             )
         ]
-        refs = [[x["name"], fmt(x["p50"], 1), fmt(x["p99"], 1), ratio(x["p50"] / last["p50"], 1), ratio(x["p99"] / last["p99"], 1)] for x in r["reference_ms"]]
+        refs = [
+            [
+                x["name"],
+                fmt(x["p50"], 1),
+                fmt(x["p99"], 1),
+                ratio(x["p50"] / last["p50"], 1),
+                ratio(x["p99"] / last["p99"], 1),
+            ]
+            for x in r["reference_ms"]
+        ]
         refs.append(["this bridge", fmt(last["p50"], 3), fmt(last["p99"], 3), "1.0×", "1.0×"])
         comparable = "" if r["watchers"] == 100 and r["updates"] == 200 else " (this run is smaller: not comparable)"
         out += [
@@ -450,8 +526,14 @@ class Report:
             [f"… with all {fmt(n)} streams live", fmt(m["rss_live_kib"] / 1024, 1) + " MiB"],
             ["… after the updates", fmt(m["rss_after_updates_kib"] / 1024, 1) + " MiB"],
             ["… after closing every stream (glibc keeps freed memory)", fmt(m["rss_closed_kib"] / 1024, 1) + " MiB"],
-            ["**memory per idle stream** (live − before) / streams, connections included", f"**{fmt(m['bytes_per_stream'], 0)} bytes**"],
-            ["memory per stream once each has delivered updates", f"{fmt(m['bytes_per_stream_after_updates'], 0)} bytes"],
+            [
+                "**memory per idle stream** (live − before) / streams, connections included",
+                f"**{fmt(m['bytes_per_stream'], 0)} bytes**",
+            ],
+            [
+                "memory per stream once each has delivered updates",
+                f"{fmt(m['bytes_per_stream_after_updates'], 0)} bytes",
+            ],
         ]
         cols = ["p50", "p90", "p99", "max", "min"]
         named = [
@@ -482,7 +564,12 @@ class Report:
             )
         a = r["all_streams_ms"]
         trows = [
-            self.target("Scale", f"report server memory per idle stream ({fmt(n)} streams)", f"{fmt(m['bytes_per_stream'], 0)} bytes", None),
+            self.target(
+                "Scale",
+                f"report server memory per idle stream ({fmt(n)} streams)",
+                f"{fmt(m['bytes_per_stream'], 0)} bytes",
+                None,
+            ),
             self.target(
                 "Scale",
                 f"report p50, max from one update until all {fmt(n)} streams have it",
@@ -511,7 +598,10 @@ class Report:
             ["kernel", m.get("kernel") or "–"],
             ["Erlang/OTP", f"{m['otp_release']} (erts {m['erts_version']}{', JIT' if m.get('jit') else ''})"],
             ["Elixir", m["elixir_version"]],
-            ["Python", f"{py.get('version', '?')} (grpcio {py.get('grpcio', '?')}, protobuf {py.get('protobuf', '?')}), `{py.get('executable', '?')}`"],
+            [
+                "Python",
+                f"{py.get('version', '?')} (grpcio {py.get('grpcio', '?')}, protobuf {py.get('protobuf', '?')}), `{py.get('executable', '?')}`",
+            ],
             ["Rust", m.get("rustc") or "–"],
             ["plotting", plot_note if plotted else f"plot skipped: {plot_note}"],
             [
@@ -527,13 +617,19 @@ class Report:
             )
         return out
 
-    def render(self, plot: Optional[str], plot_note: str) -> str:
+    def render(self, plot: str | None, plot_note: str) -> str:
         meta = self.meta
         git = meta.get("git") or {}
         commit = (
-            f"commit `{git['commit']}`{' with local changes' if git.get('local_changes') else ''}" if git.get("commit") else "commit unknown"
+            f"commit `{git['commit']}`{' with local changes' if git.get('local_changes') else ''}"
+            if git.get("commit")
+            else "commit unknown"
         )
-        size = "**quick (tiny) configuration: the figures are for checking the report, not for reading**" if meta["quick"] else "full size"
+        size = (
+            "**quick (tiny) configuration: the figures are for checking the report, not for reading**"
+            if meta["quick"]
+            else "full size"
+        )
         sections = []
         for key, short, heading, module in SECTIONS:
             e = self.entry(key)
@@ -576,7 +672,8 @@ class Report:
             "(a) The distribution (CDF, logit scale so the tail has room) of Elixir → Python push latencies per "
             "receiver, with p50 and p99 of the SessionContext row marked, the Ping round trip for comparison, the "
             "targets and the Redis / etcd reference points; (b) writer cost per `update_variable` call vs the number "
-            "of watchers on the variable (median, fastest batch, p99 of the batch means) with the 2× target.\n\n" + plots
+            "of watchers on the variable (median, fastest batch, p99 of the batch means) with the 2× target.\n\n"
+            + plots
         )
         notes = (
             "## Notes\n\n"
@@ -587,17 +684,23 @@ class Report:
             "averages) moves every figure: rerun when it is idle.\n"
             "- How each bench measures is described in `bench/README.md`.\n"
         )
-        return "\n".join([head, self.machine_section(plot is not None, plot_note), summary, plots_section, *sections, notes])
+        return "\n".join(
+            [head, self.machine_section(plot is not None, plot_note), summary, plots_section, *sections, notes]
+        )
 
 
 # --------------------------------------------------------------------------- the plot
 
 
-def plot(data: dict[str, Any], png: Path) -> tuple[Optional[str], str]:
+def plot(data: dict[str, Any], png: Path) -> tuple[str | None, str]:
     """Draws the two panels into ``png``; returns (file name, "matplotlib VERSION") or (None, why it was skipped)."""
     benches = data["benches"]
-    push = benches.get("push_latency", {}).get("result") if benches.get("push_latency", {}).get("status") == "ok" else None
-    writer = benches.get("writer_cost", {}).get("result") if benches.get("writer_cost", {}).get("status") == "ok" else None
+    push = (
+        benches.get("push_latency", {}).get("result") if benches.get("push_latency", {}).get("status") == "ok" else None
+    )
+    writer = (
+        benches.get("writer_cost", {}).get("result") if benches.get("writer_cost", {}).get("status") == "ok" else None
+    )
     if push is None and writer is None:
         return None, "neither the push-latency nor the writer-cost bench produced figures"
     try:
@@ -627,7 +730,7 @@ def plot(data: dict[str, Any], png: Path) -> tuple[Optional[str], str]:
     return png.name, f"matplotlib {matplotlib.__version__}"
 
 
-def _panel_push(ax: Any, r: Optional[dict[str, Any]]) -> None:
+def _panel_push(ax: Any, r: dict[str, Any] | None) -> None:
     """CDF per receiver on a logit y axis (so p90, p99, p99.9 get room), log x."""
     if r is None:
         ax.text(0.5, 0.5, "push-latency bench: no figures", ha="center", va="center", transform=ax.transAxes)
@@ -653,13 +756,32 @@ def _panel_push(ax: Any, r: Optional[dict[str, Any]]) -> None:
         lat = c["latency_us"]
         for q, y in (("p50", 0.5), ("p99", 0.99)):
             ax.plot([lat[q]], [y], "o", color="C0", zorder=5)
-            ax.annotate(f"{q} {lat[q]:.0f} µs", (lat[q], y), textcoords="offset points", xytext=(8, -12), fontsize=9, color="C0")
+            ax.annotate(
+                f"{q} {lat[q]:.0f} µs", (lat[q], y), textcoords="offset points", xytext=(8, -12), fontsize=9, color="C0"
+            )
         ping = c["ping_us"]["p50"]
-        ax.axvline(ping, color="0.3", linestyle="--", linewidth=1.2, label=f"Ping round trip p50, same channel ({ping:.0f} µs)")
+        ax.axvline(
+            ping, color="0.3", linestyle="--", linewidth=1.2, label=f"Ping round trip p50, same channel ({ping:.0f} µs)"
+        )
         t = r["targets"]
-        ax.plot([t["p50_us"], t["p99_us"]], [0.5, 0.99], "+", color="0.4", markersize=12, mew=2, label="targets: p50 ≤ 200, p99 ≤ 450 µs")
-    for ref, marker, color in zip(r["references"], ("s", "D"), ("C3", "C4")):
-        ax.plot([ref["p50_us"], ref["p99_us"]], [0.5, 0.99], marker, mfc="none", color=color, label=f"{ref['name']}: p50, p99 (issue 4)")
+        ax.plot(
+            [t["p50_us"], t["p99_us"]],
+            [0.5, 0.99],
+            "+",
+            color="0.4",
+            markersize=12,
+            mew=2,
+            label="targets: p50 ≤ 200, p99 ≤ 450 µs",
+        )
+    for ref, marker, color in zip(r["references"], ("s", "D"), ("C3", "C4"), strict=False):
+        ax.plot(
+            [ref["p50_us"], ref["p99_us"]],
+            [0.5, 0.99],
+            marker,
+            mfc="none",
+            color=color,
+            label=f"{ref['name']}: p50, p99 (issue 4)",
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
@@ -674,12 +796,14 @@ def _panel_push(ax: Any, r: Optional[dict[str, Any]]) -> None:
     ax.set_ylim(edge, 1 - edge)
     ax.set_xlabel("latency, µs (log scale): Elixir write → Python receipt")
     ax.set_ylabel("updates received within x (logit scale)")
-    ax.set_title(f"(a) Push latency CDF, {r['updates']:,} updates {r['interval_ms']} ms apart per receiver", fontsize=11)
+    ax.set_title(
+        f"(a) Push latency CDF, {r['updates']:,} updates {r['interval_ms']} ms apart per receiver", fontsize=11
+    )
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right")
 
 
-def _panel_writer(ax: Any, r: Optional[dict[str, Any]]) -> None:
+def _panel_writer(ax: Any, r: dict[str, Any] | None) -> None:
     """Median µs per call vs watchers, with the fastest batch and the p99 of batch means, log y."""
     if r is None:
         ax.text(0.5, 0.5, "writer-cost bench: no figures", ha="center", va="center", transform=ax.transAxes)
@@ -705,13 +829,31 @@ def _panel_writer(ax: Any, r: Optional[dict[str, Any]]) -> None:
         med = [s["median_ns"] / 1000 for s in pts]
         style = "-" if kind == "elixir" else ""
         ax.plot(xs, med, marker + style, color=color, markersize=7, label=f"{label}: median")
-        ax.plot(xs, [s["p99_ns"] / 1000 for s in pts], "^" + (":" if style else ""), color=color, alpha=0.45, markersize=5)
-        ax.plot(xs, [s["min_ns"] / 1000 for s in pts], "v" + (":" if style else ""), color=color, alpha=0.45, markersize=5)
-        for x, m, s in zip(xs, med, pts):
-            ax.annotate(f"{s['ratio_vs_none']:.2f}×", (x, m), textcoords="offset points", xytext=text_at, fontsize=8.5, color=color, ha="right" if text_at[0] < 0 else "left")
+        ax.plot(
+            xs, [s["p99_ns"] / 1000 for s in pts], "^" + (":" if style else ""), color=color, alpha=0.45, markersize=5
+        )
+        ax.plot(
+            xs, [s["min_ns"] / 1000 for s in pts], "v" + (":" if style else ""), color=color, alpha=0.45, markersize=5
+        )
+        for x, m, s in zip(xs, med, pts, strict=False):
+            ax.annotate(
+                f"{s['ratio_vs_none']:.2f}×",
+                (x, m),
+                textcoords="offset points",
+                xytext=text_at,
+                fontsize=8.5,
+                color=color,
+                ha="right" if text_at[0] < 0 else "left",
+            )
     ax.plot([], [], "^", color="0.5", alpha=0.6, label="▲ p99 of the batch means, ▼ fastest batch")
     base = res["none"]["median_ns"] / 1000
-    ax.axhline(base * r["target_ratio"], color="C3", linestyle="--", linewidth=1, label=f"target: {r['target_ratio']:.0f}× the no-watcher median")
+    ax.axhline(
+        base * r["target_ratio"],
+        color="C3",
+        linestyle="--",
+        linewidth=1,
+        label=f"target: {r['target_ratio']:.0f}× the no-watcher median",
+    )
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if str(f"{v:g}")[0] in "25" else ""))
@@ -727,7 +869,7 @@ def _panel_writer(ax: Any, r: Optional[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json", type=Path, help="the figures, e.g. bench/results/latest.json")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot (as when matplotlib is missing)")

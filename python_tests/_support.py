@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from snakepit_bridge import SessionContext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -20,7 +20,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "priv" / "python"))
 
 from _support import AnyMode, RestartableServer, ServerProcess, TcpProxy, free_port, start_server  # noqa: E402
-
 from snakepit_bridge import SessionContext  # noqa: E402
 
 MODES = ["blocking", "aio"]
@@ -87,7 +86,7 @@ async def channel_factory(mode: str, server_address: str) -> AsyncIterator[Any]:
     """Makes channels of the test's mode (to the shared server unless ``address`` is given); all closed at the end."""
     opened: list[Any] = []
 
-    def make(address: Optional[str] = None, options: Optional[list[tuple[str, Any]]] = None) -> Any:
+    def make(address: str | None = None, options: list[tuple[str, Any]] | None = None) -> Any:
         target = address or server_address
         if mode == "aio":
             ch = grpc.aio.insecure_channel(target, options=options)

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from snakepit_bridge import SessionContext, SessionNotFoundError
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "python_batch.py"
@@ -143,7 +142,9 @@ def _positive_summary(s: dict[str, Any], count: int) -> None:
 
 
 def test_watch_load_fan_out_json(server_address: str) -> None:
-    proc = _run_watch_load("fan-out", "--quick", "--json", "--address", server_address, "--watchers", "3", "--updates", "4")
+    proc = _run_watch_load(
+        "fan-out", "--quick", "--json", "--address", server_address, "--watchers", "3", "--updates", "4"
+    )
     r = json.loads(proc.stdout)
     assert r["mode"] == "fan-out" and r["address"] == server_address and r["server_started"] is False
     assert (r["watchers"], r["updates"], r["warmup_updates"]) == (3, 4, 2)
@@ -204,9 +205,26 @@ def test_push_receiver_speaks_its_protocol(server_address: str, session_id: str)
         try:
             ctx.register_variable("stamp", "integer", 0)
             proc = subprocess.Popen(
-                [sys.executable, str(RECEIVER), "--address", server_address, "--session", session_id,
-                 "--variable", "stamp", "--modes", "client,raw", "--pings", "4", "--warmup-pings", "2"],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                [
+                    sys.executable,
+                    str(RECEIVER),
+                    "--address",
+                    server_address,
+                    "--session",
+                    session_id,
+                    "--variable",
+                    "stamp",
+                    "--modes",
+                    "client,raw",
+                    "--pings",
+                    "4",
+                    "--warmup-pings",
+                    "2",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
             )
             try:
                 _line(proc, "READY")
@@ -270,21 +288,63 @@ def test_report_is_complete_when_benches_failed(tmp_path: Path) -> None:
 
     (test/bench_smoke_test.exs runs the whole report writer tiny, with real figures.)
     """
-    entry = {"limit_s": 60, "elapsed_s": 1.5, "load_average_start": [0.5, 0.4, 0.3], "load_average_end": [0.6, 0.4, 0.3]}
+    entry = {
+        "limit_s": 60,
+        "elapsed_s": 1.5,
+        "load_average_start": [0.5, 0.4, 0.3],
+        "load_average_end": [0.6, 0.4, 0.3],
+    }
     benches = {
-        "nif": {**entry, "status": "failed", "error": "an exception was raised:\n    ** (RuntimeError) boom", "config": {"batches": 4}},
-        "python_batch": {**entry, "status": "failed", "error": "exited with status 1:\nTraceback", "command": "python bench/python_batch.py --json"},
-        "push_latency": {**entry, "status": "timed out", "error": "still running after 60 s; stopped", "config": {"updates": 20}},
+        "nif": {
+            **entry,
+            "status": "failed",
+            "error": "an exception was raised:\n    ** (RuntimeError) boom",
+            "config": {"batches": 4},
+        },
+        "python_batch": {
+            **entry,
+            "status": "failed",
+            "error": "exited with status 1:\nTraceback",
+            "command": "python bench/python_batch.py --json",
+        },
+        "push_latency": {
+            **entry,
+            "status": "timed out",
+            "error": "still running after 60 s; stopped",
+            "config": {"updates": 20},
+        },
         "writer_cost": {**entry, "status": "failed", "error": "no watch_load", "config": {"batches": 3}},
-        "fan_out": {**entry, "status": "timed out", "error": "still running after 60 s; stopped", "command": "watch_load fan-out --json"},
+        "fan_out": {
+            **entry,
+            "status": "timed out",
+            "error": "still running after 60 s; stopped",
+            "command": "watch_load fan-out --json",
+        },
     }  # "scale" left out altogether: reported as not run
     data = {
-        "report": {"format": 1, "quick": True, "command": "mix run bench/report.exs --quick", "started_at": "2026-01-01T00:00:00Z",
-                   "elapsed_s": 9.0, "order": list(benches), "git": {"commit": "abc1234", "local_changes": False}},
-        "machine": {"logical_processors": 2, "schedulers_online": 2, "cpu_model": "Test CPU", "otp_release": "25",
-                    "erts_version": "13.1.5", "elixir_version": "1.14.0", "jit": True, "load_average_start": [0.5, 0.4, 0.3],
-                    "mem_total_kib": 1024 * 1024, "kernel": "Linux", "rustc": "rustc 1.0",
-                    "python": {"executable": "python", "version": "3.11.7", "grpcio": "1", "protobuf": "1"}},
+        "report": {
+            "format": 1,
+            "quick": True,
+            "command": "mix run bench/report.exs --quick",
+            "started_at": "2026-01-01T00:00:00Z",
+            "elapsed_s": 9.0,
+            "order": list(benches),
+            "git": {"commit": "abc1234", "local_changes": False},
+        },
+        "machine": {
+            "logical_processors": 2,
+            "schedulers_online": 2,
+            "cpu_model": "Test CPU",
+            "otp_release": "25",
+            "erts_version": "13.1.5",
+            "elixir_version": "1.14.0",
+            "jit": True,
+            "load_average_start": [0.5, 0.4, 0.3],
+            "mem_total_kib": 1024 * 1024,
+            "kernel": "Linux",
+            "rustc": "rustc 1.0",
+            "python": {"executable": "python", "version": "3.11.7", "grpcio": "1", "protobuf": "1"},
+        },
         "benches": benches,
     }
     figures = tmp_path / "latest.json"

@@ -9,7 +9,6 @@ import grpc
 import numpy as np
 import pytest
 from _support import AnyMode
-
 from snakepit_bridge import ValidationError
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc

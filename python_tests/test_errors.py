@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 import snakepit_bridge as sb
 from snakepit_bridge.errors import error_from_status
 

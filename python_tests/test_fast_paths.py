@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from _support import AnyMode
 from google.protobuf import any_pb2
-
 from snakepit_bridge import BatchUpdateResult, BridgeError, ValidationError, VariableInfo, VariableType, VariableUpdate
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
 from snakepit_bridge.context import SessionContext
@@ -105,7 +104,7 @@ def same(got: Any, want: Any) -> bool:
             return math.isnan(got)
         return got == want and math.copysign(1.0, got) == math.copysign(1.0, want)
     if isinstance(want, list):
-        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want))
+        return len(got) == len(want) and all(same(g, w) for g, w in zip(got, want, strict=False))
     if isinstance(want, dict):
         return got.keys() == want.keys() and all(same(got[k], want[k]) for k in want)
     return bool(got == want)
@@ -202,8 +201,18 @@ def test_encode_compact_joins_what_encode_parts_gives() -> None:
         "bad": object(),
         "bad2": {1j},
     }
-    types = {"f": "float", "nan": "float", "i": "integer", "s": "string", "b": "boolean", "e": "embedding",
-             "big": "embedding", "t": "tensor", "bad": "string", "bad2": "float"}
+    types = {
+        "f": "float",
+        "nan": "float",
+        "i": "integer",
+        "s": "string",
+        "b": "boolean",
+        "e": "embedding",
+        "big": "embedding",
+        "t": "tensor",
+        "bad": "string",
+        "bad2": "float",
+    }
     request = pb2.BatchSetVariablesRequest(session_id="s")
     errors = encode_compact(request, values, types)
     assert set(errors) == {"bad", "bad2"} and all("cannot be encoded" in m for m in errors.values())
@@ -218,7 +227,10 @@ def test_encode_compact_joins_what_encode_parts_gives() -> None:
     assert set(request.updates) == {"big"} and set(request.binary_updates) == {"big"}
     url, payload, binary = encode_parts("embedding", big)
     assert (request.updates["big"].type_url, request.updates["big"].value, request.binary_updates["big"]) == (
-        url, payload, binary)
+        url,
+        payload,
+        binary,
+    )
     empty = pb2.BatchSetVariablesRequest(session_id="s")
     assert encode_compact(empty, {}, {}) == {} and empty == pb2.BatchSetVariablesRequest(session_id="s")
 
@@ -328,26 +340,26 @@ def test_decode_values_json_of_one_type_match_decode_value() -> None:
             continue
         got = decode_values_json([var_type] * len(cases), _array(cases))
         want = [reference_decode(var_type, raw) for raw in cases]
-        assert all(same(g, w) for g, w in zip(got, want)), (var_type, got, want)
+        assert all(same(g, w) for g, w in zip(got, want, strict=False)), (var_type, got, want)
 
 
 def test_decode_values_json_of_mixed_types_keep_their_order() -> None:
     got = decode_values_json([t for t, _ in ARRAY_CASES], _array([raw for _, raw in ARRAY_CASES]))
     want = [reference_decode(t, raw) for t, raw in ARRAY_CASES]
     assert len(got) == len(want)
-    for (t, raw), g, w in zip(ARRAY_CASES, got, want):
+    for (t, raw), g, w in zip(ARRAY_CASES, got, want, strict=False):
         assert same(g, w), (t, raw, g, w)
     # A type this client does not know keeps its JSON as it is.
-    assert decode_values_json(["quaternion", "float"], b'[[1,2],3]') == [[1, 2], 3.0]
+    assert decode_values_json(["quaternion", "float"], b"[[1,2],3]") == [[1, 2], 3.0]
 
 
 def test_one_parse_of_many_floats_is_exact() -> None:
     values = [i / 7 for i in range(-500, 500)] + [-0.0, 5e-324, 1e308, math.nan, math.inf, -math.inf]
     got = decode_values_json(["float"] * len(values), _array([encode_parts("float", v)[1] for v in values]))
-    assert all(same(g, w) for g, w in zip(got, values))
+    assert all(same(g, w) for g, w in zip(got, values, strict=False))
     ints = [2**63 - 1, -(2**63), 2**53 + 1, 0, -1]
     got_ints = decode_values_json(["integer"] * len(ints), _array([str(i).encode() for i in ints]))
-    assert all(same(g, w) for g, w in zip(got_ints, ints))
+    assert all(same(g, w) for g, w in zip(got_ints, ints, strict=False))
 
 
 @pytest.mark.parametrize(
@@ -386,9 +398,13 @@ def test_commas_inside_values_and_the_empty_batch() -> None:
 def test_decode_variable_value_covers_both_paths() -> None:
     raw = struct.pack("<2d", 1.5, -2.0)
     meta = b'{"shape":[2],"dtype":"float64","binary_format":"raw_le"}'
-    binary = pb2.Variable(type="embedding", value=any_pb2.Any(type_url=type_url("embedding", True), value=meta), binary_value=raw)
+    binary = pb2.Variable(
+        type="embedding", value=any_pb2.Any(type_url=type_url("embedding", True), value=meta), binary_value=raw
+    )
     assert decode_variable_value(binary) == [1.5, -2.0]
-    foreign = pb2.Variable(type="float", value=any_pb2.Any(type_url="type.googleapis.com/google.protobuf.Value", value=b"2"))
+    foreign = pb2.Variable(
+        type="float", value=any_pb2.Any(type_url="type.googleapis.com/google.protobuf.Value", value=b"2")
+    )
     assert same(decode_variable_value(foreign), 2.0)
     assert decode_variable_value(pb2.Variable(type="float")) is None
     plain = pb2.Variable(type="integer", value=_any("integer", b"3.0"))
@@ -425,12 +441,19 @@ def test_batch_update_result_materialises_new_versions_once() -> None:
 
 def _update_message(kind: str = "value_change") -> pb2.VariableUpdate:
     var = pb2.Variable(
-        id="var_x_1", name="x", type="float", value=_any("float", b"0.25"), constraints_json='{"min":0}',
-        metadata={"k": "v"}, source=pb2.Variable.PYTHON, version=4,
+        id="var_x_1",
+        name="x",
+        type="float",
+        value=_any("float", b"0.25"),
+        constraints_json='{"min":0}',
+        metadata={"k": "v"},
+        source=pb2.Variable.PYTHON,
+        version=4,
     )
     var.last_updated_at.FromDatetime(datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc))
-    message = pb2.VariableUpdate(variable_id=var.id, variable=var, update_source="python", update_type=kind,
-                                 update_metadata={"by": "test"})
+    message = pb2.VariableUpdate(
+        variable_id=var.id, variable=var, update_source="python", update_type=kind, update_metadata={"by": "test"}
+    )
     message.timestamp.FromDatetime(datetime.datetime(2026, 1, 2, 3, 4, 6, tzinfo=datetime.timezone.utc))
     return message
 
@@ -457,8 +480,14 @@ def test_a_received_update_builds_variable_and_timestamp_on_first_access() -> No
     assert isinstance(info, VariableInfo)
     assert update.variable is info and update["timestamp"] is ts  # built once
     assert info == VariableInfo(
-        id="var_x_1", name="x", type=VariableType.FLOAT, value=0.25, version=4, source="python",
-        metadata={"k": "v"}, constraints={"min": 0},
+        id="var_x_1",
+        name="x",
+        type=VariableType.FLOAT,
+        value=0.25,
+        version=4,
+        source="python",
+        metadata={"k": "v"},
+        constraints={"min": 0},
         last_updated_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
     )
     # The type cache learnt it.
@@ -471,13 +500,30 @@ def test_a_received_update_behaves_like_a_constructed_one() -> None:
 
     received = ctx._watch_update(_update_message(), _WatchHolder())
     made = VariableUpdate(
-        update_type="value_change", variable_id="var_x_1", name="x", value=0.25, version=4, type=VariableType.FLOAT,
-        metadata={"by": "test"}, source="python", timestamp=received.timestamp, variable=received.variable,
+        update_type="value_change",
+        variable_id="var_x_1",
+        name="x",
+        value=0.25,
+        version=4,
+        type=VariableType.FLOAT,
+        metadata={"by": "test"},
+        source="python",
+        timestamp=received.timestamp,
+        variable=received.variable,
     )
     assert received == made == dict(made)
     assert repr(received) == repr(made) and "variable=" not in repr(made)
     assert [f.name for f in dataclasses.fields(received)] == [
-        "update_type", "variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp", "variable",
+        "update_type",
+        "variable_id",
+        "name",
+        "value",
+        "version",
+        "type",
+        "metadata",
+        "source",
+        "timestamp",
+        "variable",
     ]
     assert dataclasses.replace(received, value=1.0).value == 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -642,10 +688,25 @@ async def test_batch_update_of_every_type_reads_back(ctx: AnyMode) -> None:
         await ctx.register_variable(name, var_type, value)
     await ctx.register_variable("e_binary", "embedding", [0.0] * BINARY_THRESHOLD)
     new: dict[str, Any] = {
-        "f": 0.7, "f_neg_zero": 1.5, "f_nan": -0.0, "f_inf": math.nan, "f_ninf": math.inf, "f_tiny": 2,
-        "f_from_int": -math.inf, "i_big": -5, "i_beyond_2_53": 2**62 + 1, "i_neg": 0, "s": "x,\"y\"\\z ✓",
-        "s_empty": "é", "b_true": False, "b_false": True, "c": "c", "m": "Other", "e": [1.0, math.nan],
-        "e_one": [3], "t": {"shape": [1], "data": [9]},
+        "f": 0.7,
+        "f_neg_zero": 1.5,
+        "f_nan": -0.0,
+        "f_inf": math.nan,
+        "f_ninf": math.inf,
+        "f_tiny": 2,
+        "f_from_int": -math.inf,
+        "i_big": -5,
+        "i_beyond_2_53": 2**62 + 1,
+        "i_neg": 0,
+        "s": 'x,"y"\\z ✓',
+        "s_empty": "é",
+        "b_true": False,
+        "b_false": True,
+        "c": "c",
+        "m": "Other",
+        "e": [1.0, math.nan],
+        "e_one": [3],
+        "t": {"shape": [1], "data": [9]},
         "e_binary": np.full(BINARY_THRESHOLD, 0.5),
     }
     result = await ctx.update_variables(new)

@@ -29,14 +29,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 import pytest
 from _support import ServerProcess, start_server
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
-
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc
 from snakepit_bridge.values import decode_variable_value
@@ -89,7 +88,7 @@ METHODS: dict[str, tuple[type[Message], bool]] = {
 }
 
 # name -> (type, initial value, constraints, another valid value)
-VARIABLES: dict[str, tuple[str, Any, Optional[dict[str, Any]], Any]] = {
+VARIABLES: dict[str, tuple[str, Any, dict[str, Any] | None, Any]] = {
     "f": ("float", 0.5, {"min": -10.0, "max": 10.0}, 1.25),
     "i": ("integer", 3, {"min": -100, "max": 100}, -7),
     "s": ("string", "hello", {"max_length": 100}, "wörld \u2603"),
@@ -488,7 +487,7 @@ def parse_fields(buf: bytes) -> list[Field]:
     return fields
 
 
-def encode_fields(fields: list[Field], retag: Optional[tuple[Field, int]] = None) -> bytes:
+def encode_fields(fields: list[Field], retag: tuple[Field, int] | None = None) -> bytes:
     """The fields back as bytes; ``retag`` gives one field a different wire type in its tag only."""
     out = bytearray()
     for f in fields:
@@ -704,7 +703,7 @@ def _tamper(msg: Message, rng: random.Random, strings: list[str], depth: int = 0
     setattr(msg, fd.name, _pick_value(fd, rng, strings))
 
 
-def tamper(method: str, payload: bytes, rng: random.Random, strings: list[str]) -> Optional[bytes]:
+def tamper(method: str, payload: bytes, rng: random.Random, strings: list[str]) -> bytes | None:
     """``payload`` parsed as the method's request, one to three fields tampered, serialized again
     (None if it does not parse)."""
     try:

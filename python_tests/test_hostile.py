@@ -25,13 +25,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 import pytest
 from _support import ServerProcess, server_binary, start_server
 from google.protobuf import any_pb2
-
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc
 
@@ -142,7 +141,7 @@ def fd_count(pid: int) -> int:
 def _ping_until_ok(bridge: Bridge, deadline: float) -> Any:
     """Ping on fresh channels until one answers (connections may be refused for a moment)."""
     end = time.monotonic() + deadline
-    last: Optional[grpc.RpcError] = None
+    last: grpc.RpcError | None = None
     while time.monotonic() < end:
         with grpc.insecure_channel(bridge.address, options=CHANNEL_OPTIONS) as channel:
             stub = pb2_grpc.BridgeServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -173,8 +172,8 @@ def register(
     name: str,
     var_type: str,
     value: Any,
-    constraints: Optional[dict[str, Any]] = None,
-    metadata: Optional[dict[str, str]] = None,
+    constraints: dict[str, Any] | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> str:
     response = stub.RegisterVariable(
         pb2.RegisterVariableRequest(
@@ -203,9 +202,7 @@ def read_value(stub: Any, sid: str, name: str) -> tuple[int, Any]:
     return var.version, json.loads(var.value.value)
 
 
-def set_value(
-    stub: Any, sid: str, name: str, var_type: str, value: Any, metadata: Optional[dict[str, str]] = None
-) -> int:
+def set_value(stub: Any, sid: str, name: str, var_type: str, value: Any, metadata: dict[str, str] | None = None) -> int:
     response = stub.SetVariable(
         pb2.SetVariableRequest(
             session_id=sid, variable_identifier=name, value=any_json(var_type, value), metadata=metadata or {}

@@ -6,7 +6,6 @@ import inspect
 
 import grpc
 import pytest
-
 from snakepit_bridge import SessionContext, VariableNotFoundError
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 import pytest
 from _support import AnyMode
-
 from snakepit_bridge import (
     AlreadyExistsError,
     SessionContext,

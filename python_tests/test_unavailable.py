@@ -10,7 +10,6 @@ import grpc
 import grpc.aio
 import pytest
 from _support import start_server
-
 from snakepit_bridge import BridgeUnavailableError, SessionContext, SessionNotFoundError
 
 PROMPT = 5.0  # seconds; the default per-call deadline is 30

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 from google.protobuf import any_pb2
-
 from snakepit_bridge import BridgeError, ValidationError, VariableType
 from snakepit_bridge.values import BINARY_THRESHOLD, decode_value, encode_value, parse_type_url, type_url
 

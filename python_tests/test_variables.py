@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 import pytest
 from _support import AnyMode
-
 from snakepit_bridge import (
     NOT_APPLIED_ATOMIC,
     AlreadyExistsError,
@@ -33,7 +32,7 @@ ROUND_TRIPS = [
     ("integer", 42, 42, None),
     ("integer", -(2**63), -(2**63), None),
     ("integer", 2**63 - 1, 2**63 - 1, None),
-    ("string", "héllo ✓ \"quoted\"\n", "héllo ✓ \"quoted\"\n", None),
+    ("string", 'héllo ✓ "quoted"\n', 'héllo ✓ "quoted"\n', None),
     ("string", "", "", None),
     ("boolean", True, True, None),
     ("boolean", False, False, None),

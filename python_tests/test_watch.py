@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+import snakepit_bridge
 from _support import (
     AnyMode,
     RestartableServer,
@@ -34,8 +35,6 @@ from _support import (
     watcher_count,
     within,
 )
-
-import snakepit_bridge
 from snakepit_bridge import (
     AsyncVariableWatch,
     BridgeUnavailableError,

@@ -7,7 +7,17 @@ defmodule Snakepit.DemoSmokeTest do
 
   test "the reactive demo runs to a consistent summary" do
     {out, status} =
-      System.cmd("mix", ["run", "--no-compile", "examples/reactive_demo/demo.exs", "--seconds", "6", "--workers", "2"],
+      System.cmd(
+        "mix",
+        [
+          "run",
+          "--no-compile",
+          "examples/reactive_demo/demo.exs",
+          "--seconds",
+          "6",
+          "--workers",
+          "2"
+        ],
         env: [{"MIX_ENV", "test"}, {"SNAKEPIT_PYTHON", Snakepit.Test.Python.python()}],
         stderr_to_stdout: true
       )

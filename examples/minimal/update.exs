@@ -5,7 +5,12 @@ alias Snakepit.Bridge.{Server, SessionStore}
 
 {:ok, _} = Supervisor.start_link([{Server, port: 0}], strategy: :one_for_one)
 {:ok, _} = SessionStore.create_session("minimal")
-{:ok, _} = SessionStore.register_variable("minimal", :temperature, :float, 0.5, constraints: %{min: 0.0, max: 2.0})
+
+{:ok, _} =
+  SessionStore.register_variable("minimal", :temperature, :float, 0.5,
+    constraints: %{min: 0.0, max: 2.0}
+  )
+
 IO.puts("run: .venv/bin/python examples/minimal/watch.py 127.0.0.1:#{Server.port()} minimal")
 
 for step <- Stream.iterate(1, &(&1 + 1)) do

@@ -23,15 +23,36 @@ defmodule ReactiveDemo do
     t0 = System.monotonic_time(:millisecond)
     :persistent_term.put({__MODULE__, :t0}, t0)
 
-    {:ok, _sup} = Supervisor.start_link([{Server, host: "127.0.0.1", port: 0}], strategy: :one_for_one)
+    {:ok, _sup} =
+      Supervisor.start_link([{Server, host: "127.0.0.1", port: 0}], strategy: :one_for_one)
+
     address = "127.0.0.1:#{Server.port()}"
     SessionStore.delete_session(@session)
     {:ok, _} = SessionStore.create_session(@session)
-    {:ok, _} = SessionStore.register_variable(@session, :temperature, :float, 0.7, constraints: %{min: 0.0, max: 2.0})
-    {:ok, _} = SessionStore.register_variable(@session, :strategy, :choice, "greedy", constraints: %{choices: ["greedy", "beam", "sample"]})
-    {:ok, _} = SessionStore.register_variable(@session, :model, :module, "tiny-lm", constraints: %{allowed_modules: ["tiny-lm", "base-lm", "large-lm"]})
-    {:ok, _} = SessionStore.register_variable(@session, :feedback, :float, 0.0, constraints: %{min: -1.0, max: 2.0})
-    say("bridge listening on #{address}; session #{@session}: temperature 0.7, strategy greedy, model tiny-lm")
+
+    {:ok, _} =
+      SessionStore.register_variable(@session, :temperature, :float, 0.7,
+        constraints: %{min: 0.0, max: 2.0}
+      )
+
+    {:ok, _} =
+      SessionStore.register_variable(@session, :strategy, :choice, "greedy",
+        constraints: %{choices: ["greedy", "beam", "sample"]}
+      )
+
+    {:ok, _} =
+      SessionStore.register_variable(@session, :model, :module, "tiny-lm",
+        constraints: %{allowed_modules: ["tiny-lm", "base-lm", "large-lm"]}
+      )
+
+    {:ok, _} =
+      SessionStore.register_variable(@session, :feedback, :float, 0.0,
+        constraints: %{min: -1.0, max: 2.0}
+      )
+
+    say(
+      "bridge listening on #{address}; session #{@session}: temperature 0.7, strategy greedy, model tiny-lm"
+    )
 
     workers = Map.new(1..n_workers, fn id -> {id, start_worker(address, id)} end)
     Enum.each(workers, fn {id, port} -> await_ready(id, port) end)
@@ -62,9 +83,14 @@ defmodule ReactiveDemo do
     now = System.monotonic_time(:millisecond) - t0
 
     case script do
-      [{at, action} | rest] when now >= at * total_ms -> run(rest, total_ms, t0, act(action, state))
-      _ when now >= total_ms -> state
-      _ -> run(script, total_ms, t0, handle_next(state, 50))
+      [{at, action} | rest] when now >= at * total_ms ->
+        run(rest, total_ms, t0, act(action, state))
+
+      _ when now >= total_ms ->
+        state
+
+      _ ->
+        run(script, total_ms, t0, handle_next(state, 50))
     end
   end
 
@@ -86,8 +112,11 @@ defmodule ReactiveDemo do
     # since the worker's initial values; its watch must then catch up.
     verdict =
       case settle(new_port) do
-        {true, _} -> "matches the store"
-        {false, {store, seen}} -> "DIFFERS from the store: it has #{format_values(seen)}, the store #{format_values(store)}"
+        {true, _} ->
+          "matches the store"
+
+        {false, {store, seen}} ->
+          "DIFFERS from the store: it has #{format_values(seen)}, the store #{format_values(store)}"
       end
 
     say("worker #{id} resumed with #{format_values(values)} — #{verdict}")
@@ -103,7 +132,11 @@ defmodule ReactiveDemo do
     script = Path.expand("worker.py", __DIR__)
 
     Port.open({:spawn_executable, python}, [
-      :binary, :exit_status, :use_stdio, :stderr_to_stdout, {:line, 65_536},
+      :binary,
+      :exit_status,
+      :use_stdio,
+      :stderr_to_stdout,
+      {:line, 65_536},
       args: [script, address, @session, Integer.to_string(id)],
       env: [{~c"PYTHONUNBUFFERED", ~c"1"}]
     ])
@@ -147,14 +180,24 @@ defmodule ReactiveDemo do
   defp handle_line("react " <> rest, state) do
     f = fields(rest)
     id = f["worker"]
-    say("worker #{id} ← #{f["name"]} #{f["old"]} → #{f["value"]}, reacted #{f["latency_us"]} µs after the write")
-    switch = {elapsed_s(), f["name"], f["old"], f["value"]}
-    latency = case Float.parse(f["latency_us"]) do
-      {us, _} -> [us]
-      :error -> []
-    end
 
-    %{state | reactions: latency ++ state.reactions, switches: Map.update(state.switches, id, [switch], &[switch | &1])}
+    say(
+      "worker #{id} ← #{f["name"]} #{f["old"]} → #{f["value"]}, reacted #{f["latency_us"]} µs after the write"
+    )
+
+    switch = {elapsed_s(), f["name"], f["old"], f["value"]}
+
+    latency =
+      case Float.parse(f["latency_us"]) do
+        {us, _} -> [us]
+        :error -> []
+      end
+
+    %{
+      state
+      | reactions: latency ++ state.reactions,
+        switches: Map.update(state.switches, id, [switch], &[switch | &1])
+    }
   end
 
   defp handle_line(other, state) do
@@ -168,7 +211,11 @@ defmodule ReactiveDemo do
     results = for {id, port} <- state.workers, into: %{}, do: {id, settle(port)}
     {store, _} = results |> Map.values() |> List.last() |> elem(1)
     reports = Map.new(results, fn {id, {_, {_, seen}}} -> {id, seen} end)
-    ok? = Enum.all?(results, fn {_, {ok?, _}} -> ok? end) and Enum.all?(reports, fn {_, seen} -> seen == store end)
+
+    ok? =
+      Enum.all?(results, fn {_, {ok?, _}} -> ok? end) and
+        Enum.all?(reports, fn {_, seen} -> seen == store end)
+
     {ok?, Map.put(state, :reports, {store, reports})}
   end
 
@@ -206,26 +253,47 @@ defmodule ReactiveDemo do
     {:ok, feedback} = SessionStore.get_variable(@session, :feedback)
     latencies = Enum.sort(state.reactions)
     IO.puts("\n== summary ==")
-    IO.puts("Elixir → Python: #{optimizer.decisions} optimizer decisions + #{state.scripted} scripted changes, each pushed to every worker")
-    IO.puts("Python → Elixir: #{feedback.version - 1} feedback writes; the optimizer received #{optimizer.received} (the rest coalesced while it was busy)")
+
+    IO.puts(
+      "Elixir → Python: #{optimizer.decisions} optimizer decisions + #{state.scripted} scripted changes, each pushed to every worker"
+    )
+
+    IO.puts(
+      "Python → Elixir: #{feedback.version - 1} feedback writes; the optimizer received #{optimizer.received} (the rest coalesced while it was busy)"
+    )
 
     if latencies != [] do
-      IO.puts("reaction latency, Elixir write → Python reaction: p50 #{pct(latencies, 0.5)} µs, p99 #{pct(latencies, 0.99)} µs over #{length(latencies)} reactions")
+      IO.puts(
+        "reaction latency, Elixir write → Python reaction: p50 #{pct(latencies, 0.5)} µs, p99 #{pct(latencies, 0.99)} µs over #{length(latencies)} reactions"
+      )
     end
 
     for {id, switches} <- Enum.sort(state.switches) do
-      {retunes, behaviour} = switches |> Enum.reverse() |> Enum.split_with(fn {_, n, _, _} -> n == "temperature" end)
-      log = Enum.map_join(behaviour, ", ", fn {t, n, old, new} -> "#{n} #{old}→#{new} at #{:io_lib.format("~.1f", [t])}s" end)
+      {retunes, behaviour} =
+        switches |> Enum.reverse() |> Enum.split_with(fn {_, n, _, _} -> n == "temperature" end)
+
+      log =
+        Enum.map_join(behaviour, ", ", fn {t, n, old, new} ->
+          "#{n} #{old}→#{new} at #{:io_lib.format("~.1f", [t])}s"
+        end)
+
       IO.puts("worker #{id} switch log: #{log}; #{length(retunes)} temperature retunes")
     end
 
     {store, reports} = state.reports
     IO.puts("store: #{format_values(store)}")
-    for {id, seen} <- Enum.sort(reports), do: IO.puts("worker #{id} last saw: #{format_values(seen)}")
-    IO.puts("consistency: " <> if(ok?, do: "OK — every worker's last seen values equal the store's", else: "FAILED"))
+
+    for {id, seen} <- Enum.sort(reports),
+        do: IO.puts("worker #{id} last saw: #{format_values(seen)}")
+
+    IO.puts(
+      "consistency: " <>
+        if(ok?, do: "OK — every worker's last seen values equal the store's", else: "FAILED")
+    )
   end
 
-  defp pct(sorted, p), do: sorted |> Enum.at(min(length(sorted) - 1, floor(p * length(sorted)))) |> round()
+  defp pct(sorted, p),
+    do: sorted |> Enum.at(min(length(sorted) - 1, floor(p * length(sorted)))) |> round()
 
   # -- small helpers ------------------------------------------------------------------
 
@@ -249,7 +317,8 @@ defmodule ReactiveDemo do
 
   defp format_values(other), do: inspect(other)
 
-  defp elapsed_s, do: (System.monotonic_time(:millisecond) - :persistent_term.get({__MODULE__, :t0})) / 1000
+  defp elapsed_s,
+    do: (System.monotonic_time(:millisecond) - :persistent_term.get({__MODULE__, :t0})) / 1000
 
   def say(text), do: IO.puts("[#{:io_lib.format("~5.2f", [elapsed_s()])}s] #{text}")
 end
@@ -271,6 +340,7 @@ defmodule ReactiveDemo.Optimizer do
   @impl true
   def init(session) do
     {:ok, ref} = SessionStore.watch_variables(session, [:feedback])
+
     {:ok,
      %{
        session: session,
@@ -286,7 +356,10 @@ defmodule ReactiveDemo.Optimizer do
   end
 
   @impl true
-  def handle_info({:snakepit_variable_update, ref, %VariableUpdate{value: score}}, %{ref: ref} = st) do
+  def handle_info(
+        {:snakepit_variable_update, ref, %VariableUpdate{value: score}},
+        %{ref: ref} = st
+      ) do
     st = %{st | scores: [score | st.scores], received: st.received + 1}
     now = System.monotonic_time(:millisecond)
     if now - st.last >= @every_ms, do: {:noreply, decide(%{st | last: now})}, else: {:noreply, st}
@@ -302,17 +375,42 @@ defmodule ReactiveDemo.Optimizer do
 
   defp decide(st) do
     avg = Enum.sum(st.scores) / length(st.scores)
+
     {direction, step} =
-      if st.previous && avg < st.previous, do: {-st.direction, max(st.step * 0.7, 0.03)}, else: {st.direction, st.step}
+      if st.previous && avg < st.previous,
+        do: {-st.direction, max(st.step * 0.7, 0.03)},
+        else: {st.direction, st.step}
 
     old = SessionStore.get_variable_value(st.session, :temperature)
     new = Float.round(min(2.0, max(0.0, old + direction * step)), 2)
     # At a bound, turn around next time.
     direction = if new in [0.0, 2.0], do: -direction, else: direction
-    :ok = SessionStore.update_variable(st.session, :temperature, new, ReactiveDemo.stamp(%{reason: "optimizer"}))
-    trend = if st.previous, do: if(avg >= st.previous, do: "better", else: "worse"), else: "first reading"
-    ReactiveDemo.say("elixir   → temperature #{old} → #{new} (avg feedback #{Float.round(avg, 3)} over #{length(st.scores)} reports, #{trend})")
-    %{st | scores: [], decisions: st.decisions + 1, previous: avg, direction: direction, step: step}
+
+    :ok =
+      SessionStore.update_variable(
+        st.session,
+        :temperature,
+        new,
+        ReactiveDemo.stamp(%{reason: "optimizer"})
+      )
+
+    trend =
+      if st.previous,
+        do: if(avg >= st.previous, do: "better", else: "worse"),
+        else: "first reading"
+
+    ReactiveDemo.say(
+      "elixir   → temperature #{old} → #{new} (avg feedback #{Float.round(avg, 3)} over #{length(st.scores)} reports, #{trend})"
+    )
+
+    %{
+      st
+      | scores: [],
+        decisions: st.decisions + 1,
+        previous: avg,
+        direction: direction,
+        step: step
+    }
   end
 end
 

@@ -21,10 +21,10 @@ import math
 import random
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
-
 from snakepit_bridge import SessionContext
 
 
@@ -74,8 +74,15 @@ async def main(address: str, session_id: str, worker_id: str) -> None:
                     # The writer stamps the change just before writing it.
                     sent = update.metadata.get("sent_at_ns")
                     latency = f"{(time.time_ns() - int(sent)) / 1000:.0f}" if sent else "none"
-                    emit("react", worker=worker_id, name=name, old=old, value=update.value,
-                         version=update.version, latency_us=latency)
+                    emit(
+                        "react",
+                        worker=worker_id,
+                        name=name,
+                        old=old,
+                        value=update.value,
+                        version=update.version,
+                        latency_us=latency,
+                    )
                 if not live.is_set() and len(current) == len(watched):
                     live.set()
                     emit("ready", worker=worker_id, **seen())
@@ -92,7 +99,8 @@ async def main(address: str, session_id: str, worker_id: str) -> None:
                 # Output is best near temperature 0.9: something for the optimizer to find.
                 score = scores[choice] * (1 - 0.4 * abs(temperature - 0.9)) + random.uniform(-0.03, 0.03)
                 await ctx.update_variable(
-                    "feedback", round(score, 4),
+                    "feedback",
+                    round(score, 4),
                     metadata={"worker": worker_id, "step": str(step), "strategy": current["strategy"]},
                 )
                 await asyncio.sleep(0.1)

@@ -47,9 +47,8 @@ def generate(out_dir: Path, proto_file: Path = PROTO_FILE) -> list[Path]:
     script knows how to post-process (for example a grpcio-tools that changed
     the import line it emits).
     """
-    from grpc_tools import protoc  # imported here so --help works without grpcio-tools
-
     import grpc_tools
+    from grpc_tools import protoc  # imported here so --help works without grpcio-tools
 
     well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ defmodule Snakepit.Test.Python do
   """
   def client(port, session_id, command, args \\ []) do
     {out, status} =
-      System.cmd(python(), [script("bridge_client.py"), "127.0.0.1:#{port}", session_id, command | args],
+      System.cmd(
+        python(),
+        [script("bridge_client.py"), "127.0.0.1:#{port}", session_id, command | args],
         env: [{"PYTHONUNBUFFERED", "1"}],
         stderr_to_stdout: true
       )
@@ -60,8 +62,11 @@ defmodule Snakepit.Test.Python do
   @doc "Waits for the next complete line from `port`."
   def next_line(port, timeout \\ 15_000) do
     receive do
-      {^port, {:data, {:eol, line}}} -> line
-      {^port, {:exit_status, status}} -> raise "python exited with status #{status} before printing a line"
+      {^port, {:data, {:eol, line}}} ->
+        line
+
+      {^port, {:exit_status, status}} ->
+        raise "python exited with status #{status} before printing a line"
     after
       timeout -> raise "no line from python within #{timeout} ms"
     end

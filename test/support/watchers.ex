@@ -19,9 +19,14 @@ defmodule Snakepit.Test.Watchers do
     n = count(sid)
 
     cond do
-      n == want -> :ok
-      System.monotonic_time(:millisecond) > deadline -> flunk("watcher count is #{n}, wanted #{want}")
-      true -> Process.sleep(5) && await_until(sid, want, deadline)
+      n == want ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        flunk("watcher count is #{n}, wanted #{want}")
+
+      true ->
+        Process.sleep(5) && await_until(sid, want, deadline)
     end
   end
 end

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use snakepit_core::proto::bridge_service_client::BridgeServiceClient;
 use snakepit_core::proto::{
-    CleanupSessionRequest, GetSessionRequest, InitializeSessionRequest, PingRequest,
-    RegisterVariableRequest, SetVariableRequest, VariableUpdate, WatchVariablesRequest,
+    CleanupSessionRequest, GetSessionRequest, InitializeSessionRequest, PingRequest, RegisterVariableRequest,
+    SetVariableRequest, VariableUpdate, WatchVariablesRequest,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -70,22 +70,15 @@ pub fn no_progress() -> Progress {
 
 /// Opens one HTTP/2 connection to `addr` (`host:port`).
 pub async fn connect(addr: &str) -> Result<Client> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     Ok(BridgeServiceClient::new(channel))
 }
 
 /// An integer as the bridge's `Any`.
 pub fn integer_any(value: i64) -> prost_types::Any {
-    prost_types::Any {
-        type_url: INTEGER_URL.to_string(),
-        value: value.to_string().into_bytes(),
-    }
+    prost_types::Any { type_url: INTEGER_URL.to_string(), value: value.to_string().into_bytes() }
 }
 
 /// The integer value a `value_change` or `initial_value` update carries.
@@ -96,37 +89,22 @@ pub fn integer_of(update: &VariableUpdate) -> Option<i64> {
 
 /// A session id no other run uses.
 pub fn unique_session_id(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 pub async fn create_session(client: &mut Client, session_id: &str) -> Result<()> {
     let r = client
-        .initialize_session(InitializeSessionRequest {
-            session_id: session_id.to_string(),
-            ..Default::default()
-        })
+        .initialize_session(InitializeSessionRequest { session_id: session_id.to_string(), ..Default::default() })
         .await?
         .into_inner();
     if !r.success {
-        return Err(format!(
-            "InitializeSession({session_id}) failed: {}",
-            r.error_message
-        )
-        .into());
+        return Err(format!("InitializeSession({session_id}) failed: {}", r.error_message).into());
     }
     Ok(())
 }
 
-pub async fn register_integer(
-    client: &mut Client,
-    session_id: &str,
-    name: &str,
-    value: i64,
-) -> Result<()> {
+pub async fn register_integer(client: &mut Client, session_id: &str, name: &str, value: i64) -> Result<()> {
     let r = client
         .register_variable(RegisterVariableRequest {
             session_id: session_id.to_string(),
@@ -144,12 +122,7 @@ pub async fn register_integer(
 }
 
 /// Writes an integer; returns the new version.
-pub async fn set_integer(
-    client: &mut Client,
-    session_id: &str,
-    name: &str,
-    value: i64,
-) -> Result<i64> {
+pub async fn set_integer(client: &mut Client, session_id: &str, name: &str, value: i64) -> Result<i64> {
     let r = client
         .set_variable(SetVariableRequest {
             session_id: session_id.to_string(),
@@ -166,21 +139,12 @@ pub async fn set_integer(
 }
 
 pub async fn watcher_count(client: &mut Client, session_id: &str) -> Result<usize> {
-    let r = client
-        .get_session(GetSessionRequest {
-            session_id: session_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let r = client.get_session(GetSessionRequest { session_id: session_id.to_string() }).await?.into_inner();
     Ok(usize::try_from(r.watcher_count).unwrap_or(0))
 }
 
 /// Polls `GetSession` until the session's `watcher_count` is `expected`.
-pub async fn wait_for_watchers(
-    client: &mut Client,
-    session_id: &str,
-    expected: usize,
-) -> Result<()> {
+pub async fn wait_for_watchers(client: &mut Client, session_id: &str, expected: usize) -> Result<()> {
     let end = Instant::now() + POLL_DEADLINE;
     loop {
         let seen = watcher_count(client, session_id).await?;
@@ -188,32 +152,20 @@ pub async fn wait_for_watchers(
             return Ok(());
         }
         if Instant::now() > end {
-            return Err(format!(
-                "watcher_count is {seen} after {POLL_DEADLINE:?}, expected {expected}"
-            )
-            .into());
+            return Err(format!("watcher_count is {seen} after {POLL_DEADLINE:?}, expected {expected}").into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 pub async fn cleanup_session(client: &mut Client, session_id: &str) -> Result<()> {
-    client
-        .cleanup_session(CleanupSessionRequest {
-            session_id: session_id.to_string(),
-            force: true,
-        })
-        .await?;
+    client.cleanup_session(CleanupSessionRequest { session_id: session_id.to_string(), force: true }).await?;
     Ok(())
 }
 
 /// Opens a watch on one variable, live updates only; returns once the server
 /// has accepted it (response headers came).
-pub async fn open_watch(
-    client: &mut Client,
-    session_id: &str,
-    variable: &str,
-) -> Result<Streaming<VariableUpdate>> {
+pub async fn open_watch(client: &mut Client, session_id: &str, variable: &str) -> Result<Streaming<VariableUpdate>> {
     let request = WatchVariablesRequest {
         session_id: session_id.to_string(),
         variable_identifiers: vec![variable.to_string()],
@@ -255,17 +207,13 @@ pub fn server_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         candidates.push(repo.join("target/release/snakepit-bridge-server"));
     }
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "snakepit-bridge-server not found (looked at {candidates:?}); build it with \
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "snakepit-bridge-server not found (looked at {candidates:?}); build it with \
              `cargo build --release` or set SNAKEPIT_SERVER_BIN"
-            )
-            .into()
-        })
+        )
+        .into()
+    })
 }
 
 impl ServerProcess {
@@ -293,29 +241,16 @@ impl ServerProcess {
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(
-                    format!("{} printed no first line ({other:?})", binary.display()).into(),
-                );
+                return Err(format!("{} printed no first line ({other:?})", binary.display()).into());
             }
         };
-        let Some(address) = first
-            .strip_prefix("listening on ")
-            .map(|a| a.trim().to_string())
-        else {
+        let Some(address) = first.strip_prefix("listening on ").map(|a| a.trim().to_string()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "{}: expected `listening on HOST:PORT`, got {first:?}",
-                binary.display()
-            )
-            .into());
+            return Err(format!("{}: expected `listening on HOST:PORT`, got {first:?}", binary.display()).into());
         };
         let pid = child.id();
-        Ok(ServerProcess {
-            child,
-            address,
-            pid,
-        })
+        Ok(ServerProcess { child, address, pid })
     }
 
     /// The server's resident memory now, in KiB (VmRSS).
@@ -337,9 +272,7 @@ impl ServerProcess {
         if let Ok(Some(_)) = self.child.try_wait() {
             return true;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -427,11 +360,9 @@ pub fn machine() -> Value {
                 .map(|(_, m)| m.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let load_average = std::fs::read_to_string("/proc/loadavg").ok().and_then(|t| {
-        t.split_whitespace()
-            .next()
-            .and_then(|x| x.parse::<f64>().ok())
-    });
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()));
     json!({
         "logical_processors": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "cpu_model": cpu_model,
@@ -539,10 +470,7 @@ impl Fleet {
                 pending.push(tokio::spawn(async move {
                     let mut c = connect(&addr).await?;
                     // A round trip makes sure the HTTP/2 connection is up.
-                    c.ping(PingRequest {
-                        message: String::new(),
-                    })
-                    .await?;
+                    c.ping(PingRequest { message: String::new() }).await?;
                     Ok::<Client, Error>(c)
                 }));
             }
@@ -551,16 +479,13 @@ impl Fleet {
             }
         }
         let connect_ms = t0.elapsed().as_secs_f64() * 1e3;
-        progress(&format!(
-            "{connections} connections open in {connect_ms:.0} ms; opening {total} streams"
-        ));
+        progress(&format!("{connections} connections open in {connect_ms:.0} ms; opening {total} streams"));
 
         let t1 = Instant::now();
         let mut openers = Vec::with_capacity(connections);
         for client in &clients {
             let mut client = client.clone();
-            let (session_id, variable, shared) =
-                (session_id.to_string(), variable.to_string(), shared.clone());
+            let (session_id, variable, shared) = (session_id.to_string(), variable.to_string(), shared.clone());
             openers.push(tokio::spawn(async move {
                 let mut tasks = Vec::with_capacity(per_connection);
                 for _ in 0..per_connection {
@@ -575,22 +500,11 @@ impl Fleet {
             tasks.extend(o.await??);
             let step = (connections / 10).max(1);
             if (i + 1) % step == 0 && total >= 1000 {
-                progress(&format!(
-                    "  streams opened on {}/{connections} connections",
-                    i + 1
-                ));
+                progress(&format!("  streams opened on {}/{connections} connections", i + 1));
             }
         }
         let open_streams_ms = t1.elapsed().as_secs_f64() * 1e3;
-        Ok(Fleet {
-            shared,
-            tasks,
-            _clients: clients,
-            connections,
-            streams: total,
-            connect_ms,
-            open_streams_ms,
-        })
+        Ok(Fleet { shared, tasks, _clients: clients, connections, streams: total, connect_ms, open_streams_ms })
     }
 
     /// Whether every stream has update k.
@@ -611,11 +525,9 @@ impl Fleet {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let have = self.shared.counts[k].load(Ordering::Acquire);
-                return Err(format!(
-                    "only {have} of {} streams had update {k} after {deadline:?}",
-                    self.shared.total
-                )
-                .into());
+                return Err(
+                    format!("only {have} of {} streams had update {k} after {deadline:?}", self.shared.total).into()
+                );
             }
             let _ = tokio::time::timeout(left, notified).await;
         }
@@ -707,10 +619,7 @@ impl Fleet {
 }
 
 /// Reads one stream until it has the last update; records when it first had each.
-async fn read_stream(
-    mut stream: Streaming<VariableUpdate>,
-    shared: Arc<Shared>,
-) -> Result<StreamLog> {
+async fn read_stream(mut stream: Streaming<VariableUpdate>, shared: Arc<Shared>) -> Result<StreamLog> {
     let last = shared.last_value;
     let mut have_ns = vec![0u64; last + 1];
     let mut have = 0usize;
@@ -723,11 +632,7 @@ async fn read_stream(
         match msg.update_type.as_str() {
             "value_change" => {}
             "session_closed" | "deleted" => {
-                return Err(format!(
-                    "a stream got {} at update {have} of {last}",
-                    msg.update_type
-                )
-                .into())
+                return Err(format!("a stream got {} at update {have} of {last}", msg.update_type).into())
             }
             _ => continue,
         }
@@ -740,10 +645,7 @@ async fn read_stream(
             return Err(format!("update {value} after {have}: not in order").into());
         }
         messages += 1;
-        for (slot, count) in have_ns[have + 1..=value]
-            .iter_mut()
-            .zip(&shared.counts[have + 1..=value])
-        {
+        for (slot, count) in have_ns[have + 1..=value].iter_mut().zip(&shared.counts[have + 1..=value]) {
             *slot = now;
             if count.fetch_add(1, Ordering::AcqRel) + 1 == shared.total {
                 shared.notify.notify_waiters();
@@ -767,28 +669,16 @@ pub struct FanOutConfig {
 
 impl FanOutConfig {
     pub fn full() -> Self {
-        FanOutConfig {
-            watchers: 100,
-            updates: 200,
-            interval: Duration::from_millis(5),
-            warmup: 10,
-        }
+        FanOutConfig { watchers: 100, updates: 200, interval: Duration::from_millis(5), warmup: 10 }
     }
     pub fn quick() -> Self {
-        FanOutConfig {
-            watchers: 10,
-            updates: 10,
-            interval: Duration::from_millis(5),
-            warmup: 2,
-        }
+        FanOutConfig { watchers: 10, updates: 10, interval: Duration::from_millis(5), warmup: 2 }
     }
 }
 
 /// Issue 4's reference figures for the fan-out workload on this machine class, ms (p50, p99).
-pub const REFERENCE_FAN_OUT: [(&str, f64, f64); 2] = [
-    ("Redis pub/sub (redis-py asyncio)", 3.9, 35.0),
-    ("etcd Watch (grpcio)", 13.0, 144.0),
-];
+pub const REFERENCE_FAN_OUT: [(&str, f64, f64); 2] =
+    [("Redis pub/sub (redis-py asyncio)", 3.9, 35.0), ("etcd Watch (grpcio)", 13.0, 144.0)];
 
 /// Fan-out: `watchers` streams on their own connections; a writer client makes
 /// `updates` updates `interval` apart; per update, the time until the last
@@ -804,17 +694,8 @@ pub async fn fan_out(
         Some(_) => None,
         None => Some(ServerProcess::start(&server_binary(server_bin)?, &[])?),
     };
-    let addr = address
-        .map(str::to_string)
-        .unwrap_or_else(|| server.as_ref().unwrap().address.clone());
-    progress(&format!(
-        "fan-out: server {addr}{}",
-        if server.is_some() {
-            " (started by watch_load)"
-        } else {
-            ""
-        }
-    ));
+    let addr = address.map(str::to_string).unwrap_or_else(|| server.as_ref().unwrap().address.clone());
+    progress(&format!("fan-out: server {addr}{}", if server.is_some() { " (started by watch_load)" } else { "" }));
 
     let session_id = unique_session_id("bench-fanout");
     let variable = "tick";
@@ -823,30 +704,14 @@ pub async fn fan_out(
     let result = async {
         register_integer(&mut writer, &session_id, variable, 0).await?;
         let last = cfg.warmup + cfg.updates;
-        let fleet = Fleet::open(
-            &addr,
-            &session_id,
-            variable,
-            cfg.watchers,
-            1,
-            last,
-            &progress,
-        )
-        .await?;
+        let fleet = Fleet::open(&addr, &session_id, variable, cfg.watchers, 1, last, &progress).await?;
         wait_for_watchers(&mut writer, &session_id, cfg.watchers).await?;
         progress(&format!(
             "{} watchers live; {} warm-up + {} timed updates, {:?} apart",
             cfg.watchers, cfg.warmup, cfg.updates, cfg.interval
         ));
         let out = fleet
-            .drive(
-                &mut writer,
-                &session_id,
-                variable,
-                cfg.warmup,
-                Pacing::Interval(cfg.interval),
-                &progress,
-            )
+            .drive(&mut writer, &session_id, variable, cfg.warmup, Pacing::Interval(cfg.interval), &progress)
             .await?;
         wait_for_watchers(&mut writer, &session_id, 0).await?;
         Ok::<_, Error>(out)
@@ -897,39 +762,21 @@ pub struct ScaleConfig {
 
 impl ScaleConfig {
     pub fn full() -> Self {
-        ScaleConfig {
-            streams: 10_000,
-            connections: 100,
-            updates: 20,
-            warmup: 2,
-            gap: Duration::from_millis(50),
-        }
+        ScaleConfig { streams: 10_000, connections: 100, updates: 20, warmup: 2, gap: Duration::from_millis(50) }
     }
     pub fn quick() -> Self {
-        ScaleConfig {
-            streams: 200,
-            connections: 4,
-            updates: 5,
-            warmup: 1,
-            gap: Duration::from_millis(10),
-        }
+        ScaleConfig { streams: 200, connections: 4, updates: 5, warmup: 1, gap: Duration::from_millis(10) }
     }
 }
 
 /// Scale: `streams` concurrent streams over `connections` connections against
 /// a standalone server started here: server memory per idle stream, and the
 /// time from one update until every stream has it.
-pub async fn scale(
-    server_bin: Option<&Path>,
-    cfg: &ScaleConfig,
-    progress: Progress,
-) -> Result<Value> {
+pub async fn scale(server_bin: Option<&Path>, cfg: &ScaleConfig, progress: Progress) -> Result<Value> {
     if cfg.connections == 0 || !cfg.streams.is_multiple_of(cfg.connections) {
-        return Err(format!(
-            "--streams ({}) must be a multiple of --connections ({})",
-            cfg.streams, cfg.connections
-        )
-        .into());
+        return Err(
+            format!("--streams ({}) must be a multiple of --connections ({})", cfg.streams, cfg.connections).into()
+        );
     }
     let per_connection = cfg.streams / cfg.connections;
     if let Some(limit) = open_files_limit() {
@@ -960,16 +807,7 @@ pub async fn scale(
     // Let the allocator settle before the baseline.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let rss_before = server.rss_kib()?;
-    let fleet = Fleet::open(
-        &addr,
-        &session_id,
-        variable,
-        cfg.connections,
-        per_connection,
-        last,
-        &progress,
-    )
-    .await?;
+    let fleet = Fleet::open(&addr, &session_id, variable, cfg.connections, per_connection, last, &progress).await?;
     let t_live = Instant::now();
     wait_for_watchers(&mut writer, &session_id, cfg.streams).await?;
     let registered_ms = (fleet.open_streams_ms) + t_live.elapsed().as_secs_f64() * 1e3;
@@ -986,14 +824,7 @@ pub async fn scale(
     let (connect_ms, open_streams_ms) = (fleet.connect_ms, fleet.open_streams_ms);
     let cpu0 = server.cpu_ns();
     let out = fleet
-        .drive(
-            &mut writer,
-            &session_id,
-            variable,
-            cfg.warmup,
-            Pacing::AfterAll { gap: cfg.gap },
-            &progress,
-        )
+        .drive(&mut writer, &session_id, variable, cfg.warmup, Pacing::AfterAll { gap: cfg.gap }, &progress)
         .await?;
     let cpu1 = server.cpu_ns();
     let rss_after_updates = server.rss_kib()?;
@@ -1059,18 +890,9 @@ pub async fn scale(
 /// r ≥ 1), with M the `value_change` messages received so far by all streams;
 /// `END messages=M streams=N` when the streams ended (the session closed) or
 /// stdin reached EOF. Returns the total messages received.
-pub async fn hold(
-    address: &str,
-    session_id: &str,
-    variable: &str,
-    connections: usize,
-    streams: usize,
-) -> Result<u64> {
+pub async fn hold(address: &str, session_id: &str, variable: &str, connections: usize, streams: usize) -> Result<u64> {
     if connections == 0 || !streams.is_multiple_of(connections) {
-        return Err(format!(
-            "--streams ({streams}) must be a multiple of --connections ({connections})"
-        )
-        .into());
+        return Err(format!("--streams ({streams}) must be a multiple of --connections ({connections})").into());
     }
     let per_connection = streams / connections;
     let rounds: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
@@ -1103,11 +925,7 @@ pub async fn hold(
                         *seen += 1;
                         if *seen == streams {
                             r.remove(&-v);
-                            say(format!(
-                                "DRAINED {} messages={}",
-                                -v,
-                                messages.load(Ordering::Relaxed)
-                            ));
+                            say(format!("DRAINED {} messages={}", -v, messages.load(Ordering::Relaxed)));
                         }
                     }
                 }
@@ -1120,11 +938,7 @@ pub async fn hold(
     let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         let mut sink = String::new();
-        while std::io::stdin()
-            .read_line(&mut sink)
-            .map(|n| n > 0)
-            .unwrap_or(false)
-        {
+        while std::io::stdin().read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
             sink.clear();
         }
         let _ = eof_tx.send(());
@@ -1152,13 +966,7 @@ pub async fn hold(
 /// `value_change` up to and including a negative value (the end marker),
 /// where latency = now (CLOCK_REALTIME) − the value (the writer's
 /// CLOCK_REALTIME stamp, ns).
-pub async fn receive(
-    address: &str,
-    session_id: &str,
-    variable: &str,
-    pings: usize,
-    warmup_pings: usize,
-) -> Result<()> {
+pub async fn receive(address: &str, session_id: &str, variable: &str, pings: usize, warmup_pings: usize) -> Result<()> {
     let say = |line: String| {
         let mut o = std::io::stdout().lock();
         let _ = writeln!(o, "{line}");
@@ -1167,11 +975,7 @@ pub async fn receive(
     let mut client = connect(address).await?;
     async fn ping(client: &mut Client) -> Result<u64> {
         let t = Instant::now();
-        client
-            .ping(PingRequest {
-                message: String::new(),
-            })
-            .await?;
+        client.ping(PingRequest { message: String::new() }).await?;
         Ok(t.elapsed().as_nanos() as u64)
     }
     for _ in 0..warmup_pings {
@@ -1203,24 +1007,13 @@ pub async fn receive(
         }
     }
     drop(stream);
-    say(format!(
-        "SAMPLES rust {} {}",
-        samples.len(),
-        samples.join(" ")
-    ));
+    say(format!("SAMPLES rust {} {}", samples.len(), samples.join(" ")));
     let mut after = Vec::with_capacity(pings - half);
     for _ in 0..pings - half {
         after.push(ping(&mut client).await?);
     }
-    let all: Vec<String> = before
-        .iter()
-        .chain(after.iter())
-        .map(u64::to_string)
-        .collect();
+    let all: Vec<String> = before.iter().chain(after.iter()).map(u64::to_string).collect();
     say(format!("PINGS rust {} {}", all.len(), all.join(" ")));
-    say(format!(
-        "DONE client=tonic watch_load={}",
-        env!("CARGO_PKG_VERSION")
-    ));
+    say(format!("DONE client=tonic watch_load={}", env!("CARGO_PKG_VERSION")));
     Ok(())
 }

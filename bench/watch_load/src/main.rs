@@ -41,25 +41,17 @@ struct Opts {
 
 impl Opts {
     fn get(&self, name: &str) -> Option<&str> {
-        self.values
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.values.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     fn number(&self, name: &str) -> Result<Option<u64>, String> {
         self.get(name)
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("--{name} takes a whole number, got {v:?}"))
-            })
+            .map(|v| v.parse::<u64>().map_err(|_| format!("--{name} takes a whole number, got {v:?}")))
             .transpose()
     }
 
     fn required(&self, name: &str) -> Result<&str, String> {
-        self.get(name)
-            .ok_or_else(|| format!("{} needs --{name}", self.mode))
+        self.get(name).ok_or_else(|| format!("{} needs --{name}", self.mode))
     }
 }
 
@@ -73,12 +65,7 @@ fn parse(args: &[String]) -> Result<Option<Opts>, String> {
     if !["fan-out", "scale", "hold", "receive"].contains(&mode.as_str()) {
         return Err(format!("unknown mode {mode:?}"));
     }
-    let mut opts = Opts {
-        mode: mode.clone(),
-        quick: false,
-        json: false,
-        values: Vec::new(),
-    };
+    let mut opts = Opts { mode: mode.clone(), quick: false, json: false, values: Vec::new() };
     let known = [
         "address",
         "server-bin",
@@ -123,10 +110,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(&opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -140,11 +124,7 @@ async fn run(opts: &Opts) -> Result<(), watch_load::Error> {
     let server_bin = opts.get("server-bin").map(PathBuf::from);
     let result = match opts.mode.as_str() {
         "fan-out" => {
-            let mut cfg = if opts.quick {
-                FanOutConfig::quick()
-            } else {
-                FanOutConfig::full()
-            };
+            let mut cfg = if opts.quick { FanOutConfig::quick() } else { FanOutConfig::full() };
             if let Some(n) = opts.number("watchers")? {
                 cfg.watchers = n as usize;
             }
@@ -160,20 +140,10 @@ async fn run(opts: &Opts) -> Result<(), watch_load::Error> {
             if cfg.watchers == 0 || cfg.updates == 0 {
                 return Err("--watchers and --updates must be at least 1".into());
             }
-            fan_out(
-                opts.get("address"),
-                server_bin.as_deref(),
-                &cfg,
-                stderr_progress(),
-            )
-            .await?
+            fan_out(opts.get("address"), server_bin.as_deref(), &cfg, stderr_progress()).await?
         }
         "scale" => {
-            let mut cfg = if opts.quick {
-                ScaleConfig::quick()
-            } else {
-                ScaleConfig::full()
-            };
+            let mut cfg = if opts.quick { ScaleConfig::quick() } else { ScaleConfig::full() };
             if let Some(n) = opts.number("streams")? {
                 cfg.streams = n as usize;
             }
@@ -210,14 +180,8 @@ async fn run(opts: &Opts) -> Result<(), watch_load::Error> {
         "receive" => {
             let pings = opts.number("pings")?.unwrap_or(2000) as usize;
             let warmup = opts.number("warmup-pings")?.unwrap_or(100) as usize;
-            receive(
-                opts.required("address")?,
-                opts.required("session")?,
-                opts.required("variable")?,
-                pings,
-                warmup,
-            )
-            .await?;
+            receive(opts.required("address")?, opts.required("session")?, opts.required("variable")?, pings, warmup)
+                .await?;
             return Ok(());
         }
         _ => unreachable!("parse accepts only known modes"),
@@ -274,28 +238,20 @@ pub fn format(r: &Value) -> String {
             );
             out += &machine_line(r);
             out += "latency from just before the writer's SetVariable until a watcher has the update, ms\n\n";
-            out += &format!(
-                "{:<34}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
-                "per update", "p50", "p90", "p99", "max", "min"
-            );
+            out += &format!("{:<34}{:>10}{:>10}{:>10}{:>10}{:>10}\n", "per update", "p50", "p90", "p99", "max", "min");
             out += &format!("{}\n", "-".repeat(84));
             let cols = ["p50", "p90", "p99", "max", "min"];
             out += &row("LAST watcher has it", &r["last_watcher_ms"], &cols);
             out += &row("median watcher has it", &r["median_watcher_ms"], &cols);
             out += &row("first watcher has it", &r["first_watcher_ms"], &cols);
-            out += &row(
-                "every (watcher, update) pair",
-                &r["every_delivery_ms"],
-                &cols,
-            );
+            out += &row("every (watcher, update) pair", &r["every_delivery_ms"], &cols);
             out += &row("writer's SetVariable round trip", &r["write_rpc_ms"], &cols);
             out += &row("actual gap between writes", &r["write_gap_ms"], &cols);
             out += &format!(
                 "\n{} (watcher, update) pairs arrived coalesced into a later update; {} messages in all\n",
                 r["coalesced"], r["messages"]
             );
-            out +=
-                "reference (issue 4, same workload, this machine class), last watcher p50 / p99:\n";
+            out += "reference (issue 4, same workload, this machine class), last watcher p50 / p99:\n";
             for reference in r["reference_ms"].as_array().into_iter().flatten() {
                 out += &format!(
                     "  {:<34} {:>6.1} / {:>6.1} ms\n",
@@ -348,17 +304,10 @@ pub fn format(r: &Value) -> String {
                 f(r, &["open", "all_registered_ms"])
             );
             out += "time from just before the writer's SetVariable until streams have the update, ms\n";
-            out += &format!(
-                "{:<34}{:>10}{:>10}{:>10}{:>10}{:>10}\n",
-                "per update", "p50", "p90", "p99", "max", "min"
-            );
+            out += &format!("{:<34}{:>10}{:>10}{:>10}{:>10}{:>10}\n", "per update", "p50", "p90", "p99", "max", "min");
             out += &format!("{}\n", "-".repeat(84));
             let cols = ["p50", "p90", "p99", "max", "min"];
-            out += &row(
-                &format!("ALL {} streams have it", r["streams"]),
-                &r["all_streams_ms"],
-                &cols,
-            );
+            out += &row(&format!("ALL {} streams have it", r["streams"]), &r["all_streams_ms"], &cols);
             out += &row("median stream has it", &r["median_stream_ms"], &cols);
             out += &row("first stream has it", &r["first_stream_ms"], &cols);
             out += &row("writer's SetVariable round trip", &r["write_rpc_ms"], &cols);

@@ -28,14 +28,20 @@ defmodule Snakepit.Bridge.Native do
   # Snakepit.Bridge.SessionStore: variables. The _dirty twins run on a dirty
   # CPU scheduler, for inputs or results too big for a normal one.
   def register_variable(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
-  def register_variable_dirty(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
+
+  def register_variable_dirty(_session_id, _name, _type, _value, _constraints, _metadata),
+    do: err()
+
   def get_variable(_session_id, _identifier), do: err()
   def get_variable_dirty(_session_id, _identifier), do: err()
   def get_variable_value(_session_id, _identifier), do: err()
   def get_variable_value_dirty(_session_id, _identifier), do: err()
   def has_variable(_session_id, _identifier), do: err()
   def update_variable(_session_id, _identifier, _value, _metadata, _expected_version), do: err()
-  def update_variable_dirty(_session_id, _identifier, _value, _metadata, _expected_version), do: err()
+
+  def update_variable_dirty(_session_id, _identifier, _value, _metadata, _expected_version),
+    do: err()
+
   def get_variables(_session_id, _identifiers), do: err()
   def get_variables_dirty(_session_id, _identifiers), do: err()
   def update_variables(_session_id, _updates, _metadata, _atomic), do: err()
@@ -44,6 +50,8 @@ defmodule Snakepit.Bridge.Native do
   def delete_variable(_session_id, _identifier), do: err()
 
   # Snakepit.Bridge.SessionStore: watching
-  def watch_variables(_session_id, _identifiers, _pid, _include_initial, _since_versions), do: err()
+  def watch_variables(_session_id, _identifiers, _pid, _include_initial, _since_versions),
+    do: err()
+
   def unwatch_variables(_ref), do: err()
 end

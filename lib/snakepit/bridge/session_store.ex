@@ -116,10 +116,15 @@ defmodule Snakepit.Bridge.SessionStore do
     ttl = Keyword.get(opts, :ttl, @default_ttl_seconds)
 
     unless is_number(ttl) and ttl > 0 do
-      raise ArgumentError, "the :ttl option must be a positive number of seconds, got: #{inspect(ttl)}"
+      raise ArgumentError,
+            "the :ttl option must be a positive number of seconds, got: #{inspect(ttl)}"
     end
 
-    Native.create_session(session_id, metadata!(Keyword.get(opts, :metadata, %{})), round(ttl * 1000))
+    Native.create_session(
+      session_id,
+      metadata!(Keyword.get(opts, :metadata, %{})),
+      round(ttl * 1000)
+    )
   end
 
   @doc """
@@ -183,7 +188,13 @@ defmodule Snakepit.Bridge.SessionStore do
   `dimensions`; `shape`); `:metadata` — a map of strings; `:description` —
   stored as metadata `"description"`.
   """
-  @spec register_variable(session_id(), identifier_t(), Variable.var_type() | String.t(), term(), keyword()) ::
+  @spec register_variable(
+          session_id(),
+          identifier_t(),
+          Variable.var_type() | String.t(),
+          term(),
+          keyword()
+        ) ::
           {:ok, String.t()} | {:error, reason()}
   def register_variable(session_id, name, type, initial_value, opts \\ []) do
     check_session_id!(session_id)
@@ -202,12 +213,23 @@ defmodule Snakepit.Bridge.SessionStore do
 
     metadata =
       case Keyword.fetch(opts, :description) do
-        {:ok, text} -> Map.put(metadata!(Keyword.get(opts, :metadata, %{})), "description", to_string(text))
-        :error -> metadata!(Keyword.get(opts, :metadata, %{}))
+        {:ok, text} ->
+          Map.put(metadata!(Keyword.get(opts, :metadata, %{})), "description", to_string(text))
+
+        :error ->
+          metadata!(Keyword.get(opts, :metadata, %{}))
       end
 
     if large?(initial_value),
-      do: Native.register_variable_dirty(session_id, name, type, initial_value, constraints, metadata),
+      do:
+        Native.register_variable_dirty(
+          session_id,
+          name,
+          type,
+          initial_value,
+          constraints,
+          metadata
+        ),
       else: Native.register_variable(session_id, name, type, initial_value, constraints, metadata)
   end
 
@@ -217,7 +239,9 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    case retry_dirty(Native.get_variable(session_id, identifier), fn -> Native.get_variable_dirty(session_id, identifier) end) do
+    case retry_dirty(Native.get_variable(session_id, identifier), fn ->
+           Native.get_variable_dirty(session_id, identifier)
+         end) do
       {:ok, fields} -> {:ok, Variable.from_native(fields)}
       error -> error
     end
@@ -255,7 +279,8 @@ defmodule Snakepit.Bridge.SessionStore do
   Options: `:expected_version` — refuse with `{:error, {:version_conflict, current}}`
   unless the variable is at exactly this version (optimistic locking).
   """
-  @spec update_variable(session_id(), identifier_t(), term(), map(), keyword()) :: :ok | {:error, reason()}
+  @spec update_variable(session_id(), identifier_t(), term(), map(), keyword()) ::
+          :ok | {:error, reason()}
   def update_variable(session_id, identifier, value, metadata \\ %{}, opts \\ []) do
     case put_variable(session_id, identifier, value, metadata, opts) do
       {:ok, _version} -> :ok
@@ -280,7 +305,8 @@ defmodule Snakepit.Bridge.SessionStore do
     end
 
     if large?(value),
-      do: Native.update_variable_dirty(session_id, identifier, value, metadata!(metadata), expected),
+      do:
+        Native.update_variable_dirty(session_id, identifier, value, metadata!(metadata), expected),
       else: Native.update_variable(session_id, identifier, value, metadata!(metadata), expected)
   end
 
@@ -307,8 +333,14 @@ defmodule Snakepit.Bridge.SessionStore do
 
     case retry_dirty(read, fn -> Native.get_variables_dirty(session_id, identifiers) end) do
       {:ok, {found, missing}} ->
-        {:ok, %{found: Map.new(found, fn {k, fields} -> {k, Variable.from_native(fields)} end), missing: missing}}
-      error -> error
+        {:ok,
+         %{
+           found: Map.new(found, fn {k, fields} -> {k, Variable.from_native(fields)} end),
+           missing: missing
+         }}
+
+      error ->
+        error
     end
   end
 
@@ -331,14 +363,23 @@ defmodule Snakepit.Bridge.SessionStore do
 
     pairs =
       cond do
-        is_map(updates) -> Map.to_list(updates)
-        is_list(updates) -> updates
-        true -> raise ArgumentError, "updates must be a map or a list of {identifier, value}, got: #{inspect(updates)}"
+        is_map(updates) ->
+          Map.to_list(updates)
+
+        is_list(updates) ->
+          updates
+
+        true ->
+          raise ArgumentError,
+                "updates must be a map or a list of {identifier, value}, got: #{inspect(updates)}"
       end
 
     Enum.each(pairs, fn
-      {key, _} -> check_identifier!(key, "each update key")
-      other -> raise ArgumentError, "updates must be {identifier, value} pairs, got: #{inspect(other)}"
+      {key, _} ->
+        check_identifier!(key, "each update key")
+
+      other ->
+        raise ArgumentError, "updates must be {identifier, value} pairs, got: #{inspect(other)}"
     end)
 
     atomic = Keyword.get(opts, :atomic, false)
@@ -355,9 +396,18 @@ defmodule Snakepit.Bridge.SessionStore do
         else: Native.update_variables(session_id, pairs, metadata, atomic)
 
     case result do
-      {:ok, applied} -> {:ok, Map.new(applied, fn {k, v} -> {k, {:ok, v}} end)}
-      {:partial, applied, errors} -> {:ok, Map.merge(Map.new(applied, fn {k, v} -> {k, {:ok, v}} end), Map.new(errors, fn {k, r} -> {k, {:error, r}} end))}
-      error -> error
+      {:ok, applied} ->
+        {:ok, Map.new(applied, fn {k, v} -> {k, {:ok, v}} end)}
+
+      {:partial, applied, errors} ->
+        {:ok,
+         Map.merge(
+           Map.new(applied, fn {k, v} -> {k, {:ok, v}} end),
+           Map.new(errors, fn {k, r} -> {k, {:error, r}} end)
+         )}
+
+      error ->
+        error
     end
   end
 
@@ -365,7 +415,8 @@ defmodule Snakepit.Bridge.SessionStore do
   The session's variables sorted by name; with `pattern`, only names matching
   the glob (`*` any run, `?` one character), e.g. `"temp_*"`.
   """
-  @spec list_variables(session_id(), String.t() | nil) :: {:ok, [Variable.t()]} | {:error, reason()}
+  @spec list_variables(session_id(), String.t() | nil) ::
+          {:ok, [Variable.t()]} | {:error, reason()}
   def list_variables(session_id, pattern \\ nil) do
     check_session_id!(session_id)
 
@@ -406,7 +457,8 @@ defmodule Snakepit.Bridge.SessionStore do
   Every identifier must exist: `{:error, :not_found}` otherwise, and nothing
   is subscribed.
   """
-  @spec watch_variables(session_id(), [identifier_t()], keyword()) :: {:ok, reference()} | {:error, reason()}
+  @spec watch_variables(session_id(), [identifier_t()], keyword()) ::
+          {:ok, reference()} | {:error, reason()}
   def watch_variables(session_id, identifiers, opts \\ []) do
     check_session_id!(session_id)
 
@@ -417,16 +469,29 @@ defmodule Snakepit.Bridge.SessionStore do
     Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
     check_keyword!(opts, "opts")
     pid = Keyword.get(opts, :pid, self())
-    unless is_pid(pid) and node(pid) == node(), do: raise(ArgumentError, "the :pid option must be a local pid, got: #{inspect(pid)}")
+
+    unless is_pid(pid) and node(pid) == node(),
+      do: raise(ArgumentError, "the :pid option must be a local pid, got: #{inspect(pid)}")
+
     include_initial = Keyword.get(opts, :include_initial, false)
-    unless is_boolean(include_initial), do: raise(ArgumentError, "the :include_initial option must be a boolean, got: #{inspect(include_initial)}")
+
+    unless is_boolean(include_initial),
+      do:
+        raise(
+          ArgumentError,
+          "the :include_initial option must be a boolean, got: #{inspect(include_initial)}"
+        )
 
     since =
       opts
       |> Keyword.get(:since_versions, %{})
       |> Map.new(fn
-        {k, v} when (is_binary(k) or is_atom(k)) and is_integer(v) and v >= 0 -> {to_string(k), v}
-        other -> raise ArgumentError, "the :since_versions option maps identifiers to versions, got entry: #{inspect(other)}"
+        {k, v} when (is_binary(k) or is_atom(k)) and is_integer(v) and v >= 0 ->
+          {to_string(k), v}
+
+        other ->
+          raise ArgumentError,
+                "the :since_versions option maps identifiers to versions, got entry: #{inspect(other)}"
       end)
 
     Native.watch_variables(session_id, identifiers, pid, include_initial, since)
@@ -439,7 +504,13 @@ defmodule Snakepit.Bridge.SessionStore do
   """
   @spec unwatch_variables(reference()) :: :ok
   def unwatch_variables(ref) do
-    unless is_reference(ref), do: raise(ArgumentError, "ref must be the reference watch_variables/3 returned, got: #{inspect(ref)}")
+    unless is_reference(ref),
+      do:
+        raise(
+          ArgumentError,
+          "ref must be the reference watch_variables/3 returned, got: #{inspect(ref)}"
+        )
+
     :ok = Native.unwatch_variables(ref)
     flush(ref)
   end
@@ -482,8 +553,9 @@ defmodule Snakepit.Bridge.SessionStore do
   defp check_session_id!(id),
     do: raise(ArgumentError, "session_id must be a string, got: #{inspect(id)}")
 
-  defp check_identifier!(id, _what) when is_binary(id) or (is_atom(id) and not is_nil(id) and not is_boolean(id)),
-    do: :ok
+  defp check_identifier!(id, _what)
+       when is_binary(id) or (is_atom(id) and not is_nil(id) and not is_boolean(id)),
+       do: :ok
 
   defp check_identifier!(id, what),
     do: raise(ArgumentError, "#{what} must be a string or an atom, got: #{inspect(id)}")
@@ -496,5 +568,7 @@ defmodule Snakepit.Bridge.SessionStore do
 
   defp metadata!(nil), do: %{}
   defp metadata!(m) when is_map(m), do: m
-  defp metadata!(other), do: raise(ArgumentError, "metadata must be a map, got: #{inspect(other)}")
+
+  defp metadata!(other),
+    do: raise(ArgumentError, "metadata must be a map, got: #{inspect(other)}")
 end

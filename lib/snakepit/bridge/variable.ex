@@ -57,7 +57,9 @@ defmodule Snakepit.Bridge.Variable do
   @doc false
   # Builds the struct from the tuple the NIF's read path returns; struct and
   # map literals here are much cheaper than building maps inside the NIF.
-  def from_native({id, name, type, value, constraints, metadata, version, source, created, updated}) do
+  def from_native(
+        {id, name, type, value, constraints, metadata, version, source, created, updated}
+      ) do
     %__MODULE__{
       id: id,
       name: name,

@@ -25,10 +25,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn wall_micros(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0)
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
     }
 
     fn monotonic(&self) -> Duration {

@@ -25,18 +25,32 @@ impl PartialEq for Pattern {
 pub enum Constraints {
     #[default]
     None,
-    Float { min: Option<f64>, max: Option<f64> },
-    Integer { min: Option<i64>, max: Option<i64> },
+    Float {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
+    Integer {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
     String {
         min_length: Option<usize>,
         max_length: Option<usize>,
         pattern: Option<Pattern>,
         allowed: Option<Vec<String>>,
     },
-    Choice { choices: Option<Vec<String>> },
-    Module { allowed_modules: Option<Vec<String>> },
-    Embedding { dimensions: Option<usize> },
-    Tensor { shape: Option<Vec<usize>> },
+    Choice {
+        choices: Option<Vec<String>>,
+    },
+    Module {
+        allowed_modules: Option<Vec<String>>,
+    },
+    Embedding {
+        dimensions: Option<usize>,
+    },
+    Tensor {
+        shape: Option<Vec<usize>>,
+    },
 }
 
 fn keys_for(ty: VarType) -> &'static [&'static str] {
@@ -62,9 +76,7 @@ impl Constraints {
         let entries = match raw {
             Raw::Nil => return Ok(Constraints::None),
             Raw::Map(entries) => entries,
-            other => {
-                return Err(bad(format!("constraints must be a map, got {}", other.describe())))
-            }
+            other => return Err(bad(format!("constraints must be a map, got {}", other.describe()))),
         };
         let allowed = keys_for(ty);
         for (key, _) in entries {
@@ -74,10 +86,7 @@ impl Constraints {
                 } else {
                     format!("allowed: {}", allowed.join(", "))
                 };
-                return Err(bad(format!(
-                    "constraint {} does not apply to type {ty} ({hint})",
-                    clip(key)
-                )));
+                return Err(bad(format!("constraint {} does not apply to type {ty} ({hint})", clip(key))));
             }
         }
         let get = |k: &str| raw.get(k).filter(|v| **v != Raw::Nil);
@@ -87,11 +96,7 @@ impl Constraints {
                 let max = get("max").map(|v| float_bound("max", v)).transpose()?;
                 if let (Some(lo), Some(hi)) = (min, max) {
                     if lo > hi {
-                        return Err(bad(format!(
-                            "min {} is greater than max {}",
-                            fmt_float(lo),
-                            fmt_float(hi)
-                        )));
+                        return Err(bad(format!("min {} is greater than max {}", fmt_float(lo), fmt_float(hi))));
                     }
                 }
                 Constraints::Float { min, max }
@@ -111,9 +116,7 @@ impl Constraints {
                 let max_length = get("max_length").map(|v| count("max_length", v)).transpose()?;
                 if let (Some(lo), Some(hi)) = (min_length, max_length) {
                     if lo > hi {
-                        return Err(bad(format!(
-                            "min_length {lo} is greater than max_length {hi}"
-                        )));
+                        return Err(bad(format!("min_length {lo} is greater than max_length {hi}")));
                     }
                 }
                 let pattern = get("pattern").map(pattern).transpose()?;
@@ -121,20 +124,18 @@ impl Constraints {
                 Constraints::String { min_length, max_length, pattern, allowed }
             }
             VarType::Boolean => Constraints::None,
-            VarType::Choice => Constraints::Choice {
-                choices: get("choices").map(|v| strings("choices", v)).transpose()?,
-            },
+            VarType::Choice => {
+                Constraints::Choice { choices: get("choices").map(|v| strings("choices", v)).transpose()? }
+            }
             VarType::Module => Constraints::Module {
-                allowed_modules: get("allowed_modules")
-                    .map(|v| strings("allowed_modules", v))
-                    .transpose()?,
+                allowed_modules: get("allowed_modules").map(|v| strings("allowed_modules", v)).transpose()?,
             },
-            VarType::Embedding => Constraints::Embedding {
-                dimensions: get("dimensions").map(|v| count("dimensions", v)).transpose()?,
-            },
-            VarType::Tensor => Constraints::Tensor {
-                shape: get("shape").map(|v| parse_shape(v, "shape").map_err(bad)).transpose()?,
-            },
+            VarType::Embedding => {
+                Constraints::Embedding { dimensions: get("dimensions").map(|v| count("dimensions", v)).transpose()? }
+            }
+            VarType::Tensor => {
+                Constraints::Tensor { shape: get("shape").map(|v| parse_shape(v, "shape").map_err(bad)).transpose()? }
+            }
         };
         Ok(parsed)
     }
@@ -181,9 +182,7 @@ impl Constraints {
             (Constraints::Choice { choices: Some(list) }, Value::Text(s)) if !list.contains(s) => {
                 return fail(format!("value {} is not one of the choices {}", clip(s), clip_debug(list)));
             }
-            (Constraints::Module { allowed_modules: Some(list) }, Value::Text(s))
-                if !list.contains(s) =>
-            {
+            (Constraints::Module { allowed_modules: Some(list) }, Value::Text(s)) if !list.contains(s) => {
                 return fail(format!("module {} is not in allowed_modules {}", clip(s), clip_debug(list)));
             }
             (Constraints::Embedding { dimensions: Some(d) }, Value::Embedding(v)) if v.len() != *d => {
@@ -289,8 +288,9 @@ fn pattern(raw: &Raw) -> Result<Pattern> {
     let Raw::Str(source) = raw else {
         return Err(bad(format!("pattern must be a string, got {}", raw.describe())));
     };
-    let regex = Regex::new(source)
-        .map_err(|e| bad(format!("pattern {} is not a valid regular expression: {}", clip(source), clip(&e.to_string()))))?;
+    let regex = Regex::new(source).map_err(|e| {
+        bad(format!("pattern {} is not a valid regular expression: {}", clip(source), clip(&e.to_string())))
+    })?;
     Ok(Pattern { source: source.clone(), regex })
 }
 
@@ -330,14 +330,8 @@ mod tests {
     fn integer_bounds() {
         let c = map(&[("min", Raw::Int(1)), ("max", Raw::Int(10))]);
         assert!(check(VarType::Integer, &c, Raw::Int(10)).is_ok());
-        assert_eq!(
-            check(VarType::Integer, &c, Raw::Int(11)).unwrap_err().to_string(),
-            "value 11 is above maximum 10"
-        );
-        assert_eq!(
-            check(VarType::Integer, &c, Raw::Float(0.0)).unwrap_err().to_string(),
-            "value 0 is below minimum 1"
-        );
+        assert_eq!(check(VarType::Integer, &c, Raw::Int(11)).unwrap_err().to_string(), "value 11 is above maximum 10");
+        assert_eq!(check(VarType::Integer, &c, Raw::Float(0.0)).unwrap_err().to_string(), "value 0 is below minimum 1");
     }
 
     #[test]
@@ -381,9 +375,7 @@ mod tests {
             .to_string()
             .contains("1 dimensions, expected 2"));
         let s = map(&[("shape", Raw::List(vec![Raw::Int(2)]))]);
-        let t = |shape: Vec<Raw>, data: Vec<Raw>| {
-            map(&[("shape", Raw::List(shape)), ("data", Raw::List(data))])
-        };
+        let t = |shape: Vec<Raw>, data: Vec<Raw>| map(&[("shape", Raw::List(shape)), ("data", Raw::List(data))]);
         assert!(check(VarType::Tensor, &s, t(vec![Raw::Int(2)], vec![Raw::Int(1), Raw::Int(2)])).is_ok());
         assert!(check(VarType::Tensor, &s, t(vec![Raw::Int(1)], vec![Raw::Int(1)])).is_err());
     }
@@ -399,7 +391,11 @@ mod tests {
             (VarType::Choice, map(&[("choices", Raw::List(vec![Raw::Int(1)]))]), "list of strings"),
             (VarType::String, map(&[("pattern", Raw::Str("([".into()))]), "not a valid regular expression"),
             (VarType::String, map(&[("max_length", Raw::Int(-1))]), "non-negative"),
-            (VarType::String, map(&[("min_length", Raw::Int(3)), ("max_length", Raw::Int(1))]), "greater than max_length"),
+            (
+                VarType::String,
+                map(&[("min_length", Raw::Int(3)), ("max_length", Raw::Int(1))]),
+                "greater than max_length",
+            ),
             (VarType::Float, map(&[("min", Raw::Str("0".into()))]), "min must be a number"),
             (VarType::Integer, map(&[("max", Raw::Float(1.5))]), "max must be an integer"),
             (VarType::Tensor, map(&[("shape", Raw::Int(3))]), "shape must be a list"),
@@ -417,7 +413,10 @@ mod tests {
         let raws = [
             (VarType::Float, map(&[("min", Raw::Float(0.0)), ("max", Raw::Float(2.0))])),
             (VarType::Integer, map(&[("min", Raw::Int(-3))])),
-            (VarType::String, map(&[("min_length", Raw::Int(1)), ("pattern", Raw::Str("x".into())), ("enum", strs(&["x", "xx"]))])),
+            (
+                VarType::String,
+                map(&[("min_length", Raw::Int(1)), ("pattern", Raw::Str("x".into())), ("enum", strs(&["x", "xx"]))]),
+            ),
             (VarType::Choice, map(&[("choices", strs(&["a", "b"]))])),
             (VarType::Module, map(&[("allowed_modules", strs(&["m"]))])),
             (VarType::Embedding, map(&[("dimensions", Raw::Int(3))])),

@@ -67,10 +67,9 @@ impl fmt::Display for StoreError {
             | StoreError::InvalidValue(m)
             | StoreError::InvalidConstraints(m)
             | StoreError::ResourceExhausted(m) => f.write_str(m),
-            StoreError::VersionConflict { expected, current } => write!(
-                f,
-                "version conflict: expected version {expected}, current version is {current}"
-            ),
+            StoreError::VersionConflict { expected, current } => {
+                write!(f, "version conflict: expected version {expected}, current version is {current}")
+            }
         }
     }
 }

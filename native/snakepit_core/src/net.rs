@@ -181,7 +181,9 @@ impl GuardedStream {
     /// and the connection must close; re-arms when the connection was active meanwhile.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         loop {
-            let Some(timer) = self.timer.as_mut() else { return Ok(()) };
+            let Some(timer) = self.timer.as_mut() else {
+                return Ok(());
+            };
             if timer.as_mut().poll(cx).is_pending() {
                 return Ok(());
             }

@@ -12,10 +12,10 @@ use tokio::sync::oneshot;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use crate::limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES};
+use crate::net::{self, ConnInfo, ConnLimits};
 use crate::proto::bridge_service_server::BridgeServiceServer;
 use crate::service::{Service, ServiceConfig};
-use crate::net::{self, ConnInfo, ConnLimits};
-use crate::limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES};
 use crate::store::{Store, DEFAULT_SESSION_TTL};
 
 /// Room for unary calls on a connection beside its watch streams.
@@ -82,7 +82,11 @@ impl From<&ServerConfig> for ServiceConfig {
 impl ServerConfig {
     /// The defaults with another message limit, and the store limits sized for it.
     pub fn with_max_message_bytes(max_message_bytes: usize) -> ServerConfig {
-        ServerConfig { max_message_bytes, limits: Limits::for_message_bytes(max_message_bytes), ..ServerConfig::default() }
+        ServerConfig {
+            max_message_bytes,
+            limits: Limits::for_message_bytes(max_message_bytes),
+            ..ServerConfig::default()
+        }
     }
 
     /// Refuses settings that make no sense (zero limits, a message limit a

@@ -21,14 +21,14 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::proto::bridge_service_server::BridgeService;
-use crate::proto::*;
 use crate::error::StoreError;
 use crate::limits::clip;
 use crate::net::{self, ConnInfo};
+use crate::proto::bridge_service_server::BridgeService;
+use crate::proto::*;
 use crate::store::{BatchGet, Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
-use crate::watch::{Owner, Subscription, Update};
 use crate::value::VarType;
+use crate::watch::{Owner, Subscription, Update};
 use crate::wire;
 
 /// The settings of a service; see [`crate::server::ServerConfig`] for each.
@@ -126,10 +126,8 @@ fn store_err(e: crate::error::StoreError) -> Status {
 }
 
 fn now() -> prost_types::Timestamp {
-    let us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let us =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
     wire::timestamp(us)
 }
 
@@ -186,10 +184,7 @@ impl BridgeService for Service {
         }))
     }
 
-    async fn get_session(
-        &self,
-        request: Request<GetSessionRequest>,
-    ) -> Result<Response<GetSessionResponse>, Status> {
+    async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
         let info = self.store.get_session(&request.into_inner().session_id).map_err(store_err)?;
         Ok(Response::new(GetSessionResponse {
             session_id: info.id,
@@ -201,10 +196,7 @@ impl BridgeService for Service {
         }))
     }
 
-    async fn heartbeat(
-        &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let valid = self.store.touch_session(&request.into_inner().session_id);
         Ok(Response::new(HeartbeatResponse { server_time: Some(now()), session_valid: valid }))
     }
@@ -214,10 +206,7 @@ impl BridgeService for Service {
         request: Request<GetVariableRequest>,
     ) -> Result<Response<GetVariableResponse>, Status> {
         let req = request.into_inner();
-        let var = self
-            .store
-            .get_variable(&req.session_id, &req.variable_identifier)
-            .map_err(store_err)?;
+        let var = self.store.get_variable(&req.session_id, &req.variable_identifier).map_err(store_err)?;
         self.fits(
             GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false },
             "the variable",
@@ -230,19 +219,12 @@ impl BridgeService for Service {
         request: Request<SetVariableRequest>,
     ) -> Result<Response<SetVariableResponse>, Status> {
         let req = request.into_inner();
-        let (declared, raw) =
-            wire::decode_any(req.value.as_ref(), &req.binary_value).map_err(store_err)?;
+        let (declared, raw) = wire::decode_any(req.value.as_ref(), &req.binary_value).map_err(store_err)?;
         let change = Change { expected_version: req.expected_version, ..from_python(req.metadata) };
         let input = Input { value: Ok(raw), declared: Some(declared) };
-        let version = self
-            .store
-            .update_variable(&req.session_id, &req.variable_identifier, input, &change)
-            .map_err(store_err)?;
-        Ok(Response::new(SetVariableResponse {
-            success: true,
-            error_message: String::new(),
-            new_version: version,
-        }))
+        let version =
+            self.store.update_variable(&req.session_id, &req.variable_identifier, input, &change).map_err(store_err)?;
+        Ok(Response::new(SetVariableResponse { success: true, error_message: String::new(), new_version: version }))
     }
 
     async fn get_variables(
@@ -250,18 +232,14 @@ impl BridgeService for Service {
         request: Request<BatchGetVariablesRequest>,
     ) -> Result<Response<BatchGetVariablesResponse>, Status> {
         let req = request.into_inner();
-        let BatchGet { found, missing } = self
-            .store
-            .get_variables(&req.session_id, req.variable_identifiers)
-            .map_err(store_err)?;
+        let BatchGet { found, missing } =
+            self.store.get_variables(&req.session_id, req.variable_identifiers).map_err(store_err)?;
         let response = if req.values_only {
             let (values, variables) = wire::batch_values(found, req.include_metadata);
             BatchGetVariablesResponse { variables, missing_variables: missing, values: Some(values) }
         } else {
-            let variables = found
-                .into_iter()
-                .map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata)))
-                .collect();
+            let variables =
+                found.into_iter().map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata))).collect();
             BatchGetVariablesResponse { variables, missing_variables: missing, values: None }
         };
         self.fits(response, "the batch read's response", "read fewer variables at once")
@@ -302,8 +280,7 @@ impl BridgeService for Service {
             .store
             .update_variables(&req.session_id, updates, req.atomic, &from_python(req.metadata))
             .map_err(store_err)?;
-        let mut errors: HashMap<String, String> =
-            outcome.errors.into_iter().map(|(k, e)| (k, e.to_string())).collect();
+        let mut errors: HashMap<String, String> = outcome.errors.into_iter().map(|(k, e)| (k, e.to_string())).collect();
         for key in binary.into_keys() {
             errors.insert(key, "binary_updates has this key but updates does not".into());
         }
@@ -320,20 +297,10 @@ impl BridgeService for Service {
     ) -> Result<Response<RegisterVariableResponse>, Status> {
         let req = request.into_inner();
         let ty = VarType::parse(&req.r#type).map_err(store_err)?;
-        let value = wire::decode_value(ty, req.initial_value.as_ref(), &req.initial_binary_value)
-            .map_err(store_err)?;
+        let value = wire::decode_value(ty, req.initial_value.as_ref(), &req.initial_binary_value).map_err(store_err)?;
         let constraints = wire::constraints_from_json(&req.constraints_json).map_err(store_err)?;
-        let new = NewVariable {
-            name: req.name,
-            ty,
-            value,
-            constraints,
-            metadata: to_metadata(req.metadata),
-        };
-        let var = self
-            .store
-            .register_variable(&req.session_id, new, Source::Python)
-            .map_err(store_err)?;
+        let new = NewVariable { name: req.name, ty, value, constraints, metadata: to_metadata(req.metadata) };
+        let var = self.store.register_variable(&req.session_id, new, Source::Python).map_err(store_err)?;
         Ok(Response::new(RegisterVariableResponse {
             success: true,
             variable_id: var.id.to_string(),
@@ -363,9 +330,7 @@ impl BridgeService for Service {
         request: Request<DeleteVariableRequest>,
     ) -> Result<Response<DeleteVariableResponse>, Status> {
         let req = request.into_inner();
-        self.store
-            .delete_variable(&req.session_id, &req.variable_identifier)
-            .map_err(store_err)?;
+        self.store.delete_variable(&req.session_id, &req.variable_identifier).map_err(store_err)?;
         Ok(Response::new(DeleteVariableResponse { success: true, error_message: String::new() }))
     }
 
@@ -385,8 +350,13 @@ impl BridgeService for Service {
         // Refusals (unknown session or variable, empty list) happen here,
         // before anything is streamed.
         let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc).map_err(store_err)?;
-        let state =
-            WatchState { sub, _slots: slots, buffered: VecDeque::new(), stopping: self.stopping.clone(), stopped: false };
+        let state = WatchState {
+            sub,
+            _slots: slots,
+            buffered: VecDeque::new(),
+            stopping: self.stopping.clone(),
+            stopped: false,
+        };
         // Polled by the connection when it can send: a slow client simply polls
         // less often, and its updates coalesce in the subscription meanwhile.
         // Dropping the stream (client gone, any reason) drops the subscription.

@@ -33,10 +33,8 @@ static NEXT_VARIABLE_SUFFIX: AtomicU64 = AtomicU64::new(1);
 /// microseconds, base 36), so an id seen before a server restart never names
 /// another variable after it.
 static PROCESS_NONCE: once_cell::sync::Lazy<String> = once_cell::sync::Lazy::new(|| {
-    let mut n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0);
+    let mut n =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     let mut digits = Vec::new();
     while n > 0 {
         digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
@@ -259,9 +257,7 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
         )));
     }
     if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(StoreError::InvalidArgument(format!(
-            "{what} {name:?} contains the control character {c:?}"
-        )));
+        return Err(StoreError::InvalidArgument(format!("{what} {name:?} contains the control character {c:?}")));
     }
     Ok(())
 }
@@ -345,11 +341,8 @@ impl Store {
         let mut sessions = self.sessions_write();
         let now = self.mono_us();
         // Re-check under the write lock: an access may have refreshed it meanwhile.
-        let removed = if sessions.get(id).is_some_and(|s| self.is_expired(s, now)) {
-            sessions.remove(id)
-        } else {
-            None
-        };
+        let removed =
+            if sessions.get(id).is_some_and(|s| self.is_expired(s, now)) { sessions.remove(id) } else { None };
         drop(sessions);
         if let Some(s) = &removed {
             // Expiry is the server's doing, which is the Elixir side.
@@ -498,12 +491,8 @@ impl Store {
     /// Ids of the live sessions, sorted.
     pub fn list_sessions(&self) -> Vec<String> {
         let now = self.mono_us();
-        let mut ids: Vec<String> = self
-            .sessions_read()
-            .values()
-            .filter(|s| !self.is_expired(s, now))
-            .map(|s| s.id.to_string())
-            .collect();
+        let mut ids: Vec<String> =
+            self.sessions_read().values().filter(|s| !self.is_expired(s, now)).map(|s| s.id.to_string()).collect();
         ids.sort();
         ids
     }
@@ -511,17 +500,9 @@ impl Store {
     /// Removes every expired session; returns their ids.
     pub fn sweep_expired(&self) -> Vec<String> {
         let now = self.mono_us();
-        let expired: Vec<Arc<str>> = self
-            .sessions_read()
-            .values()
-            .filter(|s| self.is_expired(s, now))
-            .map(|s| s.id.clone())
-            .collect();
-        expired
-            .iter()
-            .filter_map(|id| self.remove_if_expired(id))
-            .map(|s| s.id.to_string())
-            .collect()
+        let expired: Vec<Arc<str>> =
+            self.sessions_read().values().filter(|s| self.is_expired(s, now)).map(|s| s.id.clone()).collect();
+        expired.iter().filter_map(|id| self.remove_if_expired(id)).map(|s| s.id.to_string()).collect()
     }
 
     /// Registers a variable; its version starts at 1.
@@ -612,13 +593,20 @@ impl Store {
     }
 
     /// Sets a variable's value; returns its new version. Refused changes change nothing.
-    pub fn update_variable(&self, session_id: &str, identifier: &str, value: impl Into<Input>, change: &Change) -> Result<i64> {
+    pub fn update_variable(
+        &self,
+        session_id: &str,
+        identifier: &str,
+        value: impl Into<Input>,
+        change: &Change,
+    ) -> Result<i64> {
         let limits = self.limits();
         limits::check_metadata(&limits, "the change", change.metadata.iter())?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
         let now = self.now_us();
-        let (id, value) = prepare(&vars, &limits, session_id, identifier, value.into(), change.expected_version, &change.metadata)?;
+        let (id, value) =
+            prepare(&vars, &limits, session_id, identifier, value.into(), change.expected_version, &change.metadata)?;
         let version = apply(&mut vars, &id, value, change, now);
         if session.watch.count() > 0 {
             session.watch.publish([changed(&vars, &id, change, &change_metadata(change), now, None)]);
@@ -646,7 +634,13 @@ impl Store {
     /// Sets several variables under one lock. With `atomic`, all are applied or
     /// none (and every offending key is reported); otherwise each valid key is
     /// applied and the rest reported. `change.expected_version` is ignored.
-    pub fn update_variables(&self, session_id: &str, updates: Vec<(String, Input)>, atomic: bool, change: &Change) -> Result<BatchOutcome> {
+    pub fn update_variables(
+        &self,
+        session_id: &str,
+        updates: Vec<(String, Input)>,
+        atomic: bool,
+        change: &Change,
+    ) -> Result<BatchOutcome> {
         let limits = self.limits();
         check_batch(&limits, "a batch write", updates.len())?;
         limits::check_metadata(&limits, "the change", change.metadata.iter())?;
@@ -772,7 +766,11 @@ fn check_batch(limits: &Limits, what: &str, len: usize) -> Result<()> {
 
 fn check_value_size(limits: &Limits, bytes: usize) -> Result<()> {
     if bytes > limits.max_value_bytes {
-        return Err(exceeded(format_args!("the value is {bytes} bytes as JSON"), "max_value_bytes", limits.max_value_bytes));
+        return Err(exceeded(
+            format_args!("the value is {bytes} bytes as JSON"),
+            "max_value_bytes",
+            limits.max_value_bytes,
+        ));
     }
     Ok(())
 }
@@ -802,7 +800,11 @@ fn check_merged_metadata(limits: &Limits, var: &Variable, change: &Metadata) -> 
         ));
     }
     if bytes > limits.max_metadata_bytes {
-        return Err(exceeded(format_args!("{} {bytes} bytes", what()), "max_metadata_bytes", limits.max_metadata_bytes));
+        return Err(exceeded(
+            format_args!("{} {bytes} bytes", what()),
+            "max_metadata_bytes",
+            limits.max_metadata_bytes,
+        ));
     }
     Ok(())
 }
@@ -856,7 +858,14 @@ fn change_metadata(change: &Change) -> Arc<Metadata> {
 }
 
 /// The update watchers get for a change just applied to `id`.
-fn changed(vars: &Vars, id: &Arc<str>, change: &Change, metadata: &Arc<Metadata>, now: i64, batch: Option<u64>) -> Update {
+fn changed(
+    vars: &Vars,
+    id: &Arc<str>,
+    change: &Change,
+    metadata: &Arc<Metadata>,
+    now: i64,
+    batch: Option<u64>,
+) -> Update {
     Update {
         kind: UpdateKind::ValueChange,
         variable: Some(vars.by_id[id].clone()),

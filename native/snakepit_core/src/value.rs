@@ -53,16 +53,13 @@ impl VarType {
 
     /// Parses a type name; an unknown one is `InvalidType` listing the known ones.
     pub fn parse(name: &str) -> Result<VarType> {
-        VarType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == name)
-            .ok_or_else(|| {
-                StoreError::InvalidType(format!(
-                    "unknown variable type {} (known: float, integer, string, boolean, \
+        VarType::ALL.into_iter().find(|t| t.as_str() == name).ok_or_else(|| {
+            StoreError::InvalidType(format!(
+                "unknown variable type {} (known: float, integer, string, boolean, \
                      choice, module, embedding, tensor)",
-                    clip(name)
-                ))
-            })
+                clip(name)
+            ))
+        })
     }
 
     /// Whether values of this type are lists of numbers that may take the binary path.
@@ -219,9 +216,9 @@ impl Raw {
             Raw::BigInt(s) => s.len() + 2,
             Raw::List(items) => items.iter().fold(2usize, |n, i| n.saturating_add(i.json_bytes())),
             Raw::Floats(v) => v.len().saturating_mul(JSON_BYTES_PER_NUMBER).saturating_add(2),
-            Raw::Map(entries) => entries.iter().fold(2usize, |n, (k, v)| {
-                n.saturating_add(json_string_bytes(k) + 1).saturating_add(v.json_bytes())
-            }),
+            Raw::Map(entries) => entries
+                .iter()
+                .fold(2usize, |n, (k, v)| n.saturating_add(json_string_bytes(k) + 1).saturating_add(v.json_bytes())),
             Raw::Nil | Raw::Bool(_) | Raw::Int(_) | Raw::Float(_) => JSON_BYTES_PER_NUMBER,
         }
     }
@@ -303,17 +300,12 @@ fn to_i64(raw: &Raw) -> Result<i64> {
                 // -2^63 itself fits, but as a float it is also what every
                 // JSON integer just below it rounds to; refusing it treats
                 // both ends of the range alike instead of saturating.
-                Err(StoreError::InvalidValue(format!(
-                    "integer {} is outside the 64-bit range",
-                    fmt_float(*x)
-                )))
+                Err(StoreError::InvalidValue(format!("integer {} is outside the 64-bit range", fmt_float(*x))))
             } else {
                 Ok(*x as i64)
             }
         }
-        Raw::BigInt(s) => Err(StoreError::InvalidValue(format!(
-            "integer {s} is outside the 64-bit range"
-        ))),
+        Raw::BigInt(s) => Err(StoreError::InvalidValue(format!("integer {s} is outside the 64-bit range"))),
         other => Err(invalid(VarType::Integer, other)),
     }
 }
@@ -324,10 +316,7 @@ fn numbers(items: &[Raw], what: &str) -> Result<Vec<f64>> {
         .enumerate()
         .map(|(i, item)| {
             to_f64(item).ok_or_else(|| {
-                StoreError::InvalidValue(format!(
-                    "{what} element {i} must be a number, got {}",
-                    item.describe()
-                ))
+                StoreError::InvalidValue(format!("{what} element {i} must be a number, got {}", item.describe()))
             })
         })
         .collect()
@@ -374,19 +363,17 @@ pub fn parse_shape(raw: &Raw, what: &str) -> std::result::Result<Vec<usize>, Str
     dims.iter()
         .map(|d| match d {
             Raw::Int(i) if *i >= 0 => Ok(*i as usize),
-            other => Err(format!(
-                "{what} must be a list of non-negative integers, got {} in it",
-                other.describe()
-            )),
+            other => Err(format!("{what} must be a list of non-negative integers, got {} in it", other.describe())),
         })
         .collect()
 }
 
 /// The number of elements a shape holds, refusing shapes whose product overflows.
 pub fn element_count(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d)).ok_or_else(|| {
-        StoreError::InvalidValue(format!("tensor shape {} holds too many elements", clip_debug(shape)))
-    })
+    shape
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+        .ok_or_else(|| StoreError::InvalidValue(format!("tensor shape {} holds too many elements", clip_debug(shape))))
 }
 
 /// Flattens `items`: either already flat numbers, or nested lists that follow `shape`.
@@ -415,9 +402,7 @@ fn flatten(items: &[Raw], shape: &[usize], depth: usize, out: &mut Vec<f64>) -> 
                 }
                 flatten(inner, shape, depth + 1, out)?
             }
-            Raw::Floats(v) if depth + 2 == shape.len() && v.len() == shape[depth + 1] => {
-                out.extend_from_slice(v)
-            }
+            Raw::Floats(v) if depth + 2 == shape.len() && v.len() == shape[depth + 1] => out.extend_from_slice(v),
             other => {
                 return Err(StoreError::InvalidValue(format!(
                     "tensor data nesting does not match shape {}: found {} at depth {}",
@@ -458,10 +443,7 @@ mod tests {
         assert_eq!(ok(VarType::Float, Raw::Int(3)), Value::Float(3.0));
         assert_eq!(ok(VarType::Float, Raw::Float(0.5)), Value::Float(0.5));
         assert_eq!(ok(VarType::Float, Raw::Str("Infinity".into())), Value::Float(f64::INFINITY));
-        assert_eq!(
-            ok(VarType::Float, Raw::Atom("negative_infinity".into())),
-            Value::Float(f64::NEG_INFINITY)
-        );
+        assert_eq!(ok(VarType::Float, Raw::Atom("negative_infinity".into())), Value::Float(f64::NEG_INFINITY));
         match ok(VarType::Float, Raw::Atom("nan".into())) {
             Value::Float(x) => assert!(x.is_nan()),
             other => panic!("{other:?}"),
@@ -478,8 +460,7 @@ mod tests {
         assert!(err(VarType::Integer, Raw::Float(3.5)).contains("not a whole number"));
         assert!(err(VarType::Integer, Raw::Float(f64::NAN)).contains("not a whole number"));
         assert!(err(VarType::Integer, Raw::Float(9.3e18)).contains("64-bit range"));
-        assert!(err(VarType::Integer, Raw::BigInt("9223372036854775808".into()))
-            .contains("64-bit range"));
+        assert!(err(VarType::Integer, Raw::BigInt("9223372036854775808".into())).contains("64-bit range"));
         assert!(err(VarType::Integer, Raw::Bool(false)).contains("expected an integer"));
     }
 
@@ -506,16 +487,12 @@ mod tests {
             ok(VarType::Embedding, Raw::List(vec![Raw::Int(1), Raw::Float(0.5)])),
             Value::Embedding(vec![1.0, 0.5])
         );
-        assert!(err(VarType::Embedding, Raw::List(vec![Raw::Int(1), Raw::Str("x".into())]))
-            .contains("element 1"));
+        assert!(err(VarType::Embedding, Raw::List(vec![Raw::Int(1), Raw::Str("x".into())])).contains("element 1"));
         assert!(err(VarType::Embedding, Raw::Int(1)).contains("expected an embedding"));
     }
 
     fn tensor(shape: Vec<i64>, data: Raw) -> Raw {
-        Raw::Map(vec![
-            ("shape".into(), Raw::List(shape.into_iter().map(Raw::Int).collect())),
-            ("data".into(), data),
-        ])
+        Raw::Map(vec![("shape".into(), Raw::List(shape.into_iter().map(Raw::Int).collect())), ("data".into(), data)])
     }
 
     fn nums(xs: &[i64]) -> Raw {

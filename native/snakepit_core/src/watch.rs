@@ -112,9 +112,7 @@ impl Pending {
     fn push(&mut self, mut update: Arc<Update>) {
         if let Some(old) = self.position.insert(update.key_arc(), self.next) {
             let replaced = self.order.remove(&old);
-            if replaced.is_some_and(|r| r.kind == UpdateKind::InitialValue)
-                && update.kind == UpdateKind::ValueChange
-            {
+            if replaced.is_some_and(|r| r.kind == UpdateKind::InitialValue) && update.kind == UpdateKind::ValueChange {
                 Arc::make_mut(&mut update).kind = UpdateKind::InitialValue;
             }
         }
@@ -344,13 +342,8 @@ impl SessionWatch {
         seen: HashMap<Arc<str>, i64>,
         initial: Vec<Update>,
     ) -> Subscription {
-        let mut state = WatcherState {
-            pending: Pending::default(),
-            seen,
-            deleted: HashSet::new(),
-            closed: false,
-            finished: false,
-        };
+        let mut state =
+            WatcherState { pending: Pending::default(), seen, deleted: HashSet::new(), closed: false, finished: false };
         for u in initial {
             state.pending.push(Arc::new(u));
         }

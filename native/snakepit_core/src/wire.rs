@@ -90,9 +90,7 @@ pub fn raw_to_json(raw: &Raw) -> Json {
         Raw::Str(s) | Raw::Atom(s) => Json::String(s.clone()),
         Raw::List(items) => Json::Array(items.iter().map(raw_to_json).collect()),
         Raw::Floats(xs) => floats_json(xs),
-        Raw::Map(entries) => {
-            Json::Object(entries.iter().map(|(k, v)| (k.clone(), raw_to_json(v))).collect())
-        }
+        Raw::Map(entries) => Json::Object(entries.iter().map(|(k, v)| (k.clone(), raw_to_json(v))).collect()),
     }
 }
 
@@ -127,7 +125,11 @@ fn bad(msg: String) -> StoreError {
 pub fn decode_value(ty: VarType, any: Option<&Any>, binary: &[u8]) -> Result<Raw, StoreError> {
     let (named, raw) = decode_any(any, binary)?;
     if named != ty {
-        return Err(bad(format!("type_url names type {:?} but the variable is of type {:?}", named.as_str(), ty.as_str())));
+        return Err(bad(format!(
+            "type_url names type {:?} but the variable is of type {:?}",
+            named.as_str(),
+            ty.as_str()
+        )));
     }
     Ok(raw)
 }
@@ -136,17 +138,18 @@ pub fn decode_value(ty: VarType, any: Option<&Any>, binary: &[u8]) -> Result<Raw
 /// binary path the metadata and the raw little-endian numbers in `binary`.
 pub fn decode_any(any: Option<&Any>, binary: &[u8]) -> Result<(VarType, Raw), StoreError> {
     let any = any.ok_or_else(|| bad("a value is required".into()))?;
-    let named = any.type_url.strip_prefix(TYPE_URL_PREFIX).ok_or_else(|| {
-        bad(format!("type_url {} must start with {TYPE_URL_PREFIX:?}", clip(&any.type_url)))
-    })?;
+    let named = any
+        .type_url
+        .strip_prefix(TYPE_URL_PREFIX)
+        .ok_or_else(|| bad(format!("type_url {} must start with {TYPE_URL_PREFIX:?}", clip(&any.type_url))))?;
     let (named_type, is_binary) = match named.strip_suffix(".binary") {
         Some(t) => (t, true),
         None => (named, false),
     };
-    let ty = VarType::parse(named_type)
-        .map_err(|_| bad(format!("type_url {} names no known type", clip(&any.type_url))))?;
-    let json: Json = serde_json::from_slice(&any.value)
-        .map_err(|e| bad(format!("value is not valid UTF-8 JSON: {e}")))?;
+    let ty =
+        VarType::parse(named_type).map_err(|_| bad(format!("type_url {} names no known type", clip(&any.type_url))))?;
+    let json: Json =
+        serde_json::from_slice(&any.value).map_err(|e| bad(format!("value is not valid UTF-8 JSON: {e}")))?;
     if !is_binary {
         if !binary.is_empty() {
             return Err(bad("binary data was sent but type_url does not end in \".binary\"".into()));
@@ -470,9 +473,24 @@ mod tests {
             (VarType::Float, Some(any("float", "{oops")), vec![], "not valid UTF-8 JSON"),
             (VarType::Float, Some(any("float", "1")), vec![1], "does not end in \".binary\""),
             (VarType::Float, Some(any("float.binary", "{}")), vec![], "for embedding and tensor"),
-            (VarType::Embedding, Some(any("embedding.binary", r#"{"shape":[1],"binary_format":"pickle"}"#)), vec![0; 8], "\"pickle\" is not supported"),
-            (VarType::Embedding, Some(any("embedding.binary", r#"{"shape":[2],"dtype":"float64"}"#)), vec![0; 8], "has 8 bytes"),
-            (VarType::Embedding, Some(any("embedding.binary", r#"{"shape":[1],"dtype":"int8"}"#)), vec![0], "dtype \"int8\""),
+            (
+                VarType::Embedding,
+                Some(any("embedding.binary", r#"{"shape":[1],"binary_format":"pickle"}"#)),
+                vec![0; 8],
+                "\"pickle\" is not supported",
+            ),
+            (
+                VarType::Embedding,
+                Some(any("embedding.binary", r#"{"shape":[2],"dtype":"float64"}"#)),
+                vec![0; 8],
+                "has 8 bytes",
+            ),
+            (
+                VarType::Embedding,
+                Some(any("embedding.binary", r#"{"shape":[1],"dtype":"int8"}"#)),
+                vec![0],
+                "dtype \"int8\"",
+            ),
             (VarType::Tensor, Some(any("tensor.binary", r#"{"dtype":"float64"}"#)), vec![], "must carry a shape"),
         ];
         for (ty, a, bin, want) in cases {

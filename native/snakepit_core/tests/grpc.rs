@@ -153,9 +153,7 @@ async fn variables_over_grpc() {
         .unwrap()
         .into_inner();
     assert_eq!(list.variables.len(), 1);
-    c.delete_variable(DeleteVariableRequest { session_id: "s".into(), variable_identifier: id.clone() })
-        .await
-        .unwrap();
+    c.delete_variable(DeleteVariableRequest { session_id: "s".into(), variable_identifier: id.clone() }).await.unwrap();
     let gone = c
         .get_variable(GetVariableRequest { session_id: "s".into(), variable_identifier: id, bypass_cache: false })
         .await
@@ -198,7 +196,8 @@ async fn batches_over_grpc() {
 
     let batch = |atomic: bool, b: &str| BatchSetVariablesRequest {
         session_id: "s".into(),
-        updates: [("a".to_string(), any("integer", "1").unwrap()), ("b".to_string(), any("integer", b).unwrap())].into(),
+        updates: [("a".to_string(), any("integer", "1").unwrap()), ("b".to_string(), any("integer", b).unwrap())]
+            .into(),
         atomic,
         ..Default::default()
     };
@@ -320,8 +319,18 @@ async fn compact_sets_are_typed_by_the_variable_and_join_the_same_batch() {
     }
     for (request, says) in [
         (floats(&["x", "k"], &[1.0]), "float_values has 1 values for 2 float_identifiers"),
-        (BatchSetVariablesRequest { values_json: b"[1]".to_vec(), ..floats(&["x"], &[1.0]) }, "1 values for 0 value_identifiers"),
-        (BatchSetVariablesRequest { value_identifiers: vec!["x".into()], values_json: b"[1]".to_vec(), ..floats(&["x"], &[1.0]) }, "\"x\" is given more than once"),
+        (
+            BatchSetVariablesRequest { values_json: b"[1]".to_vec(), ..floats(&["x"], &[1.0]) },
+            "1 values for 0 value_identifiers",
+        ),
+        (
+            BatchSetVariablesRequest {
+                value_identifiers: vec!["x".into()],
+                values_json: b"[1]".to_vec(),
+                ..floats(&["x"], &[1.0])
+            },
+            "\"x\" is given more than once",
+        ),
     ] {
         let err = c.set_variables(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
@@ -484,7 +493,8 @@ async fn a_response_that_would_not_fit_is_refused_with_advice() {
         .await
         .unwrap_err();
     exhausted(&e, "max_value_bytes");
-    let e = c.list_variables(ListVariablesRequest { session_id: "s".into(), pattern: String::new() }).await.unwrap_err();
+    let e =
+        c.list_variables(ListVariablesRequest { session_id: "s".into(), pattern: String::new() }).await.unwrap_err();
     exhausted(&e, "max_message_bytes");
     assert!(e.message().contains("narrow the pattern"), "{}", e.message());
     let both = BatchGetVariablesRequest {

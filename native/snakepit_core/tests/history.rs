@@ -69,7 +69,13 @@ fn writer(store: Store, id: u64, ops: usize, written: Written) {
 }
 
 /// Reads until every variable reached `finals`, pausing `pause` per batch.
-async fn watch_until(store: &Store, since: HashMap<String, i64>, pause: Duration, finals: Arc<Mutex<Option<HashMap<String, i64>>>>, stop_after: Option<usize>) -> Vec<Seen> {
+async fn watch_until(
+    store: &Store,
+    since: HashMap<String, i64>,
+    pause: Duration,
+    finals: Arc<Mutex<Option<HashMap<String, i64>>>>,
+    stop_after: Option<usize>,
+) -> Vec<Seen> {
     // A resumed watcher already has the versions it passes as `since`.
     let mut last: HashMap<String, i64> = since.clone();
     let req = WatchRequest {
@@ -109,7 +115,13 @@ async fn watch_until(store: &Store, since: HashMap<String, i64>, pause: Duration
     }
 }
 
-fn validate(label: &str, history: &[Seen], written: &HashMap<(String, i64), i64>, finals: &HashMap<String, i64>, store: &Store) {
+fn validate(
+    label: &str,
+    history: &[Seen],
+    written: &HashMap<(String, i64), i64>,
+    finals: &HashMap<String, i64>,
+    store: &Store,
+) {
     // Ordered and unique, per variable.
     let mut last: HashMap<&str, i64> = HashMap::new();
     for s in history {
@@ -150,7 +162,13 @@ async fn concurrent_writers_and_watchers_keep_every_promise() {
     let store = Store::new();
     store.create_session("s", Metadata::new(), DEFAULT_SESSION_TTL).unwrap();
     for n in VARS {
-        let new = NewVariable { name: n.into(), ty: VarType::Integer, value: Raw::Int(0), constraints: Raw::Nil, metadata: Metadata::new() };
+        let new = NewVariable {
+            name: n.into(),
+            ty: VarType::Integer,
+            value: Raw::Int(0),
+            constraints: Raw::Nil,
+            metadata: Metadata::new(),
+        };
         store.register_variable("s", new, Source::Elixir).unwrap();
     }
     let written: Written = Arc::default();

@@ -25,7 +25,8 @@ fn value_of(ty: VarType) -> BoxedStrategy<Value> {
         VarType::Tensor => prop::collection::vec(1usize..6, 0..4)
             .prop_flat_map(|shape| {
                 let n: usize = shape.iter().product();
-                prop::collection::vec(finite(), n).prop_map(move |data| Value::Tensor(Tensor { shape: shape.clone(), data }))
+                prop::collection::vec(finite(), n)
+                    .prop_map(move |data| Value::Tensor(Tensor { shape: shape.clone(), data }))
             })
             .boxed(),
     }

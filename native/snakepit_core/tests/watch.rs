@@ -208,7 +208,8 @@ async fn atomic_batches_arrive_adjacent_on_the_wire() {
     set_int(&mut c, "s", "c", 1).await;
     c.set_variables(BatchSetVariablesRequest {
         session_id: "s".into(),
-        updates: [("a".to_string(), any("integer", "5").unwrap()), ("b".to_string(), any("integer", "5").unwrap())].into(),
+        updates: [("a".to_string(), any("integer", "5").unwrap()), ("b".to_string(), any("integer", "5").unwrap())]
+            .into(),
         atomic: true,
         ..Default::default()
     })

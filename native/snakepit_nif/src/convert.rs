@@ -43,11 +43,10 @@ pub fn raw(term: Term) -> Result<Raw, StoreError> {
 /// `max_constraint_bytes`.
 pub fn constraints(term: Term) -> Result<Raw, StoreError> {
     let limit = STORE.limits().max_constraint_bytes;
-    raw_at(term, 0, &mut Budget { left: limit, limit, setting: "max_constraint_bytes" })
-        .map_err(|e| match e {
-            StoreError::InvalidValue(m) => StoreError::InvalidConstraints(m),
-            other => other,
-        })
+    raw_at(term, 0, &mut Budget { left: limit, limit, setting: "max_constraint_bytes" }).map_err(|e| match e {
+        StoreError::InvalidValue(m) => StoreError::InvalidConstraints(m),
+        other => other,
+    })
 }
 
 /// What is left of a size limit while a term is converted. Each part is
@@ -146,7 +145,8 @@ fn raw_at(term: Term, depth: usize, budget: &mut Budget) -> Result<Raw, StoreErr
 /// Metadata from a map whose keys are atoms or strings and whose values are
 /// atoms, strings or numbers; `nil` or an empty map is none.
 pub fn metadata(term: Term) -> Result<Metadata, StoreError> {
-    let bad = || StoreError::InvalidArgument("metadata must be a map of strings (atoms and numbers are converted)".into());
+    let bad =
+        || StoreError::InvalidArgument("metadata must be a map of strings (atoms and numbers are converted)".into());
     if term.get_type() == TermType::Atom && term.atom_to_string().is_ok_and(|a| a == "nil") {
         return Ok(Metadata::new());
     }
@@ -248,14 +248,18 @@ pub fn raw_term<'a>(env: Env<'a>, r: &Raw) -> Term<'a> {
         Raw::Bool(b) => b.encode(env),
         Raw::Int(i) => i.encode(env),
         Raw::BigInt(s) | Raw::Str(s) => s.as_str().encode(env),
-        Raw::Atom(a) => rustler::Atom::from_str(env, a).map(|a| a.encode(env)).unwrap_or_else(|_| a.as_str().encode(env)),
+        Raw::Atom(a) => {
+            rustler::Atom::from_str(env, a).map(|a| a.encode(env)).unwrap_or_else(|_| a.as_str().encode(env))
+        }
         Raw::Float(x) => float(env, *x),
         Raw::List(items) => items.iter().map(|i| raw_term(env, i)).collect::<Vec<_>>().encode(env),
         Raw::Floats(xs) => floats(env, xs),
         Raw::Map(entries) => {
             let keys: Vec<Term> = entries
                 .iter()
-                .map(|(k, _)| rustler::Atom::from_str(env, k).map(|a| a.encode(env)).unwrap_or_else(|_| k.as_str().encode(env)))
+                .map(|(k, _)| {
+                    rustler::Atom::from_str(env, k).map(|a| a.encode(env)).unwrap_or_else(|_| k.as_str().encode(env))
+                })
                 .collect();
             let values: Vec<Term> = entries.iter().map(|(_, v)| raw_term(env, v)).collect();
             Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
@@ -299,9 +303,19 @@ pub fn datetime<'a>(env: Env<'a>, unix_us: i64) -> Term<'a> {
     let (y, mo, d) = snakepit_core::clock::civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     let keys = [
-        atoms::struct_(), atoms::calendar(), atoms::year(), atoms::month(), atoms::day(),
-        atoms::hour(), atoms::minute(), atoms::second(), atoms::microsecond(),
-        atoms::std_offset(), atoms::utc_offset(), atoms::time_zone(), atoms::zone_abbr(),
+        atoms::struct_(),
+        atoms::calendar(),
+        atoms::year(),
+        atoms::month(),
+        atoms::day(),
+        atoms::hour(),
+        atoms::minute(),
+        atoms::second(),
+        atoms::microsecond(),
+        atoms::std_offset(),
+        atoms::utc_offset(),
+        atoms::time_zone(),
+        atoms::zone_abbr(),
     ]
     .map(|a| a.encode(env));
     let values = [
@@ -342,9 +356,17 @@ fn variable_fields<'a>(env: Env<'a>, v: &Variable, time: fn(Env<'a>, i64) -> Ter
 /// A `%Snakepit.Bridge.Variable{}`, for messages sent to processes.
 pub fn variable<'a>(env: Env<'a>, v: &Variable) -> Term<'a> {
     let keys = [
-        atoms::struct_(), atoms::id(), atoms::name(), atoms::type_(), atoms::value(),
-        atoms::constraints(), atoms::metadata(), atoms::version(), atoms::source(),
-        atoms::created_at(), atoms::last_updated_at(),
+        atoms::struct_(),
+        atoms::id(),
+        atoms::name(),
+        atoms::type_(),
+        atoms::value(),
+        atoms::constraints(),
+        atoms::metadata(),
+        atoms::version(),
+        atoms::source(),
+        atoms::created_at(),
+        atoms::last_updated_at(),
     ]
     .map(|a| a.encode(env));
     let mut values = Vec::with_capacity(keys.len());

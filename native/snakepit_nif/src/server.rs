@@ -25,10 +25,7 @@ static RUNTIME: OnceCell<Runtime> = OnceCell::new();
 
 pub(crate) fn runtime() -> std::io::Result<&'static Runtime> {
     RUNTIME.get_or_try_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .thread_name("snakepit-bridge")
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_multi_thread().thread_name("snakepit-bridge").enable_all().build()
     })
 }
 

@@ -22,8 +22,13 @@ const HEAVY: usize = 10_000;
 
 fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> Term<'a> {
     let keys = [
-        atoms::id(), atoms::metadata(), atoms::created_at(), atoms::last_accessed_at(),
-        atoms::ttl_ms(), atoms::variable_count(), atoms::watcher_count(),
+        atoms::id(),
+        atoms::metadata(),
+        atoms::created_at(),
+        atoms::last_accessed_at(),
+        atoms::ttl_ms(),
+        atoms::variable_count(),
+        atoms::watcher_count(),
     ]
     .map(|a| a.encode(env));
     let values = [
@@ -40,8 +45,7 @@ fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> T
 
 #[rustler::nif]
 fn create_session<'a>(env: Env<'a>, id: &str, metadata: Term<'a>, ttl_ms: u64) -> Term<'a> {
-    let created = convert::metadata(metadata)
-        .and_then(|m| STORE.create_session(id, m, Duration::from_millis(ttl_ms)));
+    let created = convert::metadata(metadata).and_then(|m| STORE.create_session(id, m, Duration::from_millis(ttl_ms)));
     match created {
         Ok(info) => (atoms::ok(), session_info(env, &info)).encode(env),
         Err(e) => convert::error(env, &e),
@@ -110,14 +114,26 @@ fn register_variable_impl<'a>(
 
 #[rustler::nif]
 fn register_variable<'a>(
-    env: Env<'a>, session_id: &str, name: Term<'a>, var_type: Term<'a>, value: Term<'a>, constraints: Term<'a>, metadata: Term<'a>,
+    env: Env<'a>,
+    session_id: &str,
+    name: Term<'a>,
+    var_type: Term<'a>,
+    value: Term<'a>,
+    constraints: Term<'a>,
+    metadata: Term<'a>,
 ) -> NifResult<Term<'a>> {
     register_variable_impl(env, session_id, name, var_type, value, constraints, metadata)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
 fn register_variable_dirty<'a>(
-    env: Env<'a>, session_id: &str, name: Term<'a>, var_type: Term<'a>, value: Term<'a>, constraints: Term<'a>, metadata: Term<'a>,
+    env: Env<'a>,
+    session_id: &str,
+    name: Term<'a>,
+    var_type: Term<'a>,
+    value: Term<'a>,
+    constraints: Term<'a>,
+    metadata: Term<'a>,
 ) -> NifResult<Term<'a>> {
     register_variable_impl(env, session_id, name, var_type, value, constraints, metadata)
 }
@@ -185,14 +201,24 @@ fn update_variable_impl<'a>(
 
 #[rustler::nif]
 fn update_variable<'a>(
-    env: Env<'a>, session_id: &str, identifier: Term<'a>, value: Term<'a>, metadata: Term<'a>, expected_version: i64,
+    env: Env<'a>,
+    session_id: &str,
+    identifier: Term<'a>,
+    value: Term<'a>,
+    metadata: Term<'a>,
+    expected_version: i64,
 ) -> NifResult<Term<'a>> {
     update_variable_impl(env, session_id, identifier, value, metadata, expected_version)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
 fn update_variable_dirty<'a>(
-    env: Env<'a>, session_id: &str, identifier: Term<'a>, value: Term<'a>, metadata: Term<'a>, expected_version: i64,
+    env: Env<'a>,
+    session_id: &str,
+    identifier: Term<'a>,
+    value: Term<'a>,
+    metadata: Term<'a>,
+    expected_version: i64,
 ) -> NifResult<Term<'a>> {
     update_variable_impl(env, session_id, identifier, value, metadata, expected_version)
 }
@@ -207,7 +233,12 @@ fn get_variables_dirty<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term
     get_variables_impl(env, session_id, identifiers, true)
 }
 
-fn get_variables_impl<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>, dirty: bool) -> NifResult<Term<'a>> {
+fn get_variables_impl<'a>(
+    env: Env<'a>,
+    session_id: &str,
+    identifiers: Vec<Term<'a>>,
+    dirty: bool,
+) -> NifResult<Term<'a>> {
     // Results are keyed by the identifier term as given (atom or string).
     let mut keys = HashMap::with_capacity(identifiers.len());
     let mut names = Vec::with_capacity(identifiers.len());
@@ -238,14 +269,22 @@ fn get_variables_impl<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<
 /// `{:error, {:batch_failed, %{key => reason}}}` (atomic, nothing applied).
 #[rustler::nif]
 fn update_variables<'a>(
-    env: Env<'a>, session_id: &str, updates: Vec<(Term<'a>, Term<'a>)>, metadata: Term<'a>, atomic: bool,
+    env: Env<'a>,
+    session_id: &str,
+    updates: Vec<(Term<'a>, Term<'a>)>,
+    metadata: Term<'a>,
+    atomic: bool,
 ) -> NifResult<Term<'a>> {
     update_variables_impl(env, session_id, updates, metadata, atomic)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
 fn update_variables_dirty<'a>(
-    env: Env<'a>, session_id: &str, updates: Vec<(Term<'a>, Term<'a>)>, metadata: Term<'a>, atomic: bool,
+    env: Env<'a>,
+    session_id: &str,
+    updates: Vec<(Term<'a>, Term<'a>)>,
+    metadata: Term<'a>,
+    atomic: bool,
 ) -> NifResult<Term<'a>> {
     update_variables_impl(env, session_id, updates, metadata, atomic)
 }
@@ -273,14 +312,10 @@ fn update_variables_impl<'a>(
         Ok(o) => o,
         Err(e) => return Ok(convert::error(env, &e)),
     };
-    let (ak, av): (Vec<Term>, Vec<Term>) =
-        outcome.applied.iter().map(|(k, v)| (keys[k], v.encode(env))).unzip();
+    let (ak, av): (Vec<Term>, Vec<Term>) = outcome.applied.iter().map(|(k, v)| (keys[k], v.encode(env))).unzip();
     let applied = Term::map_from_term_arrays(env, &ak, &av)?;
-    let (ek, ev): (Vec<Term>, Vec<Term>) = outcome
-        .errors
-        .iter()
-        .map(|(k, e)| (keys[k], convert::reason(env, e)))
-        .unzip();
+    let (ek, ev): (Vec<Term>, Vec<Term>) =
+        outcome.errors.iter().map(|(k, e)| (keys[k], convert::reason(env, e))).unzip();
     let errors = Term::map_from_term_arrays(env, &ek, &ev)?;
     Ok(if outcome.errors.is_empty() {
         (atoms::ok(), applied).encode(env)

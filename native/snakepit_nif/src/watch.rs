@@ -50,9 +50,18 @@ fn update_term<'a>(env: Env<'a>, u: &Update) -> Term<'a> {
     let var = u.variable.as_ref();
     let nil = || atoms::nil().encode(env);
     let keys = [
-        atoms::struct_(), atoms::variable_id(), atoms::name(), atoms::value(), atoms::version(),
-        atoms::type_(), atoms::source(), atoms::metadata(), atoms::update_type(), atoms::timestamp(),
-        atoms::variable(), atoms::batch(),
+        atoms::struct_(),
+        atoms::variable_id(),
+        atoms::name(),
+        atoms::value(),
+        atoms::version(),
+        atoms::type_(),
+        atoms::source(),
+        atoms::metadata(),
+        atoms::update_type(),
+        atoms::timestamp(),
+        atoms::variable(),
+        atoms::batch(),
     ]
     .map(|a| a.encode(env));
     let values = [
@@ -82,10 +91,8 @@ fn watch_variables<'a>(
     include_initial: bool,
     since_versions: HashMap<String, i64>,
 ) -> NifResult<Term<'a>> {
-    let identifiers = identifiers
-        .into_iter()
-        .map(|t| text(t).map(|s| s.into_owned()))
-        .collect::<NifResult<Vec<String>>>()?;
+    let identifiers =
+        identifiers.into_iter().map(|t| text(t).map(|s| s.into_owned())).collect::<NifResult<Vec<String>>>()?;
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {

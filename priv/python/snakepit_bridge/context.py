@@ -34,7 +34,7 @@ import datetime
 import json
 from collections.abc import Awaitable, Generator, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Optional, TypeVar, Union, overload
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 import grpc
 import grpc.aio
@@ -61,7 +61,6 @@ from .types import (
 )
 from .values import (
     decode_batch_values,
-    decode_value,
     decode_variable_value,
     encode_compact,
     encode_json,
@@ -109,13 +108,13 @@ class _Rpc:
 _Plan = Generator[_Rpc, Any, _T]
 
 
-def _timestamp(ts: timestamp_pb2.Timestamp, present: bool) -> Optional[datetime.datetime]:
+def _timestamp(ts: timestamp_pb2.Timestamp, present: bool) -> datetime.datetime | None:
     if not present:
         return None
     return ts.ToDatetime(tzinfo=datetime.timezone.utc)
 
 
-def _update_timestamp(message: pb2.VariableUpdate) -> Optional[datetime.datetime]:
+def _update_timestamp(message: pb2.VariableUpdate) -> datetime.datetime | None:
     return _timestamp(message.timestamp, message.HasField("timestamp"))
 
 
@@ -199,7 +198,7 @@ class SessionContext(Generic[_ChannelT]):
         session_id: str,
         channel: _ChannelT,
         *,
-        timeout: Optional[float] = DEFAULT_TIMEOUT,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         if not isinstance(session_id, str):
             raise TypeError(f"session_id must be a str, not {type(session_id).__name__}")
@@ -209,10 +208,7 @@ class SessionContext(Generic[_ChannelT]):
         elif isinstance(channel, grpc.Channel):
             self._is_async = False
         else:
-            raise TypeError(
-                "channel must be a grpc.Channel or grpc.aio.Channel, "
-                f"not {type(channel).__name__}"
-            )
+            raise TypeError(f"channel must be a grpc.Channel or grpc.aio.Channel, not {type(channel).__name__}")
         self._session_id = session_id
         self._channel: _ChannelT = channel
         # The generated stub is untyped; calls go through _invoke_*, typed by plans.
@@ -223,7 +219,7 @@ class SessionContext(Generic[_ChannelT]):
         self._aliases: dict[str, str] = {}
         # (ids, types) of the last values_only batch learned, while nothing else
         # changed the type cache since: the next equal batch has nothing to teach.
-        self._batch_learned: Optional[tuple[list[str], list[str]]] = None
+        self._batch_learned: tuple[list[str], list[str]] | None = None
         # Values delivered by live watches; see snakepit_bridge.watch.
         self._watch_cache = _WatchCache()
 
@@ -367,13 +363,13 @@ class SessionContext(Generic[_ChannelT]):
 
     @overload
     def initialize(
-        self: SessionContext[grpc.aio.Channel], metadata: Optional[Mapping[str, str]] = None
+        self: SessionContext[grpc.aio.Channel], metadata: Mapping[str, str] | None = None
     ) -> Awaitable[dict[str, VariableInfo]]: ...
     @overload
     def initialize(
-        self: SessionContext[grpc.Channel], metadata: Optional[Mapping[str, str]] = None
+        self: SessionContext[grpc.Channel], metadata: Mapping[str, str] | None = None
     ) -> dict[str, VariableInfo]: ...
-    def initialize(self, metadata: Optional[Mapping[str, str]] = None) -> Any:
+    def initialize(self, metadata: Mapping[str, str] | None = None) -> Any:
         """Create this session on the server (``InitializeSession``).
 
         Returns the session's initial variables by name (empty for a new session).
@@ -384,7 +380,7 @@ class SessionContext(Generic[_ChannelT]):
         """
         return self._run(self._initialize(metadata))
 
-    def _initialize(self, metadata: Optional[Mapping[str, str]]) -> _Plan[dict[str, VariableInfo]]:
+    def _initialize(self, metadata: Mapping[str, str] | None) -> _Plan[dict[str, VariableInfo]]:
         request = pb2.InitializeSessionRequest(session_id=self._session_id, metadata=dict(metadata or {}))
         response = yield _Rpc("InitializeSession", request)
         _check(response, "InitializeSession")
@@ -459,27 +455,27 @@ class SessionContext(Generic[_ChannelT]):
     def register_variable(
         self: SessionContext[grpc.aio.Channel],
         name: str,
-        var_type: Union[VariableType, str],
+        var_type: VariableType | str,
         initial_value: Any,
-        constraints: Optional[Mapping[str, Any]] = None,
-        metadata: Optional[Mapping[str, str]] = None,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Awaitable[str]: ...
     @overload
     def register_variable(
         self: SessionContext[grpc.Channel],
         name: str,
-        var_type: Union[VariableType, str],
+        var_type: VariableType | str,
         initial_value: Any,
-        constraints: Optional[Mapping[str, Any]] = None,
-        metadata: Optional[Mapping[str, str]] = None,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str: ...
     def register_variable(
         self,
         name: str,
-        var_type: Union[VariableType, str],
+        var_type: VariableType | str,
         initial_value: Any,
-        constraints: Optional[Mapping[str, Any]] = None,
-        metadata: Optional[Mapping[str, str]] = None,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Create a variable; returns its id (``var_<name>_<suffix>``). Its version is 1.
 
@@ -499,10 +495,10 @@ class SessionContext(Generic[_ChannelT]):
     def _register_variable(
         self,
         name: str,
-        var_type: Union[VariableType, str],
+        var_type: VariableType | str,
         initial_value: Any,
-        constraints: Optional[Mapping[str, Any]],
-        metadata: Optional[Mapping[str, str]],
+        constraints: Mapping[str, Any] | None,
+        metadata: Mapping[str, str] | None,
     ) -> _Plan[str]:
         type_name = str(VariableType.coerce(var_type))
         url, payload, binary = encode_parts(type_name, initial_value)
@@ -589,23 +585,23 @@ class SessionContext(Generic[_ChannelT]):
         self: SessionContext[grpc.aio.Channel],
         identifier: str,
         value: Any,
-        metadata: Optional[Mapping[str, str]] = None,
-        expected_version: Optional[int] = None,
+        metadata: Mapping[str, str] | None = None,
+        expected_version: int | None = None,
     ) -> Awaitable[int]: ...
     @overload
     def update_variable(
         self: SessionContext[grpc.Channel],
         identifier: str,
         value: Any,
-        metadata: Optional[Mapping[str, str]] = None,
-        expected_version: Optional[int] = None,
+        metadata: Mapping[str, str] | None = None,
+        expected_version: int | None = None,
     ) -> int: ...
     def update_variable(
         self,
         identifier: str,
         value: Any,
-        metadata: Optional[Mapping[str, str]] = None,
-        expected_version: Optional[int] = None,
+        metadata: Mapping[str, str] | None = None,
+        expected_version: int | None = None,
     ) -> Any:
         """Set a variable's value; returns its new version.
 
@@ -624,8 +620,8 @@ class SessionContext(Generic[_ChannelT]):
         self,
         identifier: str,
         value: Any,
-        metadata: Optional[Mapping[str, str]],
-        expected_version: Optional[int],
+        metadata: Mapping[str, str] | None,
+        expected_version: int | None,
     ) -> _Plan[int]:
         var_type = self._types.get(identifier)
         from_cache = var_type is not None
@@ -666,7 +662,9 @@ class SessionContext(Generic[_ChannelT]):
         return new_version
 
     @overload
-    def get_variables(self: SessionContext[grpc.aio.Channel], identifiers: Iterable[str]) -> Awaitable[BatchGetResult]: ...
+    def get_variables(
+        self: SessionContext[grpc.aio.Channel], identifiers: Iterable[str]
+    ) -> Awaitable[BatchGetResult]: ...
     @overload
     def get_variables(self: SessionContext[grpc.Channel], identifiers: Iterable[str]) -> BatchGetResult: ...
     def get_variables(self, identifiers: Iterable[str]) -> Any:
@@ -707,13 +705,13 @@ class SessionContext(Generic[_ChannelT]):
             types = self._types
             aliases = self._aliases
             # What _learn_type does per variable, inline (the key asked is its id or its name).
-            for var_id, name, var_type in zip(ids, values.names, var_types):
+            for var_id, name, var_type in zip(ids, values.names, var_types, strict=False):
                 types[var_id] = types[name] = var_type
                 aliases[var_id] = name
                 aliases[name] = var_id
         # With nothing missing or binary, the server answered every identifier asked, in order.
         keys = list(values.identifiers) if response.missing_variables or response.variables else identifiers
-        found = dict(zip(keys, decode_batch_values(var_types, floats, values.values_json)))
+        found = dict(zip(keys, decode_batch_values(var_types, floats, values.values_json), strict=False))
         if response.variables:  # binary-path values
             for key, var in response.variables.items():
                 self._learn(var, key)
@@ -727,20 +725,20 @@ class SessionContext(Generic[_ChannelT]):
         self: SessionContext[grpc.aio.Channel],
         updates: Mapping[str, Any],
         atomic: bool = False,
-        metadata: Optional[Mapping[str, str]] = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Awaitable[BatchUpdateResult]: ...
     @overload
     def update_variables(
         self: SessionContext[grpc.Channel],
         updates: Mapping[str, Any],
         atomic: bool = False,
-        metadata: Optional[Mapping[str, str]] = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> BatchUpdateResult: ...
     def update_variables(
         self,
         updates: Mapping[str, Any],
         atomic: bool = False,
-        metadata: Optional[Mapping[str, str]] = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Any:
         """Set many variables (identifier → value) in one call.
 
@@ -760,7 +758,7 @@ class SessionContext(Generic[_ChannelT]):
         self,
         updates: dict[str, Any],
         atomic: bool,
-        metadata: Optional[Mapping[str, str]],
+        metadata: Mapping[str, str] | None,
     ) -> _Plan[BatchUpdateResult]:
         if not updates:
             return BatchUpdateResult({}, True, {})
@@ -769,9 +767,11 @@ class SessionContext(Generic[_ChannelT]):
         # Types matter only for encoding values other than floats (floats go
         # packed, typed by their variable on the server).
         types = self._types
-        unknown = [] if types.keys() >= updates.keys() else [
-            key for key, value in updates.items() if key not in types and type(value) is not float
-        ]
+        unknown = (
+            []
+            if types.keys() >= updates.keys()
+            else [key for key, value in updates.items() if key not in types and type(value) is not float]
+        )
         if unknown:
             lookup = pb2.BatchGetVariablesRequest(session_id=self._session_id, variable_identifiers=unknown)
             found = yield _Rpc("GetVariables", lookup)
@@ -788,7 +788,7 @@ class SessionContext(Generic[_ChannelT]):
         to_send = {k: v for k, v in updates.items() if k not in local_errors} if local_errors else updates
         local_errors.update(encode_compact(request, to_send, types))
 
-        outcome: dict[str, Union[bool, str]] = {}
+        outcome: dict[str, bool | str] = {}
         if local_errors and atomic:
             outcome.update((key, local_errors.get(key, NOT_APPLIED_ATOMIC)) for key in updates)
             return BatchUpdateResult(outcome, False, {})
@@ -819,11 +819,11 @@ class SessionContext(Generic[_ChannelT]):
 
     @overload
     def list_variables(
-        self: SessionContext[grpc.aio.Channel], pattern: Optional[str] = None
+        self: SessionContext[grpc.aio.Channel], pattern: str | None = None
     ) -> Awaitable[list[VariableInfo]]: ...
     @overload
-    def list_variables(self: SessionContext[grpc.Channel], pattern: Optional[str] = None) -> list[VariableInfo]: ...
-    def list_variables(self, pattern: Optional[str] = None) -> Any:
+    def list_variables(self: SessionContext[grpc.Channel], pattern: str | None = None) -> list[VariableInfo]: ...
+    def list_variables(self, pattern: str | None = None) -> Any:
         """The session's variables, optionally only names matching a glob (``*`` any run, ``?`` one character).
 
         The glob covers the whole name: ``"temp_*"`` matches ``temp_a`` but not ``my_temp_a``.
@@ -833,7 +833,7 @@ class SessionContext(Generic[_ChannelT]):
         """
         return self._run(self._list_variables(pattern))
 
-    def _list_variables(self, pattern: Optional[str]) -> _Plan[list[VariableInfo]]:
+    def _list_variables(self, pattern: str | None) -> _Plan[list[VariableInfo]]:
         request = pb2.ListVariablesRequest(session_id=self._session_id, pattern=pattern or "")
         response = yield _Rpc("ListVariables", request)
         return [self._remember(var) for var in response.variables]
@@ -888,7 +888,7 @@ class SessionContext(Generic[_ChannelT]):
         *,
         include_initial: bool = True,
         reconnect: bool = False,
-        since_versions: Optional[Mapping[str, int]] = None,
+        since_versions: Mapping[str, int] | None = None,
         backoff: tuple[float, float] = DEFAULT_BACKOFF,
     ) -> AsyncVariableWatch: ...
     @overload
@@ -898,7 +898,7 @@ class SessionContext(Generic[_ChannelT]):
         *,
         include_initial: bool = True,
         reconnect: bool = False,
-        since_versions: Optional[Mapping[str, int]] = None,
+        since_versions: Mapping[str, int] | None = None,
         backoff: tuple[float, float] = DEFAULT_BACKOFF,
     ) -> VariableWatch: ...
     def watch_variables(
@@ -907,7 +907,7 @@ class SessionContext(Generic[_ChannelT]):
         *,
         include_initial: bool = True,
         reconnect: bool = False,
-        since_versions: Optional[Mapping[str, int]] = None,
+        since_versions: Mapping[str, int] | None = None,
         backoff: tuple[float, float] = DEFAULT_BACKOFF,
     ) -> Any:
         """Watch variables (by id or name): an iterator of :class:`~snakepit_bridge.VariableUpdate`.
@@ -986,7 +986,7 @@ class SessionContext(Generic[_ChannelT]):
         *,
         include_initial: bool = True,
         reconnect: bool = False,
-        since_version: Optional[int] = None,
+        since_version: int | None = None,
         backoff: tuple[float, float] = DEFAULT_BACKOFF,
     ) -> AsyncVariableWatch: ...
     @overload
@@ -996,7 +996,7 @@ class SessionContext(Generic[_ChannelT]):
         *,
         include_initial: bool = True,
         reconnect: bool = False,
-        since_version: Optional[int] = None,
+        since_version: int | None = None,
         backoff: tuple[float, float] = DEFAULT_BACKOFF,
     ) -> VariableWatch: ...
     def watch_variable(
@@ -1005,7 +1005,7 @@ class SessionContext(Generic[_ChannelT]):
         *,
         include_initial: bool = True,
         reconnect: bool = False,
-        since_version: Optional[int] = None,
+        since_version: int | None = None,
         backoff: tuple[float, float] = DEFAULT_BACKOFF,
     ) -> Any:
         """Watch one variable: :meth:`watch_variables` with ``[identifier]``.
@@ -1168,9 +1168,7 @@ class SessionContext(Generic[_ChannelT]):
             SessionNotFoundError: the session does not exist.
         """
         if self._is_async:
-            raise TypeError(
-                "'in' cannot await on a grpc.aio SessionContext; use 'await ctx.has_variable(name)'"
-            )
+            raise TypeError("'in' cannot await on a grpc.aio SessionContext; use 'await ctx.has_variable(name)'")
         if not isinstance(identifier, str):
             return False
         return self._run_blocking(self._has_variable(identifier))

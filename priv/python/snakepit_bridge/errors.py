@@ -22,7 +22,7 @@ server)::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 
@@ -64,8 +64,8 @@ class BridgeError(Exception):
     def __init__(
         self,
         message: str,
-        code: Optional[grpc.StatusCode] = None,
-        kind: Optional[str] = None,
+        code: grpc.StatusCode | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -122,9 +122,9 @@ class VersionConflictError(BridgeError):
     def __init__(
         self,
         message: str,
-        code: Optional[grpc.StatusCode] = None,
-        kind: Optional[str] = None,
-        current_version: Optional[int] = None,
+        code: grpc.StatusCode | None = None,
+        kind: str | None = None,
+        current_version: int | None = None,
     ) -> None:
         super().__init__(message, code, kind)
         self.current_version = current_version
@@ -177,9 +177,9 @@ _BY_CODE: dict[grpc.StatusCode, type[BridgeError]] = {
 
 
 def error_from_status(
-    code: Optional[grpc.StatusCode],
-    details: Optional[str],
-    trailing_metadata: Optional[Iterable[Any]] = None,
+    code: grpc.StatusCode | None,
+    details: str | None,
+    trailing_metadata: Iterable[Any] | None = None,
 ) -> BridgeError:
     """Build the :class:`BridgeError` subclass for a failed call.
 
@@ -201,7 +201,7 @@ def error_from_status(
     message = details or (f"bridge call failed with {code.name}" if code is not None else "bridge call failed")
 
     if cls is VersionConflictError:
-        current: Optional[int] = None
+        current: int | None = None
         raw = metadata.get(CURRENT_VERSION_KEY)
         if raw is not None:
             try:

@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, Optional, TypedDict, Union
+from typing import Any, Literal, TypedDict
 
 __all__ = [
     "BatchGetResult",
@@ -39,7 +39,7 @@ class VariableType(str, Enum):
         return self.value
 
     @classmethod
-    def coerce(cls, value: Union["VariableType", str]) -> Union["VariableType", str]:
+    def coerce(cls, value: VariableType | str) -> VariableType | str:
         """Return the member named by ``value``, or ``value`` itself if it names none.
 
         Unknown names are passed through so the server, which owns the rules,
@@ -74,13 +74,13 @@ class VariableInfo:
 
     id: str
     name: str
-    type: Union[VariableType, str]
+    type: VariableType | str
     value: Any
     version: int
     source: VariableSource
     metadata: dict[str, str] = field(default_factory=dict)
     constraints: dict[str, Any] = field(default_factory=dict)
-    last_updated_at: Optional[datetime.datetime] = None
+    last_updated_at: datetime.datetime | None = None
 
 
 class SessionInfo(TypedDict):
@@ -89,7 +89,7 @@ class SessionInfo(TypedDict):
     session_id: str
     metadata: dict[str, str]
     #: Timezone-aware (UTC); ``None`` if the server sent no time.
-    created_at: Optional[datetime.datetime]
+    created_at: datetime.datetime | None
     variable_count: int
     #: Live subscriptions of the session (gRPC streams plus Elixir subscribers).
     watcher_count: int
@@ -113,7 +113,7 @@ class BatchGetResult(dict[str, Any]):
         return f"BatchGetResult({dict.__repr__(self)}, missing={self.missing!r})"
 
 
-class BatchUpdateResult(dict[str, Union[bool, str]]):
+class BatchUpdateResult(dict[str, bool | str]):
     """Per key of a batch update: ``True`` if applied, else the reason as a string.
 
     For a refused atomic batch nothing was applied: the offending keys carry the
@@ -130,7 +130,7 @@ class BatchUpdateResult(dict[str, Union[bool, str]]):
 
     def __init__(
         self,
-        outcome: dict[str, Union[bool, str]],
+        outcome: dict[str, bool | str],
         success: bool,
         new_versions: Mapping[str, int],
     ) -> None:
@@ -159,7 +159,4 @@ class BatchUpdateResult(dict[str, Union[bool, str]]):
         return {"success": self.success, "_new_versions": self.new_versions}
 
     def __repr__(self) -> str:
-        return (
-            f"BatchUpdateResult({dict.__repr__(self)}, success={self.success!r}, "
-            f"new_versions={self.new_versions!r})"
-        )
+        return f"BatchUpdateResult({dict.__repr__(self)}, success={self.success!r}, new_versions={self.new_versions!r})"

@@ -40,10 +40,10 @@ import array
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -87,19 +87,19 @@ class EncodedValue:
     """
 
     any: any_pb2.Any
-    binary: Optional[bytes] = None
+    binary: bytes | None = None
 
 
-def type_url(var_type: Union[VariableType, str], binary: bool = False) -> str:
+def type_url(var_type: VariableType | str, binary: bool = False) -> str:
     """The ``Any.type_url`` for a variable type, e.g. ``type.googleapis.com/snakepit.float``."""
     return f"{TYPE_URL_PREFIX}{var_type}{BINARY_SUFFIX if binary else ''}"
 
 
-def parse_type_url(url: str) -> tuple[Optional[str], bool]:
+def parse_type_url(url: str) -> tuple[str | None, bool]:
     """Split a type_url into ``(type name, is_binary)``; the name is ``None`` if foreign."""
     if not url.startswith(TYPE_URL_PREFIX):
         return None, False
-    name = url[len(TYPE_URL_PREFIX):]
+    name = url[len(TYPE_URL_PREFIX) :]
     if name.endswith(BINARY_SUFFIX):
         return name[: -len(BINARY_SUFFIX)], True
     return name, False
@@ -114,7 +114,7 @@ _TYPE_OF_URL: dict[str, str] = {url: name for name, url in _URL_OF_TYPE.items()}
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_value(var_type: Union[VariableType, str], value: Any) -> EncodedValue:
+def encode_value(var_type: VariableType | str, value: Any) -> EncodedValue:
     """Encode ``value`` for a variable of type ``var_type``.
 
     The client does not judge values: the server owns the rules and refuses what
@@ -131,7 +131,7 @@ def encode_value(var_type: Union[VariableType, str], value: Any) -> EncodedValue
     return EncodedValue(any_pb2.Any(type_url=url, value=payload), binary)
 
 
-def encode_parts(var_type: Union[VariableType, str], value: Any) -> tuple[str, bytes, Optional[bytes]]:
+def encode_parts(var_type: VariableType | str, value: Any) -> tuple[str, bytes, bytes | None]:
     """:func:`encode_value` without the wrapping: ``(type_url, Any.value, binary or None)``.
 
     For filling a message in place (a batch fills one ``Any`` per key). A
@@ -290,9 +290,9 @@ def _is_ndarray(value: Any) -> bool:
     return np is not None and isinstance(value, np.ndarray)
 
 
-def _encode_binary(var_type: VariableType, value: Any) -> Optional[tuple[str, bytes, Optional[bytes]]]:
+def _encode_binary(var_type: VariableType, value: Any) -> tuple[str, bytes, bytes | None] | None:
     """The binary-path encoding (parts) of a large numeric numpy array, else ``None``."""
-    shape: Optional[list[int]] = None
+    shape: list[int] | None = None
     if var_type == VariableType.TENSOR and isinstance(value, Mapping) and _is_ndarray(value.get("data")):
         shape = [int(d) for d in value.get("shape", value["data"].shape)]
         value = value["data"]
@@ -334,7 +334,7 @@ def _loads(raw: bytes) -> Any:
 def decode_value(
     value: any_pb2.Any,
     binary_value: bytes = b"",
-    var_type: Optional[Union[VariableType, str]] = None,
+    var_type: VariableType | str | None = None,
 ) -> Any:
     """Decode a value sent by the server.
 
@@ -367,9 +367,9 @@ def decode_variable_value(var: Any) -> Any:
     return _decode(url, raw, var.binary_value, var.type)
 
 
-def _decode(url: str, raw: bytes, binary_value: bytes = b"", var_type: Optional[Union[VariableType, str]] = None) -> Any:
+def _decode(url: str, raw: bytes, binary_value: bytes = b"", var_type: VariableType | str | None = None) -> Any:
     """:func:`decode_value` of an ``Any`` given as its two fields."""
-    name: Optional[str] = _TYPE_OF_URL.get(url)
+    name: str | None = _TYPE_OF_URL.get(url)
     if name is not None and raw:  # the usual case: a known type on the JSON path
         try:
             payload = _loads(raw)
@@ -430,7 +430,7 @@ def decode_values_json(types: Sequence[str], payload: bytes) -> list[Any]:
         raise BridgeError(f"server sent {got} for a batch of {count} variables")
     if count and types.count(types[0]) == count:  # the usual case: all of one type
         return _normalise_all(types[0], items)
-    return [_normalise(name, x) for name, x in zip(types, items)]
+    return [_normalise(name, x) for name, x in zip(types, items, strict=False)]
 
 
 def _same(x: Any) -> Any:
@@ -516,8 +516,7 @@ def _decode_binary(name: str, meta: Any, raw: bytes) -> Any:
     count = math.prod(shape)
     if len(raw) != count * numbers.itemsize:
         raise BridgeError(
-            f"server sent binary {name} of {len(raw)} bytes; shape {shape} in {dtype} needs "
-            f"{count * numbers.itemsize}"
+            f"server sent binary {name} of {len(raw)} bytes; shape {shape} in {dtype} needs {count * numbers.itemsize}"
         )
     numbers.frombytes(raw)
     if sys.byteorder == "big":

@@ -85,7 +85,7 @@ import random
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
 import grpc.aio
@@ -146,7 +146,7 @@ class _LazyField:
     def __set_name__(self, owner: type, name: str) -> None:
         self._key = "_lazy_" + name
 
-    def __get__(self, obj: Any, objtype: Optional[type] = None) -> Any:
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:  # the dataclass asks for the field's default
             if self._required:
                 raise AttributeError(self._key)
@@ -187,15 +187,15 @@ class VariableUpdate(Mapping[str, Any]):
     """
 
     update_type: UpdateType
-    variable_id: Optional[str]
-    name: Optional[str]
+    variable_id: str | None
+    name: str | None
     value: Any
-    version: Optional[int]
-    type: Optional[Union[VariableType, str]]
+    version: int | None
+    type: VariableType | str | None
     metadata: dict[str, str]
-    source: Optional[str]
-    timestamp: Optional[datetime.datetime] = _LazyField(required=True)  # type: ignore[assignment]
-    variable: Optional[VariableInfo] = _LazyField(required=False)  # type: ignore[assignment]
+    source: str | None
+    timestamp: datetime.datetime | None = _LazyField(required=True)  # type: ignore[assignment]
+    variable: VariableInfo | None = _LazyField(required=False)  # type: ignore[assignment]
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle and copy computed values, never the message they would come from.
@@ -221,13 +221,13 @@ class VariableUpdate(Mapping[str, Any]):
     def _received(
         cls,
         update_type: str,
-        variable_id: Optional[str],
-        name: Optional[str],
+        variable_id: str | None,
+        name: str | None,
         value: Any,
-        version: Optional[int],
-        type: Optional[Union[VariableType, str]],  # noqa: A002 - the field's name
+        version: int | None,
+        type: VariableType | str | None,  # noqa: A002 - the field's name
         metadata: dict[str, str],
-        source: Optional[str],
+        source: str | None,
         timestamp: Any,
         variable: Any,
     ) -> VariableUpdate:
@@ -487,7 +487,7 @@ class _WatchCache:
         self._holders: set[_WatchHolder] = set()
         self._floors: dict[str, int] = {}  # identifier -> version an own write reached
 
-    def _find(self, identifier: str) -> Optional[str]:
+    def _find(self, identifier: str) -> str | None:
         if identifier in self._entries:
             return identifier
         return self._names.get(identifier)
@@ -504,7 +504,7 @@ class _WatchCache:
         with self._lock:
             holder.live = live and not holder.defunct
 
-    def lookup(self, identifier: str) -> Optional[Any]:
+    def lookup(self, identifier: str) -> Any | None:
         """The ``Variable`` message last delivered of a variable covered by a live watch, else ``None``.
 
         Messages are never changed once received; every reader decodes its own
@@ -632,7 +632,7 @@ def _stream_error(exc: grpc.RpcError) -> BridgeError:
 _CLOSED_CHANNEL = "the gRPC channel is closed"
 
 
-def _step(plan: _WatchPlan, value: Any, error: Optional[BaseException], end: type[Exception]) -> Any:
+def _step(plan: _WatchPlan, value: Any, error: BaseException | None, end: type[Exception]) -> Any:
     """Resume the plan with a result (or an error); its next operation. Raises ``end`` when it is over."""
     try:
         return plan.throw(error) if error is not None else plan.send(value)
@@ -643,7 +643,9 @@ def _step(plan: _WatchPlan, value: Any, error: Optional[BaseException], end: typ
 class _WatchIterator:
     """What the blocking and the asyncio watch iterators share: state and introspection."""
 
-    def __init__(self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]) -> None:
+    def __init__(
+        self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]
+    ) -> None:
         self._ctx = ctx
         self._plan = plan
         self._holder = holder
@@ -703,7 +705,9 @@ class VariableWatch(_WatchIterator):
         BridgeError: any other failure, e.g. a malformed value from the server.
     """
 
-    def __init__(self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]) -> None:
+    def __init__(
+        self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]
+    ) -> None:
         super().__init__(ctx, plan, holder, identifiers)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -777,7 +781,7 @@ class VariableWatch(_WatchIterator):
             call.cancel()
         self._plan.close()  # its finally releases the cache entries
 
-    def _advance(self, until_open: bool) -> Optional[VariableUpdate]:
+    def _advance(self, until_open: bool) -> VariableUpdate | None:
         with self._lock:
             if self._closed:
                 raise StopIteration
@@ -787,7 +791,7 @@ class VariableWatch(_WatchIterator):
         try:
             op, self._next_op = self._next_op, None
             value: Any = None
-            error: Optional[BaseException] = None
+            error: BaseException | None = None
             while True:
                 if self._closed:
                     raise StopIteration
@@ -825,7 +829,7 @@ class VariableWatch(_WatchIterator):
             if finish:
                 self._finish()
 
-    def _open(self, request: Any) -> tuple[Any, Optional[BaseException]]:
+    def _open(self, request: Any) -> tuple[Any, BaseException | None]:
         try:
             call = self._ctx._stub.WatchVariables(request)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
@@ -840,7 +844,7 @@ class VariableWatch(_WatchIterator):
         call.initial_metadata()  # returns once headers came, or the call ended
         return not call.done(), None
 
-    def _read(self) -> tuple[Any, Optional[BaseException]]:
+    def _read(self) -> tuple[Any, BaseException | None]:
         try:
             return next(self._call), None
         except StopIteration:
@@ -895,9 +899,11 @@ class AsyncVariableWatch(_WatchIterator):
         BridgeError: any other failure, e.g. a malformed value from the server.
     """
 
-    def __init__(self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]) -> None:
+    def __init__(
+        self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]
+    ) -> None:
         super().__init__(ctx, plan, holder, identifiers)
-        self._wakeup: Optional[asyncio.Future[None]] = None
+        self._wakeup: asyncio.Future[None] | None = None
 
     def __aiter__(self) -> AsyncVariableWatch:
         return self
@@ -969,7 +975,7 @@ class AsyncVariableWatch(_WatchIterator):
             call.cancel()
         self._plan.close()
 
-    async def _advance(self, until_open: bool) -> Optional[VariableUpdate]:
+    async def _advance(self, until_open: bool) -> VariableUpdate | None:
         if self._closed:
             raise StopAsyncIteration
         if self._busy:
@@ -978,7 +984,7 @@ class AsyncVariableWatch(_WatchIterator):
         try:
             op, self._next_op = self._next_op, None
             value: Any = None
-            error: Optional[BaseException] = None
+            error: BaseException | None = None
             while True:
                 if self._closed:
                     raise StopAsyncIteration
@@ -1014,7 +1020,7 @@ class AsyncVariableWatch(_WatchIterator):
             if self._closed and not self._finished:
                 self._finish()
 
-    async def _open(self, request: Any) -> tuple[Any, Optional[BaseException]]:
+    async def _open(self, request: Any) -> tuple[Any, BaseException | None]:
         try:
             call = self._ctx._stub.WatchVariables(request)
         except grpc.aio.UsageError as exc:  # the channel is closed
@@ -1028,7 +1034,7 @@ class AsyncVariableWatch(_WatchIterator):
             return None, self._cancelled(exc)
         return not call.done(), None
 
-    async def _read(self) -> tuple[Any, Optional[BaseException]]:
+    async def _read(self) -> tuple[Any, BaseException | None]:
         try:
             message = await self._call.read()
         except grpc.RpcError as exc:
@@ -1072,4 +1078,3 @@ class AsyncVariableWatch(_WatchIterator):
         finally:
             handle.cancel()
             self._wakeup = None
-

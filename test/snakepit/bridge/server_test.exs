@@ -17,6 +17,7 @@ defmodule Snakepit.Bridge.ServerTest do
   test "a Python process pings and initializes a session that Elixir then sees" do
     port = start_server()
     sid = unique("from-python")
+
     assert {:ok, %{"ping" => "hello", "initialized" => true}} =
              Python.client(port, sid, "ping_and_initialize", ["hello"])
 
@@ -29,7 +30,8 @@ defmodule Snakepit.Bridge.ServerTest do
     {:ok, _} = SessionStore.create_session(sid, metadata: %{"by" => "elixir"})
     {:ok, _} = SessionStore.register_variable(sid, :x, :integer, 1)
 
-    assert {:ok, %{"session_id" => ^sid, "metadata" => %{"by" => "elixir"}, "variable_count" => 1}} =
+    assert {:ok,
+            %{"session_id" => ^sid, "metadata" => %{"by" => "elixir"}, "variable_count" => 1}} =
              Python.client(port, sid, "get_session")
 
     assert {:error, %{"error" => "SessionNotFoundError", "code" => "NOT_FOUND"}} =
@@ -40,10 +42,17 @@ defmodule Snakepit.Bridge.ServerTest do
     port = start_server()
     sid = unique("e2p")
     {:ok, _} = SessionStore.create_session(sid)
-    {:ok, _} = SessionStore.register_variable(sid, :temperature, :float, 0.5, constraints: %{min: 0, max: 2})
+
+    {:ok, _} =
+      SessionStore.register_variable(sid, :temperature, :float, 0.5,
+        constraints: %{min: 0, max: 2}
+      )
+
     :ok = SessionStore.update_variable(sid, :temperature, :infinity)
     :ok = SessionStore.update_variable(sid, :temperature, 1.25)
-    {:ok, _} = SessionStore.register_variable(sid, :t, :tensor, %{shape: [2, 1], data: [[1], [2]]})
+
+    {:ok, _} =
+      SessionStore.register_variable(sid, :t, :tensor, %{shape: [2, 1], data: [[1], [2]]})
 
     assert {:ok, %{"value" => 1.25, "version" => 3, "type" => "float", "source" => "elixir"}} =
              Python.client(port, sid, "get_variable", ["temperature"])
@@ -56,10 +65,17 @@ defmodule Snakepit.Bridge.ServerTest do
     port = start_server()
     sid = unique("p2e")
     {:ok, _} = SessionStore.create_session(sid)
-    {:ok, _} = SessionStore.register_variable(sid, :strategy, :choice, "greedy", constraints: %{choices: ["greedy", "beam"]})
 
-    assert {:ok, %{"version" => 2}} = Python.client(port, sid, "update_variable", ["strategy", ~s("beam")])
-    assert {:ok, %{value: "beam", version: 2, source: :python}} = SessionStore.get_variable(sid, :strategy)
+    {:ok, _} =
+      SessionStore.register_variable(sid, :strategy, :choice, "greedy",
+        constraints: %{choices: ["greedy", "beam"]}
+      )
+
+    assert {:ok, %{"version" => 2}} =
+             Python.client(port, sid, "update_variable", ["strategy", ~s("beam")])
+
+    assert {:ok, %{value: "beam", version: 2, source: :python}} =
+             SessionStore.get_variable(sid, :strategy)
 
     assert {:error, %{"error" => "ValidationError", "message" => msg}} =
              Python.client(port, sid, "update_variable", ["strategy", ~s("sample")])
@@ -71,7 +87,10 @@ defmodule Snakepit.Bridge.ServerTest do
   test "stopping the server ends a Python client's calls with UNAVAILABLE, and the port can be bound again" do
     port = start_server()
     sid = unique("stop")
-    py = Python.start([Python.script("bridge_client.py"), "127.0.0.1:#{port}", sid, "ping_then_wait"])
+
+    py =
+      Python.start([Python.script("bridge_client.py"), "127.0.0.1:#{port}", sid, "ping_then_wait"])
+
     assert Python.next_line(py) =~ ~s("ping": "before")
 
     :ok = stop_supervised(Server)
@@ -83,7 +102,9 @@ defmodule Snakepit.Bridge.ServerTest do
     # The listener is released: the same port can be bound by a restarted server.
     start_supervised!({Server, host: "127.0.0.1", port: port})
     assert Server.port() == port
-    assert {:ok, %{"ping" => "again"}} = Python.client(port, unique("again"), "ping_and_initialize", ["again"])
+
+    assert {:ok, %{"ping" => "again"}} =
+             Python.client(port, unique("again"), "ping_and_initialize", ["again"])
   end
 
   test "two servers under different names, each with its own port" do
@@ -96,7 +117,10 @@ defmodule Snakepit.Bridge.ServerTest do
   test "a port that cannot be bound fails to start with the reason" do
     port = start_server()
     Process.flag(:trap_exit, true)
-    assert {:error, {:invalid_argument, msg}} = Server.start_link(name: :clash, host: "127.0.0.1", port: port)
+
+    assert {:error, {:invalid_argument, msg}} =
+             Server.start_link(name: :clash, host: "127.0.0.1", port: port)
+
     assert msg =~ "cannot listen on 127.0.0.1:#{port}"
   end
 end

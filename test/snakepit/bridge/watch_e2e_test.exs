@@ -15,7 +15,10 @@ defmodule Snakepit.Bridge.WatchE2ETest do
     %{sid: sid, address: "127.0.0.1:#{Server.port()}"}
   end
 
-  test "the specified end-to-end test: Elixir updates, a Python watcher prints them in order", %{sid: sid, address: address} do
+  test "the specified end-to-end test: Elixir updates, a Python watcher prints them in order", %{
+    sid: sid,
+    address: address
+  } do
     {:ok, _} = SessionStore.register_variable(sid, :counter, :integer, 0)
     py = Python.start([Python.script("watch_counter.py"), address, sid, "3"])
     Watchers.await(sid, 1)
@@ -31,20 +34,42 @@ defmodule Snakepit.Bridge.WatchE2ETest do
     Watchers.await(sid, 0)
   end
 
-  test "an Elixir process sees a Python update_variable with source python", %{sid: sid, address: address} do
+  test "an Elixir process sees a Python update_variable with source python", %{
+    sid: sid,
+    address: address
+  } do
     {:ok, _} = SessionStore.register_variable(sid, :temperature, :float, 0.5)
     {:ok, ref} = SessionStore.watch_variables(sid, [:temperature])
     port = String.split(address, ":") |> List.last()
-    assert {:ok, %{"version" => 2}} = Python.client(port, sid, "update_variable", ["temperature", "0.9"])
+
+    assert {:ok, %{"version" => 2}} =
+             Python.client(port, sid, "update_variable", ["temperature", "0.9"])
 
     assert_receive {:snakepit_variable_update, ^ref,
-                    %VariableUpdate{name: "temperature", value: 0.9, version: 2, source: :python, update_type: :value_change}},
+                    %VariableUpdate{
+                      name: "temperature",
+                      value: 0.9,
+                      version: 2,
+                      source: :python,
+                      update_type: :value_change
+                    }},
                    5000
   end
 
-  test "a Python worker switches strategy and model the moment Elixir changes them", %{sid: sid, address: address} do
-    {:ok, _} = SessionStore.register_variable(sid, :strategy, :choice, "greedy", constraints: %{choices: ["greedy", "beam", "sample"]})
-    {:ok, _} = SessionStore.register_variable(sid, :model, :module, "small", constraints: %{allowed_modules: ["small", "large"]})
+  test "a Python worker switches strategy and model the moment Elixir changes them", %{
+    sid: sid,
+    address: address
+  } do
+    {:ok, _} =
+      SessionStore.register_variable(sid, :strategy, :choice, "greedy",
+        constraints: %{choices: ["greedy", "beam", "sample"]}
+      )
+
+    {:ok, _} =
+      SessionStore.register_variable(sid, :model, :module, "small",
+        constraints: %{allowed_modules: ["small", "large"]}
+      )
+
     py = Python.start([Python.script("reactive_worker.py"), address, sid])
     assert_switched(py, ["strategy=greedy", "model=small"])
 
@@ -72,7 +97,10 @@ defmodule Snakepit.Bridge.WatchE2ETest do
   end
 
   for mode <- ["cancel", "close", "kill"] do
-    test "a Python watcher that leaves by #{mode} frees its subscription", %{sid: sid, address: address} do
+    test "a Python watcher that leaves by #{mode} frees its subscription", %{
+      sid: sid,
+      address: address
+    } do
       {:ok, _} = SessionStore.register_variable(sid, :x, :integer, 0)
       before = Watchers.count(sid)
       py = Python.start([Python.script("watch_and_leave.py"), address, sid, unquote(mode)])

@@ -20,16 +20,30 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
     %{sid: sid, address: "127.0.0.1:#{Server.port()}"}
   end
 
-  test "ordered, unique, final, atomic batches adjacent — for every watcher", %{sid: sid, address: address} do
+  test "ordered, unique, final, atomic batches adjacent — for every watcher", %{
+    sid: sid,
+    address: address
+  } do
     # Watchers first: two Elixir (one slow), two Python (one slow).
     elixir_watchers = for slow <- [0, 1], do: start_elixir_watcher(sid, slow)
-    python_watchers = for slow <- ["0", "2"], do: Python.start([Python.script("history_watcher.py"), address, sid, slow | @vars])
+
+    python_watchers =
+      for slow <- ["0", "2"],
+          do: Python.start([Python.script("history_watcher.py"), address, sid, slow | @vars])
+
     for py <- python_watchers, do: assert(Python.next_line(py) == "READY")
 
     # Writers: two Elixir tasks, two Python processes.
-    py_writers = for id <- ["7", "8"], do: Python.start([Python.script("history_writer.py"), address, sid, id, "300" | @vars])
+    py_writers =
+      for id <- ["7", "8"],
+          do: Python.start([Python.script("history_writer.py"), address, sid, id, "300" | @vars])
+
     ex_writers = for id <- [1, 2], do: Task.async(fn -> elixir_writer(sid, id, 1500) end)
-    written = Enum.flat_map(ex_writers, &Task.await(&1, 60_000)) ++ Enum.flat_map(py_writers, &python_writes/1)
+
+    written =
+      Enum.flat_map(ex_writers, &Task.await(&1, 60_000)) ++
+        Enum.flat_map(py_writers, &python_writes/1)
+
     written = Map.new(written)
 
     finals = for v <- @vars, into: %{}, do: {v, elem(SessionStore.get_variable(sid, v), 1)}
@@ -57,7 +71,10 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
 
       if :rand.uniform() < 0.25 do
         names = Enum.take(Enum.shuffle(@vars), Enum.random(2..3))
-        {:ok, results} = SessionStore.update_variables(sid, Map.new(names, &{&1, value}), atomic: true)
+
+        {:ok, results} =
+          SessionStore.update_variables(sid, Map.new(names, &{&1, value}), atomic: true)
+
         for {name, {:ok, version}} <- results, do: {{name, version}, value}
       else
         name = Enum.random(@vars)
@@ -69,7 +86,9 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
 
   defp python_writes(py, acc \\ []) do
     case Python.next_line(py, 60_000) do
-      "DONE" -> acc
+      "DONE" ->
+        acc
+
       "W " <> rest ->
         [name, version, value] = String.split(rest)
         python_writes(py, [{{name, String.to_integer(version)}, String.to_integer(value)} | acc])
@@ -100,7 +119,10 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
 
       {:finish, finals, from} ->
         acc = Enum.reverse(acc)
-        if reached?(acc, finals), do: send(from, {:history, self(), acc}), else: await_more(ref, slow_ms, acc, finals, from)
+
+        if reached?(acc, finals),
+          do: send(from, {:history, self(), acc}),
+          else: await_more(ref, slow_ms, acc, finals, from)
     end
   end
 
@@ -108,14 +130,19 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
     receive do
       {:snakepit_variable_update, ^ref, %VariableUpdate{} = u} ->
         acc = acc ++ [{u.name, u.version, u.value, u.batch}]
-        if reached?(acc, finals), do: send(from, {:history, self(), acc}), else: await_more(ref, slow_ms, acc, finals, from)
+
+        if reached?(acc, finals),
+          do: send(from, {:history, self(), acc}),
+          else: await_more(ref, slow_ms, acc, finals, from)
     after
       30_000 -> send(from, {:history, self(), acc})
     end
   end
 
   defp reached?(history, finals) do
-    Enum.all?(finals, fn {name, var} -> Enum.any?(history, fn {n, v, _, _} -> n == name and v >= var.version end) end)
+    Enum.all?(finals, fn {name, var} ->
+      Enum.any?(history, fn {n, v, _, _} -> n == name and v >= var.version end)
+    end)
   end
 
   defp finish_elixir_watcher(pid, finals) do
@@ -132,7 +159,9 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
       "U " <> rest ->
         [name, version, value] = String.split(rest)
         # Python updates carry no batch number; batches are told by their shared value.
-        python_history(py, [{name, String.to_integer(version), String.to_integer(value), nil} | acc])
+        python_history(py, [
+          {name, String.to_integer(version), String.to_integer(value), nil} | acc
+        ])
     end
   end
 
@@ -141,8 +170,12 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
   defp validate(label, history, written, finals) do
     # Ordered and unique per variable, each value the one written at its version.
     Enum.reduce(history, %{}, fn {name, version, value, _}, last ->
-      if prev = last[name], do: assert(version > prev, "#{label}: #{name} went from v#{prev} to v#{version}")
-      if version > 1, do: assert(written[{name, version}] == value, "#{label}: #{name} v#{version} = #{value}")
+      if prev = last[name],
+        do: assert(version > prev, "#{label}: #{name} went from v#{prev} to v#{version}")
+
+      if version > 1,
+        do: assert(written[{name, version}] == value, "#{label}: #{name} v#{version} = #{value}")
+
       Map.put(last, name, version)
     end)
 
@@ -154,11 +187,20 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
 
     # Atomic batches adjacent: the delivered changes of one batch form one run.
     # A batch is a value written to several variables (every operation writes its own value).
-    batch_values = written |> Enum.group_by(fn {_, v} -> v end) |> Enum.filter(fn {_, l} -> length(l) > 1 end) |> Map.new()
-    runs = history |> Enum.with_index() |> Enum.filter(fn {{_, v, value, _}, _} -> v > 1 and Map.has_key?(batch_values, value) end)
+    batch_values =
+      written
+      |> Enum.group_by(fn {_, v} -> v end)
+      |> Enum.filter(fn {_, l} -> length(l) > 1 end)
+      |> Map.new()
+
+    runs =
+      history
+      |> Enum.with_index()
+      |> Enum.filter(fn {{_, v, value, _}, _} -> v > 1 and Map.has_key?(batch_values, value) end)
 
     for {value, entries} <- Enum.group_by(runs, fn {{_, _, value, _}, _} -> value end) do
       positions = Enum.map(entries, fn {_, i} -> i end)
+
       assert Enum.max(positions) - Enum.min(positions) == length(positions) - 1,
              "#{label}: batch #{value} split at positions #{inspect(positions)}"
     end

@@ -7,7 +7,10 @@ defmodule Snakepit.Bridge.WatchTest do
   setup do
     sid = "watch-test-#{System.unique_integer([:positive])}"
     {:ok, _} = SessionStore.create_session(sid)
-    for name <- [:a, :b, :c], do: {:ok, _} = SessionStore.register_variable(sid, name, :integer, 0)
+
+    for name <- [:a, :b, :c],
+        do: {:ok, _} = SessionStore.register_variable(sid, name, :integer, 0)
+
     on_exit(fn -> SessionStore.delete_session(sid) end)
     %{sid: sid}
   end
@@ -24,17 +27,31 @@ defmodule Snakepit.Bridge.WatchTest do
     :ok = SessionStore.update_variable(sid, :a, 5)
     assert {:ok, ref} = SessionStore.watch_variables(sid, [:a], include_initial: true)
     assert is_reference(ref)
-    assert %VariableUpdate{update_type: :initial_value, name: "a", value: 5, version: 2, source: :elixir, type: :integer} =
-             next_update(ref)
+
+    assert %VariableUpdate{
+             update_type: :initial_value,
+             name: "a",
+             value: 5,
+             version: 2,
+             source: :elixir,
+             type: :integer
+           } = next_update(ref)
 
     for v <- 6..8 do
       :ok = SessionStore.update_variable(sid, :a, v, %{step: v})
-      assert %VariableUpdate{update_type: :value_change, value: ^v, metadata: %{"step" => _}, variable: %{value: ^v}} =
-               next_update(ref)
+
+      assert %VariableUpdate{
+               update_type: :value_change,
+               value: ^v,
+               metadata: %{"step" => _},
+               variable: %{value: ^v}
+             } = next_update(ref)
     end
   end
 
-  test "without include_initial only later changes arrive; other variables are not sent", %{sid: sid} do
+  test "without include_initial only later changes arrive; other variables are not sent", %{
+    sid: sid
+  } do
     {:ok, ref} = SessionStore.watch_variables(sid, ["a"])
     :ok = SessionStore.update_variable(sid, :b, 1)
     :ok = SessionStore.update_variable(sid, :a, 1)
@@ -44,7 +61,10 @@ defmodule Snakepit.Bridge.WatchTest do
 
   test "a slow reader is coalesced to the latest value, versions only growing", %{sid: sid} do
     {:ok, ref} = SessionStore.watch_variables(sid, [:a, :b])
-    for i <- 1..5000, do: :ok = SessionStore.update_variable(sid, if(rem(i, 2) == 0, do: :a, else: :b), i)
+
+    for i <- 1..5000,
+        do: :ok = SessionStore.update_variable(sid, if(rem(i, 2) == 0, do: :a, else: :b), i)
+
     updates = collect_until(ref, fn u -> u.name == "a" and u.value == 5000 end)
 
     for name <- ["a", "b"] do
@@ -77,7 +97,13 @@ defmodule Snakepit.Bridge.WatchTest do
 
   test "since_versions resumes without duplicates", %{sid: sid} do
     :ok = SessionStore.update_variable(sid, :a, 1)
-    {:ok, ref} = SessionStore.watch_variables(sid, [:a, :b], include_initial: true, since_versions: %{a: 2, b: 0})
+
+    {:ok, ref} =
+      SessionStore.watch_variables(sid, [:a, :b],
+        include_initial: true,
+        since_versions: %{a: 2, b: 0}
+      )
+
     assert %VariableUpdate{name: "b", update_type: :initial_value} = next_update(ref)
     :ok = SessionStore.update_variable(sid, :a, 2)
     assert %VariableUpdate{name: "a", update_type: :value_change, version: 3} = next_update(ref)
@@ -134,8 +160,15 @@ defmodule Snakepit.Bridge.WatchTest do
     assert {:error, {:invalid_argument, _}} = SessionStore.watch_variables(sid, [])
     assert {:error, {:session_not_found, "nope"}} = SessionStore.watch_variables("nope", [:a])
     assert Watchers.count(sid) == 0
-    assert_raise ArgumentError, ~r/identifiers must be a list/, fn -> SessionStore.watch_variables(sid, :a) end
-    assert_raise ArgumentError, ~r/:pid option/, fn -> SessionStore.watch_variables(sid, [:a], pid: :me) end
+
+    assert_raise ArgumentError, ~r/identifiers must be a list/, fn ->
+      SessionStore.watch_variables(sid, :a)
+    end
+
+    assert_raise ArgumentError, ~r/:pid option/, fn ->
+      SessionStore.watch_variables(sid, [:a], pid: :me)
+    end
+
     assert_raise ArgumentError, ~r/ref must be/, fn -> SessionStore.unwatch_variables(:nope) end
   end
 

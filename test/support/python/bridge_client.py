@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 import grpc
-
 from snakepit_bridge import BridgeError, SessionContext
 
 
@@ -38,10 +37,19 @@ def run(ctx: SessionContext[grpc.Channel], command: str, args: list[str]) -> Any
         return {"ping": ctx.ping(args[0]), "initialized": bool(ctx.initialize({"by": "python"}) is not None)}
     if command == "get_session":
         info = ctx.get_session()
-        return {"session_id": info["session_id"], "metadata": dict(info["metadata"]), "variable_count": info["variable_count"]}
+        return {
+            "session_id": info["session_id"],
+            "metadata": dict(info["metadata"]),
+            "variable_count": info["variable_count"],
+        }
     if command == "get_variable":
         info = ctx.get_variable_info(args[0])
-        return {"value": plain(info.value), "version": info.version, "type": enum_value(info.type), "source": enum_value(info.source)}
+        return {
+            "value": plain(info.value),
+            "version": info.version,
+            "type": enum_value(info.type),
+            "source": enum_value(info.source),
+        }
     if command == "update_variable":
         return {"version": ctx.update_variable(args[0], json.loads(args[1]))}
     if command == "ping_then_wait":
@@ -59,7 +67,10 @@ def main() -> int:
         try:
             result = run(ctx, command, args)
         except BridgeError as e:
-            print(json.dumps({"error": type(e).__name__, "code": e.code.name if e.code else None, "message": e.message}), flush=True)
+            print(
+                json.dumps({"error": type(e).__name__, "code": e.code.name if e.code else None, "message": e.message}),
+                flush=True,
+            )
             return 3
     print(json.dumps(result), flush=True)
     return 0

@@ -10,7 +10,6 @@ import random
 import sys
 
 import grpc
-
 from snakepit_bridge import SessionContext
 
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
-
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb_grpc
 

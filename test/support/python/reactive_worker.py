@@ -10,10 +10,9 @@ using whatever strategy and model are current. It exits when the session closes.
 
 import asyncio
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
-
 from snakepit_bridge import SessionContext
 
 STRATEGIES: dict[str, Callable[[list[int]], str]] = {

@@ -11,7 +11,6 @@ import asyncio
 import sys
 
 import grpc
-
 from snakepit_bridge import SessionContext
 
 

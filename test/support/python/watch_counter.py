@@ -7,7 +7,6 @@ import asyncio
 import sys
 
 import grpc
-
 from snakepit_bridge import SessionContext
 
 

@@ -83,10 +83,14 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--idle-timeout" => c.idle_timeout = Some(secs()?).filter(|d| !d.is_zero()),
             "--max-watchers-per-connection" => c.max_watchers_per_connection = n()? as usize,
             "--max-watchers" => c.max_watchers = n()? as usize,
-            "--max-sessions" | "--max-variables-per-session" | "--max-value-bytes" | "--max-metadata-entries"
-            | "--max-metadata-bytes" | "--max-constraint-bytes" | "--max-batch" | "--max-pattern-bytes" => {
-                limits.push((flag.clone(), n()? as usize))
-            }
+            "--max-sessions"
+            | "--max-variables-per-session"
+            | "--max-value-bytes"
+            | "--max-metadata-entries"
+            | "--max-metadata-bytes"
+            | "--max-constraint-bytes"
+            | "--max-batch"
+            | "--max-pattern-bytes" => limits.push((flag.clone(), n()? as usize)),
             other => return Err(format!("unknown option {other:?}; see --help")),
         }
     }
@@ -117,10 +121,23 @@ fn parse_args() -> Result<Option<Args>, String> {
 /// A validation message names settings as `ServerConfig` does; here they are flags.
 fn as_flags(message: &str) -> String {
     const SETTINGS: [&str; 17] = [
-        "max_message_bytes", "max_connections", "max_watchers_per_connection", "max_watchers",
-        "session_ttl", "keepalive_timeout", "sweep_interval", "handshake_timeout", "max_sessions",
-        "max_variables_per_session", "max_value_bytes", "max_metadata_entries", "max_metadata_bytes",
-        "max_constraint_bytes", "max_batch", "max_pattern_bytes", "idle_timeout",
+        "max_message_bytes",
+        "max_connections",
+        "max_watchers_per_connection",
+        "max_watchers",
+        "session_ttl",
+        "keepalive_timeout",
+        "sweep_interval",
+        "handshake_timeout",
+        "max_sessions",
+        "max_variables_per_session",
+        "max_value_bytes",
+        "max_metadata_entries",
+        "max_metadata_bytes",
+        "max_constraint_bytes",
+        "max_batch",
+        "max_pattern_bytes",
+        "idle_timeout",
     ];
     message
         .split(' ')

@@ -333,10 +333,15 @@ fn what_is_stored_fits_the_value_limit_measured_as_json() {
 fn metadata_is_bounded_per_session_variable_and_after_merging() {
     let (s, _) = store();
     s.set_limits(small_limits());
-    let three: Metadata = [("a", "1"), ("b", "2"), ("c", "3")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let three: Metadata =
+        [("a", "1"), ("b", "2"), ("c", "3")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     over(s.create_session("s", three.clone(), DEFAULT_SESSION_TTL).unwrap_err(), "max_metadata_entries", 2);
     session(&s, "s");
-    over(s.register_variable("s", NewVariable { metadata: three, ..text_var("t", "") }, Source::Elixir).unwrap_err(), "max_metadata_entries", 2);
+    over(
+        s.register_variable("s", NewVariable { metadata: three, ..text_var("t", "") }, Source::Elixir).unwrap_err(),
+        "max_metadata_entries",
+        2,
+    );
     s.register_variable("s", text_var("t", "v0"), Source::Elixir).unwrap();
     let change = |k: &str, v: &str| Change { metadata: [(k.to_string(), v.to_string())].into(), ..elixir() };
     s.update_variable("s", "t", Raw::Str("v1".into()), &change("a", "1")).unwrap();
@@ -344,8 +349,13 @@ fn metadata_is_bounded_per_session_variable_and_after_merging() {
     // Replacing a key adds no entry; a third key would.
     s.update_variable("s", "t", Raw::Str("v3".into()), &change("a", "x")).unwrap();
     over(s.update_variable("s", "t", Raw::Str("v4".into()), &change("c", "3")).unwrap_err(), "max_metadata_entries", 2);
-    over(s.update_variable("s", "t", Raw::Str("v4".into()), &change("a", &"x".repeat(30))).unwrap_err(), "max_metadata_bytes", 20);
-    let batch = s.update_variables("s", vec![("t".into(), Raw::Str("v4".into()).into())], true, &change("c", "3")).unwrap();
+    over(
+        s.update_variable("s", "t", Raw::Str("v4".into()), &change("a", &"x".repeat(30))).unwrap_err(),
+        "max_metadata_bytes",
+        20,
+    );
+    let batch =
+        s.update_variables("s", vec![("t".into(), Raw::Str("v4".into()).into())], true, &change("c", "3")).unwrap();
     over(batch.errors.into_iter().next().unwrap().1, "max_metadata_entries", 2);
     let t = s.get_variable("s", "t").unwrap();
     assert_eq!((t.version, t.metadata.len(), &*t.value), (4, 2, &Value::Text("v3".into())));

@@ -138,7 +138,10 @@ async fn a_watcher_that_reads_nothing_is_coalesced_to_the_latest_value() {
         std::thread::sleep(Duration::from_millis(2));
     }
     let got = collect(&sub, |g| !g.is_empty()).await;
-    assert_eq!(summary(&got), vec![("b".into(), UpdateKind::ValueChange, 10_001), ("a".into(), UpdateKind::ValueChange, 10_001)]);
+    assert_eq!(
+        summary(&got),
+        vec![("b".into(), UpdateKind::ValueChange, 10_001), ("a".into(), UpdateKind::ValueChange, 10_001)]
+    );
     assert_eq!((int(&got[0]), int(&got[1])), (19_999, 20_000));
 }
 
@@ -151,8 +154,10 @@ async fn atomic_batches_arrive_adjacent() {
     let batch = vec![("a".to_string(), Raw::Int(2).into()), ("b".to_string(), Raw::Int(2).into())];
     store.update_variables("s", batch, true, &Change::from(Source::Python)).unwrap();
     set(&store, "c", 2);
-    let got = collect(&sub, |g| g.iter().any(|u| u.variable.as_ref().unwrap().name.as_ref() == "c" && int(u) == 2)).await;
-    let names: Vec<(String, i64)> = got.iter().map(|u| (u.variable.as_ref().unwrap().name.to_string(), int(u))).collect();
+    let got =
+        collect(&sub, |g| g.iter().any(|u| u.variable.as_ref().unwrap().name.as_ref() == "c" && int(u) == 2)).await;
+    let names: Vec<(String, i64)> =
+        got.iter().map(|u| (u.variable.as_ref().unwrap().name.to_string(), int(u))).collect();
     let pos = |n: &str, v: i64| names.iter().position(|x| x.0 == n && x.1 == v);
     let (a, b) = (pos("a", 2).unwrap(), pos("b", 2).unwrap());
     assert_eq!(a.abs_diff(b), 1, "batch members adjacent in {names:?}");
@@ -167,7 +172,13 @@ async fn deletion_is_reported_once_and_nothing_follows() {
     set(&store, "a", 1);
     store.delete_variable("s", "a").unwrap();
     // A new variable with the same name is a different variable: not watched.
-    let new = NewVariable { name: "a".into(), ty: VarType::Integer, value: Raw::Int(7), constraints: Raw::Nil, metadata: Metadata::new() };
+    let new = NewVariable {
+        name: "a".into(),
+        ty: VarType::Integer,
+        value: Raw::Int(7),
+        constraints: Raw::Nil,
+        metadata: Metadata::new(),
+    };
     store.register_variable("s", new, Source::Elixir).unwrap();
     set(&store, "a", 8);
     set(&store, "b", 1);
@@ -202,7 +213,13 @@ async fn a_watched_session_does_not_expire_and_idles_from_when_its_last_watcher_
     let clock = Arc::new(ManualClock::default());
     let store = Store::with_clock(clock.clone());
     store.create_session("s", Metadata::new(), Duration::from_secs(5)).unwrap();
-    let new = NewVariable { name: "a".into(), ty: VarType::Integer, value: Raw::Int(0), constraints: Raw::Nil, metadata: Metadata::new() };
+    let new = NewVariable {
+        name: "a".into(),
+        ty: VarType::Integer,
+        value: Raw::Int(0),
+        constraints: Raw::Nil,
+        metadata: Metadata::new(),
+    };
     store.register_variable("s", new, Source::Elixir).unwrap();
     let first = watch(&store, &["a"], false);
     let second = watch(&store, &["a"], false);
@@ -265,11 +282,7 @@ async fn since_versions_may_name_the_variable_by_id_or_name() {
     let store = store_with(&["a"]);
     set(&store, "a", 1);
     let id = store.get_variable("s", "a").unwrap().id.to_string();
-    let req = WatchRequest {
-        identifiers: vec!["a".into()],
-        include_initial: true,
-        since_versions: [(id, 2)].into(),
-    };
+    let req = WatchRequest { identifiers: vec!["a".into()], include_initial: true, since_versions: [(id, 2)].into() };
     let sub = store.watch("s", &req, Owner::Grpc).unwrap();
     set(&store, "a", 2);
     let got = collect(&sub, |g| !g.is_empty()).await;
@@ -279,7 +292,8 @@ async fn since_versions_may_name_the_variable_by_id_or_name() {
 #[test]
 fn bad_watch_requests_register_nothing() {
     let store = store_with(&["a"]);
-    let req = |ids: &[&str]| WatchRequest { identifiers: ids.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let req =
+        |ids: &[&str]| WatchRequest { identifiers: ids.iter().map(|s| s.to_string()).collect(), ..Default::default() };
     assert_eq!(store.watch("s", &req(&[]), Owner::Grpc).unwrap_err().kind(), "invalid_argument");
     assert_eq!(store.watch("s", &req(&["a", "zzz"]), Owner::Grpc).unwrap_err().kind(), "variable_not_found");
     assert_eq!(store.watch("nope", &req(&["a"]), Owner::Grpc).unwrap_err().kind(), "session_not_found");

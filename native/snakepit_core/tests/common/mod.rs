@@ -51,13 +51,17 @@ pub fn any(ty: &str, json: &str) -> Option<Any> {
 }
 
 pub async fn session(client: &mut BridgeServiceClient<Channel>, id: &str) {
-    client
-        .initialize_session(InitializeSessionRequest { session_id: id.into(), ..Default::default() })
-        .await
-        .unwrap();
+    client.initialize_session(InitializeSessionRequest { session_id: id.into(), ..Default::default() }).await.unwrap();
 }
 
-pub async fn register(client: &mut BridgeServiceClient<Channel>, sid: &str, name: &str, ty: &str, json: &str, constraints: &str) -> String {
+pub async fn register(
+    client: &mut BridgeServiceClient<Channel>,
+    sid: &str,
+    name: &str,
+    ty: &str,
+    json: &str,
+    constraints: &str,
+) -> String {
     client
         .register_variable(RegisterVariableRequest {
             session_id: sid.into(),
@@ -75,11 +79,14 @@ pub async fn register(client: &mut BridgeServiceClient<Channel>, sid: &str, name
 
 pub async fn get(client: &mut BridgeServiceClient<Channel>, sid: &str, ident: &str) -> Variable {
     client
-        .get_variable(GetVariableRequest { session_id: sid.into(), variable_identifier: ident.into(), bypass_cache: false })
+        .get_variable(GetVariableRequest {
+            session_id: sid.into(),
+            variable_identifier: ident.into(),
+            bypass_cache: false,
+        })
         .await
         .unwrap()
         .into_inner()
         .variable
         .unwrap()
 }
-
