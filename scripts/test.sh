@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: cargo (Rust core), ExUnit (Elixir + NIF + real Python
-# processes) and pytest (Python package against the standalone server).
+# Runs every test: the format and lint gates, cargo (Rust core), ExUnit
+# (Elixir + NIF + real Python processes) and pytest (Python package against
+# the standalone server).
 # Exits non-zero if any suite fails; all suites run either way.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +18,18 @@ export SNAKEPIT_PYTHON="$root/.venv/bin/python"
 export SNAKEPIT_SERVER_BIN="$root/target/release/snakepit-bridge-server"
 
 failed=()
+# The format and lint gates: what CI keeps clean. Formatters, not reviewers,
+# decide layout (`cargo fmt --all`, `mix format`, `.venv/bin/ruff format .`
+# fix what these report).
+echo "[test] format and lint gates"
+gates_ok=true
+cargo fmt --all --check || gates_ok=false
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings || gates_ok=false
+MIX_ENV=test mix format --check-formatted || gates_ok=false
+"$root/.venv/bin/ruff" check --quiet . || gates_ok=false
+"$root/.venv/bin/ruff" format --check --quiet . || gates_ok=false
+$gates_ok || failed+=(gates)
+
 echo "[test] cargo test"
 cargo test --release --workspace || failed+=(cargo)
 
