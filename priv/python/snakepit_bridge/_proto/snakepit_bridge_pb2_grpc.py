@@ -105,77 +105,112 @@ class BridgeServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Ping(self, request, context):
-        """Liveness check; echoes the message back with the server's time.
+        """Liveness check; echoes the message back with the server's time. Never fails.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InitializeSession(self, request, context):
-        """Sessions. InitializeSession of an existing id is ALREADY_EXISTS,
-        GetSession of an unknown id NOT_FOUND; CleanupSession is idempotent.
+        """Creates a session with the id the client chooses. ALREADY_EXISTS if a
+        live session has that id; INVALID_ARGUMENT for a malformed id;
+        RESOURCE_EXHAUSTED over max_sessions or the metadata limits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CleanupSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a session and its variables; its watchers get "session_closed".
+        Idempotent: an unknown session is success with resources_cleaned 0.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Describes a session. NOT_FOUND for an unknown one. Counts as an access.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Keeps a session alive (restarts its TTL). Never fails: an unknown or
+        expired session is session_valid false.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVariable(self, request, context):
-        """Variables. Identifiers are a variable's id or its name.
+        """Variables. An identifier is a variable's id or its name: the id is tried
+        first, then the name. Every call naming a session restarts its TTL.
+
+        One variable, by id or name. NOT_FOUND for an unknown session or
+        variable; RESOURCE_EXHAUSTED if it would not fit max_message_bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetVariable(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Writes one variable; its version goes up by one. NOT_FOUND (session or
+        variable); INVALID_ARGUMENT (type_url not the variable's type, a value
+        that does not fit the type or breaks a constraint); FAILED_PRECONDITION
+        when expected_version does not match (trailer snakepit-current-version);
+        RESOURCE_EXHAUSTED (value or metadata size).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVariables(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads many variables: a missing variable is listed, not an error.
+        NOT_FOUND for an unknown session; RESOURCE_EXHAUSTED over max_batch or
+        when the response would not fit max_message_bytes.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetVariables(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Writes many variables under one lock, atomic or per key (see
+        BatchSetVariablesRequest.atomic). Per-key failures are in the response,
+        and the call is OK. The whole request is refused, before anything is
+        applied, with NOT_FOUND for an unknown session, RESOURCE_EXHAUSTED over
+        max_batch or the metadata limits, INVALID_ARGUMENT for malformed compact
+        forms or an identifier given twice.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterVariable(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates a variable at version 1 and returns its id. NOT_FOUND (session);
+        ALREADY_EXISTS (name taken in the session); INVALID_ARGUMENT (malformed
+        name, or a name that is another variable's id; unknown type, with kind
+        invalid_type; a value that does not fit the type; malformed constraints,
+        or a value that breaks them); RESOURCE_EXHAUSTED (max_variables_per_session,
+        value, metadata or constraint size).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListVariables(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The session's variables whose names match a glob, sorted by name.
+        NOT_FOUND (session); RESOURCE_EXHAUSTED over max_pattern_bytes or when
+        the response would not fit max_message_bytes (narrow the pattern).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteVariable(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes a variable; its watchers get "deleted" and its id is never
+        reused. NOT_FOUND (session or variable).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -187,19 +222,23 @@ class BridgeServiceServicer:
         - per variable, versions strictly increase on a stream; none comes twice;
         - a watcher that keeps up gets every change; one that falls behind gets
         intermediate changes coalesced into the latest (the version gap shows
-        it) and is never disconnected for being slow;
-        - the changes of one atomic SetVariables arrive adjacent;
+        it) and is never disconnected for being slow; writers never wait;
+        - updates come in the order of their latest change (a coalesced update
+        moves behind later changes); the changes of one atomic SetVariables
+        arrive adjacent;
         - the subscription is live before the first message, so a write racing
         the start is in the initial value or delivered after it;
         - an empty identifier list is INVALID_ARGUMENT, an unknown session or
-        variable NOT_FOUND, both before anything is streamed;
+        variable NOT_FOUND, more than max_batch identifiers RESOURCE_EXHAUSTED,
+        all before anything is streamed;
         - "deleted" comes once for a deleted variable, then nothing more for it;
         "session_closed" is the last message when the session is cleaned up,
         and the stream then ends with OK; server shutdown ends streams with
-        UNAVAILABLE;
+        UNAVAILABLE (reconnect and resume with since_versions);
         - a watched session does not expire: its TTL counts from when its last
         watcher left;
-        - streams are limited per connection and per server (RESOURCE_EXHAUSTED).
+        - streams are limited per connection (max_watchers_per_connection) and
+        per server (max_watchers): RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
