@@ -13,7 +13,7 @@ knows when it arrived. Modes:
       async for update in ctx.watch_variables([name], include_initial=False): ...
 
 * ``raw``: the generated stub's stream, ``BridgeServiceStub(channel).WatchVariables(...)``,
-  with the value parsed from the message by hand (no SessionContext).
+  with the value parsed from the message by hand (no AsyncSessionContext).
 
 Around each phase it times ``Ping`` round trips on the same channel (half
 before the watch opens, half after it closed), so the push and the round trip
@@ -53,7 +53,7 @@ if _PKG not in sys.path:
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 from google.protobuf import __version__ as protobuf_version  # noqa: E402
-from snakepit_bridge import SessionContext  # noqa: E402
+from snakepit_bridge import AsyncSessionContext  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc  # noqa: E402
 
@@ -77,8 +77,8 @@ async def pings(stub: Any, n: int) -> list[int]:
 
 
 async def phase_client(channel: grpc.aio.Channel, session_id: str, variable: str) -> list[tuple[int, int]]:
-    """Through SessionContext.watch_variables: the user-facing path."""
-    ctx = SessionContext(session_id, channel)
+    """Through AsyncSessionContext.watch_variables: the user-facing path."""
+    ctx = AsyncSessionContext(session_id, channel)
     samples: list[tuple[int, int]] = []
     watch = ctx.watch_variables([variable], include_initial=False)
     try:

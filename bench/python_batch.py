@@ -374,7 +374,7 @@ def _run(
 
 
 def _operations(
-    ctx: SessionContext[grpc.Channel], stub: Any, session_id: str, names: list[str], raw: bool
+    ctx: SessionContext, stub: Any, session_id: str, names: list[str], raw: bool
 ) -> dict[str, dict[str, dict[str, Callable[[int], Any]]]]:
     """The timed bodies: ``ops[api][op]["batch" | "sequential"](k)``.
 
@@ -521,7 +521,7 @@ def _breakdown(
     return out
 
 
-def _check_final_state(ctx: SessionContext[grpc.Channel], names: list[str], repeats: int) -> None:
+def _check_final_state(ctx: SessionContext, names: list[str], repeats: int) -> None:
     """The writes really happened: every variable moved past version 1."""
     info = ctx.get_variable_info(names[-1])
     if info.version <= 1 + repeats:

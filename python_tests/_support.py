@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext, SessionContext
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER_BIN = REPO_ROOT / "target" / "release" / "snakepit-bridge-server"
@@ -126,14 +128,24 @@ def _drain(stream: Any, log_path: Path) -> None:
             out.write(chunk)
 
 
+AnyContext = SessionContext | AsyncSessionContext
+
+
+def context_for(session_id: str, channel: Any) -> AnyContext:
+    """The context class of the channel's mode: AsyncSessionContext for grpc.aio, SessionContext otherwise."""
+    if isinstance(channel, grpc.aio.Channel):
+        return AsyncSessionContext(session_id, channel)
+    return SessionContext(session_id, channel)
+
+
 class AnyMode:
-    """Wraps a SessionContext of either mode so one test body covers both.
+    """Wraps a SessionContext or an AsyncSessionContext so one test body covers both modes.
 
     Every method call is awaited. It also checks the mode's contract on every
     call: an aio context must return an awaitable, a blocking one a plain value.
     """
 
-    def __init__(self, ctx: SessionContext[Any]) -> None:
+    def __init__(self, ctx: AnyContext) -> None:
         self.ctx = ctx
 
     @property
@@ -207,7 +219,7 @@ async def wait_for_watchers(ctx: Any, expected: int) -> None:
     await eventually(check, f"watcher_count == {expected} (last seen {seen[-1:]})")
 
 
-def wait_for_watchers_blocking(ctx: SessionContext[Any], expected: int, deadline: float = POLL_DEADLINE) -> None:
+def wait_for_watchers_blocking(ctx: SessionContext, expected: int, deadline: float = POLL_DEADLINE) -> None:
     """``wait_for_watchers`` for plain (non-async) tests, with a blocking context."""
     end = time.monotonic() + deadline
     while (count := ctx.get_session()["watcher_count"]) != expected:

@@ -19,8 +19,16 @@ import pytest
 # Test the package in this repo even when it is not pip-installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "priv" / "python"))
 
-from _support import AnyMode, RestartableServer, ServerProcess, TcpProxy, free_port, start_server  # noqa: E402
-from snakepit_bridge import SessionContext  # noqa: E402
+from _support import (  # noqa: E402
+    AnyMode,
+    RestartableServer,
+    ServerProcess,
+    TcpProxy,
+    context_for,
+    free_port,
+    start_server,
+)
+from snakepit_bridge import AsyncSessionContext, SessionContext  # noqa: E402
 
 MODES = ["blocking", "aio"]
 
@@ -59,7 +67,7 @@ async def aio_channel(server_address: str) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def blocking_ctx(session_id: str, blocking_channel: grpc.Channel) -> Iterator[SessionContext[grpc.Channel]]:
+def blocking_ctx(session_id: str, blocking_channel: grpc.Channel) -> Iterator[SessionContext]:
     """An initialized session on a blocking channel, cleaned up afterwards."""
     ctx = SessionContext(session_id, blocking_channel)
     ctx.initialize()
@@ -68,9 +76,9 @@ def blocking_ctx(session_id: str, blocking_channel: grpc.Channel) -> Iterator[Se
 
 
 @pytest.fixture
-async def aio_ctx(session_id: str, aio_channel: grpc.aio.Channel) -> AsyncIterator[SessionContext[grpc.aio.Channel]]:
+async def aio_ctx(session_id: str, aio_channel: grpc.aio.Channel) -> AsyncIterator[AsyncSessionContext]:
     """An initialized session on a grpc.aio channel, cleaned up afterwards."""
-    ctx = SessionContext(session_id, aio_channel)
+    ctx = AsyncSessionContext(session_id, aio_channel)
     await ctx.initialize()
     yield ctx
     await ctx.cleanup(force=True)
@@ -105,11 +113,11 @@ async def channel_factory(mode: str, server_address: str) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def ctx(mode: str, session_id: str, channel_factory: Any) -> AsyncIterator[AnyMode]:
-    """An initialized session in the test's mode (blocking and aio), every method awaitable.
+    """An initialized session in the test's mode (SessionContext, then AsyncSessionContext), every method awaitable.
 
     Tests using it run twice, once per mode.
     """
-    wrapped = AnyMode(SessionContext(session_id, channel_factory()))
+    wrapped = AnyMode(context_for(session_id, channel_factory()))
     await wrapped.initialize()
     yield wrapped
     await wrapped.cleanup(force=True)
@@ -120,7 +128,7 @@ def other_ctx(mode: str, channel_factory: Any) -> Any:
     """Returns AnyMode contexts on new channels of the test's mode: ``other_ctx(session_id)``."""
 
     def make(session_id: str) -> AnyMode:
-        return AnyMode(SessionContext(session_id, channel_factory()))
+        return AnyMode(context_for(session_id, channel_factory()))
 
     return make
 

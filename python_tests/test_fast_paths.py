@@ -21,10 +21,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _support import AnyMode
+from _support import AnyMode, context_for
 from google.protobuf import any_pb2
 from snakepit_bridge import BatchUpdateResult, BridgeError, ValidationError, VariableInfo, VariableType, VariableUpdate
+from snakepit_bridge._cache import WatchHolder
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
+from snakepit_bridge._update import Deferred
+from snakepit_bridge._watchplan import decode_update
 from snakepit_bridge.context import SessionContext
 from snakepit_bridge.values import (
     BINARY_THRESHOLD,
@@ -37,7 +40,6 @@ from snakepit_bridge.values import (
     encode_value,
     type_url,
 )
-from snakepit_bridge.watch import _Deferred
 
 KNOWN_TYPES = [t.value for t in VariableType]
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -458,7 +460,7 @@ def _update_message(kind: str = "value_change") -> pb2.VariableUpdate:
     return message
 
 
-def _context() -> SessionContext[Any]:
+def _context() -> SessionContext:
     import grpc
 
     return SessionContext("s", grpc.insecure_channel("127.0.0.1:1"))
@@ -466,12 +468,11 @@ def _context() -> SessionContext[Any]:
 
 def test_a_received_update_builds_variable_and_timestamp_on_first_access() -> None:
     ctx = _context()
-    from snakepit_bridge.watch import _WatchHolder
 
-    update = ctx._watch_update(_update_message(), _WatchHolder())
+    update = decode_update(ctx._core, _update_message(), WatchHolder())
     # Nothing but the value decoded so far.
-    assert type(update.__dict__["_lazy_variable"]) is _Deferred
-    assert type(update.__dict__["_lazy_timestamp"]) is _Deferred
+    assert type(update.__dict__["_lazy_variable"]) is Deferred
+    assert type(update.__dict__["_lazy_timestamp"]) is Deferred
     assert (update.value, update.version, update.name, update.type) == (0.25, 4, "x", VariableType.FLOAT)
     assert update.metadata == {"by": "test"} and update.source == "python"
     ts = update.timestamp
@@ -491,14 +492,13 @@ def test_a_received_update_builds_variable_and_timestamp_on_first_access() -> No
         last_updated_at=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
     )
     # The type cache learnt it.
-    assert ctx._types["x"] == ctx._types["var_x_1"] == "float"
+    assert ctx._core.types["x"] == ctx._core.types["var_x_1"] == "float"
 
 
 def test_a_received_update_behaves_like_a_constructed_one() -> None:
     ctx = _context()
-    from snakepit_bridge.watch import _WatchHolder
 
-    received = ctx._watch_update(_update_message(), _WatchHolder())
+    received = decode_update(ctx._core, _update_message(), WatchHolder())
     made = VariableUpdate(
         update_type="value_change",
         variable_id="var_x_1",
@@ -532,9 +532,9 @@ def test_a_received_update_behaves_like_a_constructed_one() -> None:
         hash(received)
     # Pickling and copying compute what is still deferred (the message itself is not picklable).
     for clone in (
-        pickle.loads(pickle.dumps(ctx._watch_update(_update_message(), _WatchHolder()))),
-        copy.copy(ctx._watch_update(_update_message(), _WatchHolder())),
-        copy.deepcopy(ctx._watch_update(_update_message(), _WatchHolder())),
+        pickle.loads(pickle.dumps(decode_update(ctx._core, _update_message(), WatchHolder()))),
+        copy.copy(decode_update(ctx._core, _update_message(), WatchHolder())),
+        copy.deepcopy(decode_update(ctx._core, _update_message(), WatchHolder())),
     ):
         assert clone == received and clone.variable == received.variable
         assert clone.timestamp == received.timestamp
@@ -546,31 +546,29 @@ def test_a_received_update_behaves_like_a_constructed_one() -> None:
 
 def test_session_closed_and_deleted_updates_from_messages() -> None:
     ctx = _context()
-    from snakepit_bridge.watch import _WatchHolder
 
     closed = pb2.VariableUpdate(update_type="session_closed")
     closed.timestamp.GetCurrentTime()
-    update = ctx._watch_update(closed, _WatchHolder())
+    update = decode_update(ctx._core, closed, WatchHolder())
     assert (update.variable_id, update.name, update.value, update.version, update.type, update.variable) == (None,) * 6
     assert isinstance(update.timestamp, datetime.datetime)
-    no_time = ctx._watch_update(pb2.VariableUpdate(update_type="session_closed"), _WatchHolder())
+    no_time = decode_update(ctx._core, pb2.VariableUpdate(update_type="session_closed"), WatchHolder())
     assert no_time.timestamp is None
 
-    ctx._watch_update(_update_message(), _WatchHolder())
-    assert ctx._types["x"] == ctx._types["var_x_1"] == "float"
-    deleted = ctx._watch_update(_update_message("deleted"), _WatchHolder())
+    decode_update(ctx._core, _update_message(), WatchHolder())
+    assert ctx._core.types["x"] == ctx._core.types["var_x_1"] == "float"
+    deleted = decode_update(ctx._core, _update_message("deleted"), WatchHolder())
     assert (deleted.update_type, deleted.value, deleted.variable.name) == ("deleted", 0.25, "x")  # type: ignore[union-attr]
-    assert "x" not in ctx._types and "var_x_1" not in ctx._types
+    assert "x" not in ctx._core.types and "var_x_1" not in ctx._core.types
 
 
 def test_a_malformed_value_in_an_update_raises_at_once() -> None:
     ctx = _context()
-    from snakepit_bridge.watch import _WatchHolder
 
     message = _update_message()
     message.variable.value.value = b"{nope"
     with pytest.raises(BridgeError, match="malformed float"):
-        ctx._watch_update(message, _WatchHolder())
+        decode_update(ctx._core, message, WatchHolder())
 
 
 # --------------------------------------------------------------------------- against the server
@@ -612,7 +610,7 @@ async def test_batch_get_decodes_every_type_like_get_variable(ctx: AnyMode) -> N
     await ctx.register_variable("e_binary", "embedding", big)
     names = [*BATCH_VALUES, "e_binary"]
     for fresh in (False, True):
-        reader = ctx if not fresh else AnyMode(SessionContext(ctx.session_id, ctx.ctx.channel))
+        reader = ctx if not fresh else AnyMode(context_for(ctx.session_id, ctx.ctx.channel))
         asked = ["missing", *reversed(names), names[0], ids["s"]]  # a duplicate, an id, a missing name
         got = await reader.get_variables(asked)
         assert list(got) == [*reversed(names), ids["s"]]
@@ -624,19 +622,19 @@ async def test_batch_get_decodes_every_type_like_get_variable(ctx: AnyMode) -> N
         assert same(got[ids["s"]], BATCH_VALUES["s"][1])
         # The type cache learnt every variable, under the names and the ids.
         for name, (var_type, _) in BATCH_VALUES.items():
-            assert reader.ctx._types[name] == var_type
-            assert reader.ctx._types[ids[name]] == var_type
-            assert reader.ctx._aliases[name] == ids[name] and reader.ctx._aliases[ids[name]] == name
+            assert reader.ctx._core.types[name] == var_type
+            assert reader.ctx._core.types[ids[name]] == var_type
+            assert reader.ctx._core.aliases[name] == ids[name] and reader.ctx._core.aliases[ids[name]] == name
 
 
 async def test_batch_get_by_ids_on_a_fresh_context(ctx: AnyMode) -> None:
     a = await ctx.register_variable("a", "integer", 2**53 + 1)
     b = await ctx.register_variable("b", "float", -0.0)
-    reader = AnyMode(SessionContext(ctx.session_id, ctx.ctx.channel))
+    reader = AnyMode(context_for(ctx.session_id, ctx.ctx.channel))
     got = await reader.get_variables([b, a])
     assert list(got.items()) == [(b, -0.0), (a, 2**53 + 1)]
     assert math.copysign(1.0, got[b]) == -1.0
-    assert reader.ctx._types == {a: "integer", "a": "integer", b: "float", "b": "float"}
+    assert reader.ctx._core.types == {a: "integer", "a": "integer", b: "float", "b": "float"}
     # Second time through the known-variable path: same answer.
     again = await reader.get_variables([b, a])
     assert list(again.items()) == list(got.items())
@@ -649,12 +647,12 @@ async def test_batch_get_follows_a_name_registered_again(ctx: AnyMode, other_ctx
     await other.delete_variable("x")
     new_id = await other.register_variable("x", "string", "now a string")
     assert await ctx.get_variables(["x"]) == {"x": "now a string"}
-    assert ctx.ctx._types["x"] == "string" and ctx.ctx._aliases["x"] == new_id and new_id != old_id
+    assert ctx.ctx._core.types["x"] == "string" and ctx.ctx._core.aliases["x"] == new_id and new_id != old_id
     # The same type again, under a new id: the aliases follow too.
     await other.delete_variable("x")
     newest = await other.register_variable("x", "string", "again")
     assert await ctx.get_variables(["x"]) == {"x": "again"}
-    assert ctx.ctx._aliases["x"] == newest and ctx.ctx._aliases[newest] == "x"
+    assert ctx.ctx._core.aliases["x"] == newest and ctx.ctx._core.aliases[newest] == "x"
     # And a batch update then uses the right type.
     result = await ctx.update_variables({"x": "updated"})
     assert result == {"x": True} and result.success
@@ -664,16 +662,13 @@ async def test_batch_get_asks_without_metadata_and_values_are_current(ctx: AnyMo
     other = other_ctx(ctx.session_id)
     await ctx.register_variable("x", "float", 1.0, constraints={"min": 0}, metadata={"k": "v"})
     sent: list[Any] = []
-    invoke = ctx.ctx._invoke_async if ctx.ctx.is_async else ctx.ctx._invoke_blocking
+    invoke = ctx.ctx._invoke
 
     def spy(rpc: Any) -> Any:
         sent.append(rpc.request)
         return invoke(rpc)
 
-    if ctx.ctx.is_async:
-        ctx.ctx._invoke_async = spy  # type: ignore[method-assign]
-    else:
-        ctx.ctx._invoke_blocking = spy  # type: ignore[method-assign]
+    ctx.ctx._invoke = spy  # type: ignore[method-assign]
     assert await ctx.get_variables(["x"]) == {"x": 1.0}
     await other.update_variable("x", 2.0)
     assert await ctx.get_variables(["x"]) == {"x": 2.0}  # never a value cached across calls

@@ -11,6 +11,7 @@ import pytest
 from _support import AnyMode
 from snakepit_bridge import (
     AlreadyExistsError,
+    AsyncSessionContext,
     SessionContext,
     SessionNotFoundError,
     ValidationError,
@@ -123,13 +124,13 @@ def test_context_needs_a_grpc_channel() -> None:
         SessionContext(b"s", grpc.insecure_channel("127.0.0.1:1"))  # type: ignore[arg-type]
 
 
-def test_blocking_methods_return_values(blocking_ctx: SessionContext[grpc.Channel]) -> None:
+def test_blocking_methods_return_values(blocking_ctx: SessionContext) -> None:
     assert blocking_ctx.is_async is False
     assert blocking_ctx.ping("b") == "b"
     assert blocking_ctx.heartbeat() is True
 
 
-async def test_aio_methods_are_coroutines(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_aio_methods_are_coroutines(aio_ctx: AsyncSessionContext) -> None:
     assert aio_ctx.is_async is True
     pending = aio_ctx.ping("a")
     assert hasattr(pending, "__await__")

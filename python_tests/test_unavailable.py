@@ -10,7 +10,7 @@ import grpc
 import grpc.aio
 import pytest
 from _support import start_server
-from snakepit_bridge import BridgeUnavailableError, SessionContext, SessionNotFoundError
+from snakepit_bridge import AsyncSessionContext, BridgeUnavailableError, SessionContext, SessionNotFoundError
 
 PROMPT = 5.0  # seconds; the default per-call deadline is 30
 
@@ -37,7 +37,7 @@ async def test_aio_calls_after_the_server_is_gone(tmp_path: Path) -> None:
     server = start_server(tmp_path)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
-            ctx = SessionContext(f"gone-{uuid.uuid4().hex}", channel)
+            ctx = AsyncSessionContext(f"gone-{uuid.uuid4().hex}", channel)
             await ctx.initialize()
             assert await ctx.ping("up") == "up"
             assert server.terminate() == 0, server.log()
@@ -70,7 +70,7 @@ def test_closed_channel_is_unavailable(server_address: str) -> None:
 
 async def test_closed_aio_channel_is_unavailable(server_address: str) -> None:
     channel = grpc.aio.insecure_channel(server_address)
-    ctx = SessionContext("s", channel)
+    ctx = AsyncSessionContext("s", channel)
     assert await ctx.ping("open") == "open"
     await channel.close()
     with pytest.raises(BridgeUnavailableError):

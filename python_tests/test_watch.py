@@ -2,7 +2,7 @@
 
 Tests taking ``mode`` (directly or through ``ctx``) run once with a blocking
 channel and once with a grpc.aio channel. The watcher is ``ctx.ctx`` (the raw
-SessionContext); writes come from a second SessionContext on its own channel.
+SessionContext or AsyncSessionContext); writes come from a second context on its own channel.
 No test sleeps blindly or asserts timings: conditions are polled with a
 deadline (``eventually``), and watcher_count from GetSession shows whether a
 watch is live.
@@ -28,6 +28,7 @@ from _support import (
     RestartableServer,
     TcpProxy,
     WatchDriver,
+    context_for,
     eventually,
     start_server,
     wait_for_watchers,
@@ -36,6 +37,7 @@ from _support import (
     within,
 )
 from snakepit_bridge import (
+    AsyncSessionContext,
     AsyncVariableWatch,
     BridgeUnavailableError,
     SessionContext,
@@ -379,7 +381,7 @@ async def test_a_pending_read_gets_session_closed(ctx: AnyMode, writer: AnyMode)
 
 
 async def test_unknown_session_raises_session_not_found(mode: str, channel_factory: Any) -> None:
-    ghost = SessionContext(f"ghost-{uuid.uuid4().hex}", channel_factory())
+    ghost = context_for(f"ghost-{uuid.uuid4().hex}", channel_factory())
     for reconnect in (False, True):  # the first opening's refusal is never retried
         watch = WatchDriver(ghost.watch_variables(["x"], reconnect=reconnect))
         with pytest.raises(SessionNotFoundError) as info:
@@ -443,7 +445,7 @@ async def test_many_watches_opened_and_closed_leave_none(ctx: AnyMode) -> None:
     await wait_for_watchers(ctx, 0)
 
 
-def test_blocking_context_manager_is_live_inside_and_closed_after(blocking_ctx: SessionContext[grpc.Channel]) -> None:
+def test_blocking_context_manager_is_live_inside_and_closed_after(blocking_ctx: SessionContext) -> None:
     blocking_ctx.register_variable("x", "integer", 1)
     with blocking_ctx.watch_variable("x", include_initial=False) as watch:
         assert watch.connected
@@ -454,7 +456,7 @@ def test_blocking_context_manager_is_live_inside_and_closed_after(blocking_ctx: 
     wait_for_watchers_blocking(blocking_ctx, 0)
 
 
-def test_blocking_close_from_another_thread_ends_a_blocked_next(blocking_ctx: SessionContext[grpc.Channel]) -> None:
+def test_blocking_close_from_another_thread_ends_a_blocked_next(blocking_ctx: SessionContext) -> None:
     blocking_ctx.register_variable("x", "integer", 1)
     watch = blocking_ctx.watch_variable("x", include_initial=False).start()
     outcome: list[Any] = []
@@ -477,7 +479,7 @@ def test_blocking_close_from_another_thread_ends_a_blocked_next(blocking_ctx: Se
     wait_for_watchers_blocking(blocking_ctx, 0)
 
 
-def test_blocking_watch_dropped_without_close_is_cancelled_by_gc(blocking_ctx: SessionContext[grpc.Channel]) -> None:
+def test_blocking_watch_dropped_without_close_is_cancelled_by_gc(blocking_ctx: SessionContext) -> None:
     blocking_ctx.register_variable("x", "integer", 1)
     for update in blocking_ctx.watch_variable("x"):
         assert update.value == 1
@@ -487,7 +489,7 @@ def test_blocking_watch_dropped_without_close_is_cancelled_by_gc(blocking_ctx: S
     wait_for_watchers_blocking(blocking_ctx, 0)
 
 
-async def test_aclose_cancels_the_rpc(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_aclose_cancels_the_rpc(aio_ctx: AsyncSessionContext) -> None:
     await aio_ctx.register_variable("x", "integer", 1)
     watch = aio_ctx.watch_variable("x")
     assert (await watch.__anext__()).value == 1
@@ -498,7 +500,7 @@ async def test_aclose_cancels_the_rpc(aio_ctx: SessionContext[grpc.aio.Channel])
         await watch.__anext__()
 
 
-async def test_async_with_is_live_inside_and_closed_after(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_async_with_is_live_inside_and_closed_after(aio_ctx: AsyncSessionContext) -> None:
     await aio_ctx.register_variable("x", "integer", 1)
     async with aio_ctx.watch_variable("x", include_initial=False) as watch:
         assert watch.connected
@@ -509,7 +511,7 @@ async def test_async_with_is_live_inside_and_closed_after(aio_ctx: SessionContex
     await wait_for_watchers(aio_ctx, 0)
 
 
-async def test_break_out_of_async_for_cancels_the_rpc(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_break_out_of_async_for_cancels_the_rpc(aio_ctx: AsyncSessionContext) -> None:
     await aio_ctx.register_variable("x", "integer", 1)
     async for update in aio_ctx.watch_variables(["x"]):
         assert update.value == 1
@@ -519,7 +521,7 @@ async def test_break_out_of_async_for_cancels_the_rpc(aio_ctx: SessionContext[gr
     await wait_for_watchers(aio_ctx, 0)
 
 
-async def test_cancelling_the_consuming_task_cancels_the_rpc(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_cancelling_the_consuming_task_cancels_the_rpc(aio_ctx: AsyncSessionContext) -> None:
     await aio_ctx.register_variable("x", "integer", 1)
     watch = aio_ctx.watch_variable("x")
     seen: list[Any] = []
@@ -538,7 +540,7 @@ async def test_cancelling_the_consuming_task_cancels_the_rpc(aio_ctx: SessionCon
     await wait_for_watchers(aio_ctx, 0)
 
 
-async def test_cancelling_a_pending_anext_cancels_the_rpc(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_cancelling_a_pending_anext_cancels_the_rpc(aio_ctx: AsyncSessionContext) -> None:
     await aio_ctx.register_variable("x", "integer", 1)
     watch = aio_ctx.watch_variable("x", include_initial=False)
     pending = asyncio.ensure_future(watch.__anext__())
@@ -551,7 +553,7 @@ async def test_cancelling_a_pending_anext_cancels_the_rpc(aio_ctx: SessionContex
         await watch.__anext__()
 
 
-async def test_aclose_from_another_task_ends_a_pending_anext(aio_ctx: SessionContext[grpc.aio.Channel]) -> None:
+async def test_aclose_from_another_task_ends_a_pending_anext(aio_ctx: AsyncSessionContext) -> None:
     await aio_ctx.register_variable("x", "integer", 1)
     watch = await aio_ctx.watch_variable("x", include_initial=False).start()
     pending = asyncio.ensure_future(watch.__anext__())
@@ -599,7 +601,7 @@ async def counted(mode: str, session_id: str, server_address: str) -> Any:
     else:
         counter = _Counter()
         channel = grpc.intercept_channel(grpc.insecure_channel(server_address), counter)
-    ctx = AnyMode(SessionContext(session_id, channel))
+    ctx = AnyMode(context_for(session_id, channel))
     await ctx.initialize()
     yield ctx, counter
     await ctx.cleanup(force=True)
@@ -720,7 +722,7 @@ async def test_without_reconnect_a_stopped_server_raises_unavailable(
 ) -> None:
     server = start_server(tmp_path)
     try:
-        ctx = SessionContext(f"stop-{uuid.uuid4().hex}", channel_factory(server.address))
+        ctx = context_for(f"stop-{uuid.uuid4().hex}", channel_factory(server.address))
         session = AnyMode(ctx)
         await session.initialize()
         await session.register_variable("x", "integer", 1)
@@ -742,11 +744,11 @@ async def test_without_reconnect_a_stopped_server_raises_unavailable(
 
 async def test_a_closed_channel_raises_unavailable_even_with_reconnect(mode: str, server_address: str) -> None:
     channel: Any = grpc.aio.insecure_channel(server_address) if mode == "aio" else grpc.insecure_channel(server_address)
-    owner = AnyMode(SessionContext(f"chan-{uuid.uuid4().hex}", grpc.insecure_channel(server_address)))
+    owner = AnyMode(context_for(f"chan-{uuid.uuid4().hex}", grpc.insecure_channel(server_address)))
     await owner.initialize()
     try:
         await owner.register_variable("x", "integer", 1)
-        ctx = SessionContext(owner.session_id, channel)
+        ctx = context_for(owner.session_id, channel)
         watch = WatchDriver(ctx.watch_variable("x", reconnect=True))
         assert (await watch.next()).value == 1
         pending = asyncio.ensure_future(watch.next())
@@ -771,7 +773,7 @@ async def test_reconnect_resumes_after_a_dropped_connection_without_duplicates(
     mode: str, ctx: AnyMode, writer: AnyMode, proxy: TcpProxy, channel_factory: Any
 ) -> None:
     await ctx.register_variable("x", "integer", 0)
-    watcher = SessionContext(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
+    watcher = context_for(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variable("x", reconnect=True))
     got: list[Any] = []
     try:
@@ -815,7 +817,7 @@ async def test_reconnect_sends_unseen_variables_their_current_value(
 ) -> None:
     """include_initial=False and nothing delivered yet: after a drop the current value is owed."""
     await ctx.register_variable("x", "integer", 0)
-    watcher = SessionContext(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
+    watcher = context_for(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variable("x", include_initial=False, reconnect=True))
     try:
         await watch.start()
@@ -843,7 +845,7 @@ async def test_a_variable_deleted_while_disconnected_is_reported_deleted(
 ) -> None:
     a_id = await ctx.register_variable("a", "integer", 1)
     await ctx.register_variable("b", "integer", 1)
-    watcher = SessionContext(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
+    watcher = context_for(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variables(["a", "b"], reconnect=True))
     try:
         assert [u.name for u in (await watch.next(), await watch.next())] == ["a", "b"]
@@ -868,7 +870,7 @@ async def test_a_name_registered_again_while_disconnected_is_another_variable(
     """As on a live stream: the old variable is deleted, and the watch does not follow the new one."""
     old_id = await ctx.register_variable("x", "integer", 7)
     await writer.update_variable("x", 8)  # version 2
-    watcher = SessionContext(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
+    watcher = context_for(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variable("x", reconnect=True))
     try:
         assert (await watch.next()).version == 2
@@ -889,7 +891,7 @@ async def test_a_variable_never_delivered_and_deleted_while_disconnected_raises(
     ctx: AnyMode, writer: AnyMode, proxy: TcpProxy, channel_factory: Any
 ) -> None:
     await ctx.register_variable("x", "integer", 1)
-    watcher = SessionContext(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
+    watcher = context_for(ctx.session_id, channel_factory(proxy.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variable("x", include_initial=False, reconnect=True))
     try:
         await watch.start()
@@ -913,8 +915,8 @@ async def test_the_cache_is_not_served_while_disconnected(
     else:
         counter = _Counter()
         channel = grpc.intercept_channel(grpc.insecure_channel(proxy.address, options=FAST_RECONNECT), counter)
-    watcher = AnyMode(SessionContext(ctx.session_id, channel))
-    direct = AnyMode(SessionContext(ctx.session_id, grpc.insecure_channel(server_address)))
+    watcher = AnyMode(context_for(ctx.session_id, channel))
+    direct = AnyMode(context_for(ctx.session_id, grpc.insecure_channel(server_address)))
     watch = WatchDriver(watcher.ctx.watch_variable("x", reconnect=True))
     try:
         await watch.next()
@@ -949,13 +951,13 @@ async def test_reconnect_survives_a_server_restart(
     created again (versions restart at 1), and the watch picks them up."""
     srv = restartable_server
     session_id = f"restart-{uuid.uuid4().hex}"
-    writer = AnyMode(SessionContext(session_id, channel_factory(srv.address)))
+    writer = AnyMode(context_for(session_id, channel_factory(srv.address)))
     await writer.initialize()
     await writer.register_variable("temperature", "float", 0.0)
     for value in (1.0, 2.0, 3.0, 4.0):
         await writer.update_variable("temperature", value)  # version 5
 
-    watcher = SessionContext(session_id, channel_factory(srv.address, FAST_RECONNECT))
+    watcher = context_for(session_id, channel_factory(srv.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variable("temperature", reconnect=True))
     try:
         before = [await watch.next()]
@@ -966,7 +968,7 @@ async def test_reconnect_survives_a_server_restart(
         pending = asyncio.ensure_future(watch.until(lambda u: u.value == 12.0))
         srv.restart(kill=kill)
         # The owner creates the session again on the new server (fewer versions than before).
-        again = AnyMode(SessionContext(session_id, channel_factory(srv.address)))
+        again = AnyMode(context_for(session_id, channel_factory(srv.address)))
         await again.initialize()
         await again.register_variable("temperature", "float", 10.0)
         await again.update_variable("temperature", 11.0)
@@ -993,10 +995,10 @@ async def test_reconnect_keeps_trying_while_the_server_is_down(
 ) -> None:
     srv = restartable_server
     session_id = f"down-{uuid.uuid4().hex}"
-    owner = AnyMode(SessionContext(session_id, channel_factory(srv.address)))
+    owner = AnyMode(context_for(session_id, channel_factory(srv.address)))
     await owner.initialize()
     await owner.register_variable("x", "integer", 1)
-    watcher = SessionContext(session_id, channel_factory(srv.address, FAST_RECONNECT))
+    watcher = context_for(session_id, channel_factory(srv.address, FAST_RECONNECT))
     watch = WatchDriver(watcher.watch_variable("x", reconnect=True, backoff=(0.01, 0.05)))
     try:
         assert (await watch.next()).value == 1
@@ -1005,7 +1007,7 @@ async def test_reconnect_keeps_trying_while_the_server_is_down(
         await eventually(lambda: not watch.watch.connected, "the watch to notice")
         assert not pending.done()  # retrying, not failed
         srv.start()
-        again = AnyMode(SessionContext(session_id, channel_factory(srv.address)))
+        again = AnyMode(context_for(session_id, channel_factory(srv.address)))
         await again.initialize()
         await again.register_variable("x", "integer", 2)
         update = await within(pending, "the value on the restarted server")
@@ -1018,7 +1020,7 @@ async def test_a_watched_session_does_not_expire(mode: str, channel_factory: Any
     """A live watch keeps its session alive; the TTL counts from when the watch left."""
     server = start_server(tmp_path, "--session-ttl", "1")
     try:
-        ctx = SessionContext(f"ttl-{uuid.uuid4().hex}", channel_factory(server.address))
+        ctx = context_for(f"ttl-{uuid.uuid4().hex}", channel_factory(server.address))
         session = AnyMode(ctx)
         await session.initialize()
         await session.register_variable("x", "integer", 1)

@@ -7,12 +7,12 @@ import asyncio
 import sys
 
 import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext
 
 
 async def main(address: str, session_id: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        ctx = SessionContext(session_id, channel)
+        ctx = AsyncSessionContext(session_id, channel)
         async for update in ctx.watch_variables(["temperature"]):
             print(f"temperature is now {update['value']} (version {update['version']})")
 

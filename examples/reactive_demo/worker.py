@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext
 
 
 def greedy(scores: list[float], temperature: float) -> int:
@@ -57,7 +57,7 @@ async def main(address: str, session_id: str, worker_id: str) -> None:
     versions: dict[str, int] = {}
     live = asyncio.Event()
     async with grpc.aio.insecure_channel(address) as channel:
-        ctx = SessionContext(session_id, channel)
+        ctx = AsyncSessionContext(session_id, channel)
 
         def seen() -> dict[str, str]:
             return {n: f"{versions[n]}:{current[n]}" for n in sorted(current)}

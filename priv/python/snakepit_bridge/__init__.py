@@ -12,10 +12,10 @@ Blocking::
         ctx.update_variable("temperature", 0.9)
         print(ctx["temperature"], "temperature" in ctx)
 
-asyncio (the same methods, as coroutines)::
+asyncio (``AsyncSessionContext``: the same methods, as coroutines)::
 
     async with grpc.aio.insecure_channel("127.0.0.1:50051") as channel:
-        ctx = SessionContext("my-session", channel)
+        ctx = AsyncSessionContext("my-session", channel)
         value = await ctx.get_variable("temperature")
 
 Watching (pushed by the server; the blocking form is ``for update in ...`` /
@@ -24,16 +24,18 @@ Watching (pushed by the server; the blocking form is ``for update in ...`` /
     async for update in ctx.watch_variables(["temperature", "strategy"], reconnect=True):
         print(update["name"], update["value"], update["version"], update["source"])
 
-Modules: :mod:`~snakepit_bridge.context` (``SessionContext``),
+Modules: :mod:`~snakepit_bridge.context` (``SessionContext``, ``AsyncSessionContext``),
 :mod:`~snakepit_bridge.watch` (``VariableUpdate``, the watch iterators, and
 what the server and this client guarantee about watches),
 :mod:`~snakepit_bridge.errors` (the exception hierarchy),
 :mod:`~snakepit_bridge.types` (records and ``VariableType``),
 :mod:`~snakepit_bridge.values` (the wire encoding of values),
-``snakepit_bridge._proto`` (generated stubs; ``generate_proto.py`` makes them).
+``snakepit_bridge._plans`` (the requests and responses of every call, shared
+by both classes), ``snakepit_bridge._proto`` (generated stubs;
+``generate_proto.py`` makes them).
 """
 
-from .context import DEFAULT_TIMEOUT, SessionContext
+from .context import DEFAULT_TIMEOUT, AsyncSessionContext, SessionContext
 from .errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -71,6 +73,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "NOT_APPLIED_ATOMIC",
     "AlreadyExistsError",
+    "AsyncSessionContext",
     "AsyncVariableWatch",
     "AuthenticationError",
     "BatchGetResult",

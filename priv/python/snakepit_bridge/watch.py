@@ -1,4 +1,4 @@
-"""Watching variables: the updates, and the iterators :meth:`SessionContext.watch_variables` returns.
+"""Watching variables: the updates, and the iterators ``watch_variables`` returns (both context classes).
 
 What the server guarantees (``WatchVariables``)
     A watcher is owed the latest value of every variable it watches, in
@@ -20,8 +20,9 @@ What the server guarantees (``WatchVariables``)
 What this client adds
     - :class:`VariableUpdate`: each message as a read-only mapping with
       attribute access (``update["value"]`` or ``update.value``).
-    - :class:`AsyncVariableWatch` (``grpc.aio`` channel) and
-      :class:`VariableWatch` (blocking channel): the iterators. Nothing is sent
+    - :class:`AsyncVariableWatch` (from an
+      :class:`~snakepit_bridge.AsyncSessionContext`) and :class:`VariableWatch`
+      (from a blocking :class:`~snakepit_bridge.SessionContext`): the iterators. Nothing is sent
       until the first ``next``/``anext`` (or entering ``with``/``async with``,
       which opens the stream and waits until the server has registered it).
       Refusals of the opening (``NOT_FOUND``, ``INVALID_ARGUMENT``) are raised
@@ -75,539 +76,107 @@ What this client adds
       covers it: while a reconnecting watch is disconnected, and for good when
       the watch ends, the variable is deleted (``deleted`` update or this
       context's ``delete_variable``) or this context cleans the session up.
+
+Layout
+    This module is the watch's interface: the iterators (its two drivers), and
+    :func:`open_blocking` / :func:`open_async`, which the contexts call with a
+    :class:`WatchHost` (session, caches) and a link (how to make a unary call
+    and open the stream). The plan and its state, which hold the reconnect
+    and resume logic, are in ``snakepit_bridge._watchplan``; the cache in
+    ``snakepit_bridge._cache``; :class:`VariableUpdate` in ``snakepit_bridge._update``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import random
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
-from .errors import (
-    BridgeError,
-    BridgeUnavailableError,
-    SessionNotFoundError,
-    VariableNotFoundError,
-    error_from_rpc_error,
-)
-from .types import VariableInfo, VariableType
-
-if TYPE_CHECKING:
-    from .context import SessionContext
+from ._cache import WatchHolder
+from ._plans import Rpc
+from ._update import UpdateType, VariableUpdate
+from ._watchplan import READ, Emit, OpenStream, Sleep, WatchHost, WatchPlan, WatchState, new_state, watch_plan
+from .errors import BridgeError, BridgeUnavailableError, error_from_rpc_error
 
 __all__ = [
     "DEFAULT_BACKOFF",
+    "AsyncLink",
     "AsyncVariableWatch",
+    "BlockingLink",
     "UpdateType",
     "VariableUpdate",
     "VariableWatch",
+    "WatchHost",
+    "open_async",
+    "open_blocking",
 ]
-
-#: What an update says happened.
-UpdateType = Literal["initial_value", "value_change", "deleted", "session_closed"]
 
 #: ``reconnect=True`` waits this long (seconds) before the first reopening, then
 #: doubles the delay up to the second number. Each wait is jittered to between
 #: half and all of the delay.
 DEFAULT_BACKOFF: tuple[float, float] = (0.05, 2.0)
 
-_KEYS = ("variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp", "update_type")
-_REPR_FIELDS = ("update_type", "variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp")
 
-
-class _Deferred:
-    """A field value not computed yet: ``fn(arg)``, computed on first access (see :class:`_LazyField`)."""
-
-    __slots__ = ("arg", "fn")
-
-    def __init__(self, fn: Callable[[Any], Any], arg: Any) -> None:
-        self.fn = fn
-        self.arg = arg
-
-
-class _LazyField:
-    """A dataclass field that may be given a :class:`_Deferred`, computed (once) when first read.
-
-    The value lives in the instance's ``__dict__`` under ``_lazy_<name>``.
-    ``required``: the field has no default; otherwise its default is ``None``.
-    """
-
-    def __init__(self, required: bool) -> None:
-        self._required = required
-        self._key = ""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._key = "_lazy_" + name
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:  # the dataclass asks for the field's default
-            if self._required:
-                raise AttributeError(self._key)
-            return None
-        value = obj.__dict__[self._key]
-        if type(value) is _Deferred:
-            value = obj.__dict__[self._key] = value.fn(value.arg)
-        return value
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self._key] = value
-
-
-@dataclass(frozen=True, eq=False)
-class VariableUpdate(Mapping[str, Any]):
-    """One message of a watch: a read-only mapping, also readable as attributes.
-
-    The keys (and attributes) are ``variable_id``, ``name``, ``value`` (decoded
-    as :meth:`SessionContext.get_variable` decodes it), ``version``, ``type``,
-    ``metadata`` (what the writer sent with this change; empty for initial
-    values), ``source`` (``"elixir"`` or ``"python"``: who made the change),
-    ``timestamp`` (timezone-aware UTC datetime of the change) and
-    ``update_type`` (``"initial_value"``, ``"value_change"``, ``"deleted"`` or
-    ``"session_closed"``). A ``deleted`` update carries the variable as it was
-    last. For ``session_closed``, ``variable_id``, ``name``, ``value``,
-    ``version`` and ``type`` are ``None``.
-
-    ``variable`` (an attribute, not a key) is the whole
-    :class:`~snakepit_bridge.VariableInfo` (constraints, the variable's own
-    metadata, last_updated_at), ``None`` for ``session_closed``.
-
-    It compares equal to any mapping with the same keys and values
-    (``update == dict(update)``); it is not hashable.
-
-    For a quick receive path, an update read from the stream decodes only the
-    value eagerly; ``variable`` and ``timestamp`` are built from the message
-    the first time they are read (the same objects on every later read).
-    """
-
-    update_type: UpdateType
-    variable_id: str | None
-    name: str | None
-    value: Any
-    version: int | None
-    type: VariableType | str | None
-    metadata: dict[str, str]
-    source: str | None
-    timestamp: datetime.datetime | None = _LazyField(required=True)  # type: ignore[assignment]
-    variable: VariableInfo | None = _LazyField(required=False)  # type: ignore[assignment]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickle and copy computed values, never the message they would come from.
-        self.timestamp, self.variable  # noqa: B018 - computes what is still deferred
-        return dict(self.__dict__)
-
-    def __repr__(self) -> str:  # the dataclass's, without ``variable``
-        fields = ", ".join(f"{key}={getattr(self, key)!r}" for key in _REPR_FIELDS)
-        return f"{type(self).__qualname__}({fields})"
-
-    def __getitem__(self, key: str) -> Any:
-        if key in _KEYS:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_KEYS)
-
-    def __len__(self) -> int:
-        return len(_KEYS)
-
-    @classmethod
-    def _received(
-        cls,
-        update_type: str,
-        variable_id: str | None,
-        name: str | None,
-        value: Any,
-        version: int | None,
-        type: VariableType | str | None,  # noqa: A002 - the field's name
-        metadata: dict[str, str],
-        source: str | None,
-        timestamp: Any,
-        variable: Any,
-    ) -> VariableUpdate:
-        """What the constructor makes, without its one frozen-attribute set per field (for the receive path)."""
-        update = object.__new__(cls)
-        object.__setattr__(
-            update,
-            "__dict__",
-            {
-                "update_type": update_type,
-                "variable_id": variable_id,
-                "name": name,
-                "value": value,
-                "version": version,
-                "type": type,
-                "metadata": metadata,
-                "source": source,
-                "_lazy_timestamp": timestamp,
-                "_lazy_variable": variable,
-            },
-        )
-        return update
-
-
-# --------------------------------------------------------------------------- plan operations
-#
-# A watch is a plan (SessionContext._watch_plan), like every other call of the
-# context: a generator that yields what it needs done. Besides the unary
-# ``_Rpc`` of context.py (run by the context's _invoke_* drivers), a watch plan
-# yields the operations below; the two iterators are its drivers.
-
-
-@dataclass(frozen=True)
-class _OpenStream:
-    """Start WatchVariables; the driver answers whether the server accepted it (headers came)."""
-
-    request: Any
-
-
-class _ReadStream:
-    """Read one message; the driver answers it, or ``None`` when the stream ended with OK."""
-
-
-_READ = _ReadStream()
-
-
-@dataclass(frozen=True)
-class _Sleep:
-    """Wait before reconnecting (cut short when the watch is closed)."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class _Emit:
-    """Hand one update to the consumer."""
-
-    update: VariableUpdate
-
-
-_WatchPlan = Generator[Any, Any, None]
-
-
-# --------------------------------------------------------------------------- state of one watch
-
-
-class _WatchState:
-    """What one watch remembers between streams: versions seen, deletions, backoff.
-
-    Pure bookkeeping, no I/O; the plan in context.py drives it.
-    """
-
-    _UNSET: Any = object()
-
-    def __init__(
-        self,
-        identifiers: list[str],
-        include_initial: bool,
-        since_versions: Mapping[str, int],
-        reconnect: bool,
-        backoff: tuple[float, float],
-    ) -> None:
-        self.identifiers = identifiers
-        self._wanted = frozenset(identifiers)
-        self.include_initial = include_initial
-        self.reconnect = reconnect
-        self.user_since = dict(since_versions)
-        self.first_delay, self.max_delay = backoff
-        self.delay = self.first_delay
-        #: identifier -> the last update delivered for it (not deleted, not session_closed).
-        self.last: dict[str, VariableUpdate] = {}
-        #: identifiers whose variable was deleted: never asked for again.
-        self.deleted: set[str] = set()
-        #: a stream of this watch was accepted at least once (later opens resume).
-        self.opened = False
-        #: the session disappeared or is a new one: wait for it and its variables.
-        self.awaiting_recreation = False
-        #: the session's created_at when the watch started (reconnect only).
-        self.incarnation: Any = self._UNSET
-
-    def request_fields(self) -> tuple[list[str], bool, dict[str, int]]:
-        """Identifiers, include_initial_values and since_versions for the next open."""
-        idents = [i for i in self.identifiers if i not in self.deleted]
-        wanted = set(idents)
-        since = {i: v for i, v in self.user_since.items() if i in wanted}
-        if not self.opened:
-            return idents, self.include_initial, since
-        # Resuming: what changed since the last version seen arrives; a variable
-        # never seen on this watch gets its current value (it was never delivered).
-        since.update((i, u.version) for i, u in self.last.items() if i in wanted and u.version is not None)
-        return idents, True, since
-
-    def connected(self) -> None:
-        self.opened = True
-        self.awaiting_recreation = False
-        self.delay = self.first_delay
-
-    def session_seen(self, created_at: Any) -> bool:
-        """Record the session's identity; ``True`` if it is a new session (versions restart)."""
-        if self.incarnation is self._UNSET:
-            self.incarnation = created_at
-            return False
-        if created_at == self.incarnation:
-            return False
-        self.incarnation = created_at
-        self.last.clear()
-        self.user_since.clear()
-        self.awaiting_recreation = True
-        return True
-
-    def note(self, update: VariableUpdate) -> bool:
-        """Track an update; ``True`` when the watch is over (session closed, or every variable deleted)."""
-        kind = update.update_type
-        if kind == "session_closed":
-            return True
-        # The identifiers this update answers to: its id and/or its name (O(1) per update).
-        var_id, name = update.variable_id, update.name
-        wanted = self._wanted
-        matches = [i for i in (var_id, name) if i is not None and i in wanted]
-        if len(matches) == 2 and var_id == name:
-            del matches[1]
-        if kind == "deleted":
-            for ident in matches:
-                self.deleted.add(ident)
-                self.last.pop(ident, None)
-            return all(i in self.deleted for i in self.identifiers)
-        if var_id is not None and update.version is not None:
-            for ident in matches:
-                self.last[ident] = update
-        return False
-
-    def vanished(self, current_ids: Mapping[str, str]) -> list[VariableUpdate]:
-        """On resuming in the same session: the variables deleted while disconnected.
-
-        ``current_ids`` maps each identifier still watched to its variable's id
-        now (absent: no such variable). A variable seen before that is gone, or
-        whose name now belongs to another variable, was deleted meanwhile: the
-        stream would have said ``deleted``, so a ``deleted`` update is made
-        from the last one seen (``source`` and ``timestamp`` ``None``).
-
-        Raises:
-            VariableNotFoundError: a watched variable never delivered is gone
-                (nothing is known to report it with).
-        """
-        gone: list[VariableUpdate] = []
-        reported: set[str] = set()
-        for ident in self.identifiers:
-            if ident in self.deleted:
-                continue
-            now = current_ids.get(ident)
-            last = self.last.get(ident)
-            if last is None:
-                if now is None:
-                    raise VariableNotFoundError(
-                        f"variable {ident!r} was deleted while the watch was disconnected",
-                        grpc.StatusCode.NOT_FOUND,
-                        "variable_not_found",
-                    )
-                continue
-            if now == last.variable_id or last.variable_id in reported:
-                continue
-            assert last.variable_id is not None
-            reported.add(last.variable_id)
-            gone.append(
-                VariableUpdate(
-                    update_type="deleted",
-                    variable_id=last.variable_id,
-                    name=last.name,
-                    value=last.value,
-                    version=last.version,
-                    type=last.type,
-                    metadata={},
-                    source=None,
-                    timestamp=None,
-                    variable=last.variable,
-                )
-            )
-        return gone
-
-    def retryable(self, err: BridgeError) -> bool:
-        """Whether ``reconnect`` applies to this failure."""
-        if not self.reconnect:
-            return False
-        if isinstance(err, BridgeUnavailableError):
-            # A closed channel (code None) or a cancelled call never recovers.
-            return err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        if not self.opened:
-            return False  # the first opening's refusals are the caller's to see
-        if isinstance(err, SessionNotFoundError):
-            self.awaiting_recreation = True
-            return True
-        return isinstance(err, VariableNotFoundError) and self.awaiting_recreation
-
-    def next_delay(self) -> float:
-        delay = self.delay
-        self.delay = min(self.delay * 2, self.max_delay)
-        return delay * (0.5 + random.random() / 2)
-
-
-# --------------------------------------------------------------------------- local cache
-
-
-class _WatchHolder:
-    """One watch's claim on cache entries. Holds no reference to the iterator."""
-
-    __slots__ = ("defunct", "ids", "live")
-
-    def __init__(self) -> None:
-        self.live = False  # a stream is open and accepted
-        self.defunct = False  # the watch ended (or the session was cleaned up)
-        self.ids: set[str] = set()
-
-
-class _Entry:
-    __slots__ = ("floor", "holders", "message", "name", "var_id", "version")
-
-    def __init__(self, var_id: str, name: str, version: int, message: Any, floor: int) -> None:
-        self.var_id = var_id
-        self.name = name
-        self.version = version
-        self.message = message  # the Variable as the server sent it; decoded afresh on every read
-        self.holders: set[_WatchHolder] = set()
-        self.floor = floor  # served only once version reaches it (read-your-writes)
-
-
-class _WatchCache:
-    """Values delivered by live watches, served by ``get_variable`` without an RPC.
-
-    Thread-safe (a blocking context may be iterated on one thread and read on
-    another); the lock is never held across I/O.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}  # variable id -> entry
-        self._names: dict[str, str] = {}  # name -> variable id
-        self._holders: set[_WatchHolder] = set()
-        self._floors: dict[str, int] = {}  # identifier -> version an own write reached
-
-    def _find(self, identifier: str) -> str | None:
-        if identifier in self._entries:
-            return identifier
-        return self._names.get(identifier)
-
-    def attach(self, holder: _WatchHolder) -> None:
-        with self._lock:
-            if not holder.defunct:
-                self._holders.add(holder)
-
-    def set_live(self, holder: _WatchHolder, live: bool) -> None:
-        """Whether the holder's stream is open and accepted (entries are served only then)."""
-        if live and holder.live:
-            return  # already (a defunct holder is never live: release() clears it under the lock)
-        with self._lock:
-            holder.live = live and not holder.defunct
-
-    def lookup(self, identifier: str) -> Any | None:
-        """The ``Variable`` message last delivered of a variable covered by a live watch, else ``None``.
-
-        Messages are never changed once received; every reader decodes its own
-        objects from it, so cache and callers share nothing mutable.
-        """
-        if not self._entries:
-            return None
-        with self._lock:
-            var_id = self._find(identifier)
-            entry = self._entries.get(var_id) if var_id is not None else None
-            if entry is None or entry.version < entry.floor:
-                return None
-            if not any(h.live for h in entry.holders):
-                return None
-            return entry.message
-
-    def refresh(self, holder: _WatchHolder, var_id: str, name: str, version: int, message: Any) -> None:
-        """A watch delivered ``message`` (a ``Variable``) at ``version``."""
-        with self._lock:
-            if holder.defunct:
-                return
-            entry = self._entries.get(var_id)
-            if entry is None:
-                floor = max(self._floors.pop(var_id, 0), self._floors.pop(name, 0))
-                entry = self._entries[var_id] = _Entry(var_id, name, version, message, floor)
-                self._names[name] = var_id
-            elif version >= entry.version:
-                entry.version = version
-                entry.message = message
-            entry.holders.add(holder)
-            holder.ids.add(var_id)
-
-    @property
-    def watching(self) -> bool:
-        """Whether any watch holds entries or may soon (writes must then be noted)."""
-        return bool(self._holders)
-
-    def note_write(self, identifiers: tuple[str, ...], version: int) -> None:
-        """This context's write reached ``version``: serve nothing older from now on."""
-        if not self._holders:
-            return
-        with self._lock:
-            if not self._holders:
-                return
-            for identifier in identifiers:
-                var_id = self._find(identifier)
-                if var_id is not None:
-                    entry = self._entries[var_id]
-                    entry.floor = max(entry.floor, version)
-                else:
-                    self._floors[identifier] = max(self._floors.get(identifier, 0), version)
-
-    def drop(self, identifier: str) -> None:
-        """Forget a variable (deleted)."""
-        with self._lock:
-            self._floors.pop(identifier, None)
-            var_id = self._find(identifier)
-            if var_id is not None:
-                self._remove(var_id)
-
-    def _remove(self, var_id: str) -> None:
-        entry = self._entries.pop(var_id, None)
-        if entry is None:
-            return
-        if self._names.get(entry.name) == var_id:
-            del self._names[entry.name]
-        for holder in entry.holders:
-            holder.ids.discard(var_id)
-
-    def reset(self, holder: _WatchHolder) -> None:
-        """Forget every entry the holder refreshed (its session is a new one)."""
-        with self._lock:
-            for var_id in list(holder.ids):
-                self._remove(var_id)
-            holder.ids.clear()
-
-    def release(self, holder: _WatchHolder) -> None:
-        """The watch ended: its entries go unless another live watch covers them. Idempotent."""
-        with self._lock:
-            holder.live = False
-            holder.defunct = True
-            self._holders.discard(holder)
-            for var_id in holder.ids:
-                entry = self._entries.get(var_id)
-                if entry is not None:
-                    entry.holders.discard(holder)
-                    if not entry.holders:
-                        self._remove(var_id)
-            holder.ids.clear()
-            if not self._holders:
-                self._floors.clear()
-
-    def clear(self) -> None:
-        """The session is gone: nothing is served until new watches deliver again."""
-        with self._lock:
-            for holder in self._holders:
-                holder.live = False
-                holder.defunct = True
-                holder.ids.clear()
-            self._holders.clear()
-            self._entries.clear()
-            self._names.clear()
-            self._floors.clear()
+class BlockingLink(Protocol):
+    """How a blocking watch reaches the server (given by :class:`~snakepit_bridge.SessionContext`)."""
+
+    def invoke(self, rpc: Rpc) -> Any:
+        """Make one unary call; raises BridgeError."""
+        ...
+
+    def open_stream(self, request: Any) -> Any:
+        """Start ``WatchVariables``: the grpc streaming call (raises ValueError on a closed channel)."""
+        ...
+
+
+class AsyncLink(Protocol):
+    """How an asyncio watch reaches the server (given by :class:`~snakepit_bridge.AsyncSessionContext`)."""
+
+    def invoke(self, rpc: Rpc) -> Awaitable[Any]:
+        """Make one unary call; raises BridgeError."""
+        ...
+
+    def open_stream(self, request: Any) -> Any:
+        """Start ``WatchVariables``: the ``grpc.aio`` streaming call (raises UsageError on a closed channel)."""
+        ...
+
+    def channel_closed(self) -> bool:
+        """Whether the channel is shut down (grpc.aio cancels its calls then)."""
+        ...
+
+
+def open_blocking(
+    host: WatchHost,
+    link: BlockingLink,
+    identifiers: Iterable[str],
+    *,
+    include_initial: bool,
+    reconnect: bool,
+    since_versions: Mapping[str, int] | None,
+    backoff: tuple[float, float],
+) -> VariableWatch:
+    """A :class:`VariableWatch` (nothing sent yet); raises TypeError/ValueError for bad arguments."""
+    state = new_state(identifiers, include_initial, reconnect, since_versions, backoff)
+    return VariableWatch(host, link, state)
+
+
+def open_async(
+    host: WatchHost,
+    link: AsyncLink,
+    identifiers: Iterable[str],
+    *,
+    include_initial: bool,
+    reconnect: bool,
+    since_versions: Mapping[str, int] | None,
+    backoff: tuple[float, float],
+) -> AsyncVariableWatch:
+    """An :class:`AsyncVariableWatch` (nothing sent yet); raises TypeError/ValueError for bad arguments."""
+    state = new_state(identifiers, include_initial, reconnect, since_versions, backoff)
+    return AsyncVariableWatch(host, link, state)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -632,7 +201,7 @@ def _stream_error(exc: grpc.RpcError) -> BridgeError:
 _CLOSED_CHANNEL = "the gRPC channel is closed"
 
 
-def _step(plan: _WatchPlan, value: Any, error: BaseException | None, end: type[Exception]) -> Any:
+def _step(plan: WatchPlan, value: Any, error: BaseException | None, end: type[Exception]) -> Any:
     """Resume the plan with a result (or an error); its next operation. Raises ``end`` when it is over."""
     try:
         return plan.throw(error) if error is not None else plan.send(value)
@@ -643,13 +212,11 @@ def _step(plan: _WatchPlan, value: Any, error: BaseException | None, end: type[E
 class _WatchIterator:
     """What the blocking and the asyncio watch iterators share: state and introspection."""
 
-    def __init__(
-        self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]
-    ) -> None:
-        self._ctx = ctx
-        self._plan = plan
-        self._holder = holder
-        self._identifiers = identifiers
+    def __init__(self, host: WatchHost, state: WatchState) -> None:
+        self._host = host
+        self._holder = WatchHolder()
+        self._plan = watch_plan(host, state, self._holder)
+        self._identifiers = state.identifiers
         self._call: Any = None
         self._closed = False  # no more updates: closed, finished or failed
         self._finished = False  # the plan is closed
@@ -658,7 +225,7 @@ class _WatchIterator:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"{type(self).__name__}({self._ctx.session_id!r}, {self._identifiers!r}, {state})"
+        return f"{type(self).__name__}({self._host.session_id!r}, {self._identifiers!r}, {state})"
 
     @property
     def closed(self) -> bool:
@@ -678,8 +245,8 @@ class _WatchIterator:
 class VariableWatch(_WatchIterator):
     """A watch over a blocking channel: a blocking iterator of :class:`VariableUpdate`.
 
-    Made by :meth:`SessionContext.watch_variables` / ``watch_variable`` on a
-    context with a ``grpc.Channel``. Iterate it (``for update in watch``),
+    Made by :meth:`SessionContext.watch_variables` / ``watch_variable`` (a
+    blocking context, on a ``grpc.Channel``). Iterate it (``for update in watch``),
     and :meth:`close` it when done, or use it as a context manager::
 
         with ctx.watch_variables(["temperature"]) as watch:   # the watch is live here
@@ -705,10 +272,9 @@ class VariableWatch(_WatchIterator):
         BridgeError: any other failure, e.g. a malformed value from the server.
     """
 
-    def __init__(
-        self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]
-    ) -> None:
-        super().__init__(ctx, plan, holder, identifiers)
+    def __init__(self, host: WatchHost, link: BlockingLink, state: WatchState) -> None:
+        super().__init__(host, state)
+        self._link = link
         self._lock = threading.Lock()
         self._wake = threading.Event()
 
@@ -758,7 +324,7 @@ class VariableWatch(_WatchIterator):
             self._closed = True
             call, busy = self._call, self._busy
         self._wake.set()
-        self._ctx._watch_cache.release(self._holder)
+        self._host.cache.release(self._holder)
         if call is not None:
             call.cancel()
         if not busy:
@@ -797,25 +363,25 @@ class VariableWatch(_WatchIterator):
                     raise StopIteration
                 if op is None:
                     op = _step(self._plan, value, error, StopIteration)
-                if until_open and (isinstance(op, _Emit) or (op is _READ and self._holder.live)):
+                if until_open and (isinstance(op, Emit) or (op is READ and self._holder.live)):
                     self._next_op = op  # live (or an update is waiting): stop before reading
                     return None
-                if isinstance(op, _Emit):
+                if isinstance(op, Emit):
                     return op.update
-                if op is _READ:
+                if op is READ:
                     value, error = self._read()
-                elif isinstance(op, _OpenStream):
+                elif isinstance(op, OpenStream):
                     value, error = self._open(op.request)
                     if until_open and value:
                         # Let the plan take note (the watch is live), then stop there.
                         self._next_op = _step(self._plan, value, None, StopIteration)
                         return None
-                elif isinstance(op, _Sleep):
+                elif isinstance(op, Sleep):
                     self._wake.wait(op.seconds)
                     value, error = None, None
                 else:  # a unary _Rpc
                     try:
-                        value, error = self._ctx._invoke_blocking(op), None
+                        value, error = self._link.invoke(op), None
                     except BridgeError as err:
                         value, error = None, err
                 op = None
@@ -831,7 +397,7 @@ class VariableWatch(_WatchIterator):
 
     def _open(self, request: Any) -> tuple[Any, BaseException | None]:
         try:
-            call = self._ctx._stub.WatchVariables(request)
+            call = self._link.open_stream(request)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
             return None, BridgeUnavailableError(f"{_CLOSED_CHANNEL} ({exc})")
         with self._lock:
@@ -870,8 +436,8 @@ def _task_cancelling() -> bool:
 class AsyncVariableWatch(_WatchIterator):
     """A watch over a ``grpc.aio`` channel: an async iterator of :class:`VariableUpdate`.
 
-    Made by :meth:`SessionContext.watch_variables` / ``watch_variable`` on a
-    context with a ``grpc.aio.Channel``::
+    Made by :meth:`AsyncSessionContext.watch_variables` / ``watch_variable``
+    (on a ``grpc.aio.Channel``)::
 
         async for update in ctx.watch_variables(["temperature", "strategy"]):
             print(update["name"], update["value"])
@@ -899,10 +465,9 @@ class AsyncVariableWatch(_WatchIterator):
         BridgeError: any other failure, e.g. a malformed value from the server.
     """
 
-    def __init__(
-        self, ctx: SessionContext[Any], plan: _WatchPlan, holder: _WatchHolder, identifiers: list[str]
-    ) -> None:
-        super().__init__(ctx, plan, holder, identifiers)
+    def __init__(self, host: WatchHost, link: AsyncLink, state: WatchState) -> None:
+        super().__init__(host, state)
+        self._link = link
         self._wakeup: asyncio.Future[None] | None = None
 
     def __aiter__(self) -> AsyncVariableWatch:
@@ -951,7 +516,7 @@ class AsyncVariableWatch(_WatchIterator):
         if self._closed and self._finished:
             return
         self._closed = True
-        self._ctx._watch_cache.release(self._holder)
+        self._host.cache.release(self._holder)
         if self._wakeup is not None:
             _wake_up(self._wakeup)
         if self._call is not None:
@@ -990,25 +555,25 @@ class AsyncVariableWatch(_WatchIterator):
                     raise StopAsyncIteration
                 if op is None:
                     op = _step(self._plan, value, error, StopAsyncIteration)
-                if until_open and (isinstance(op, _Emit) or (op is _READ and self._holder.live)):
+                if until_open and (isinstance(op, Emit) or (op is READ and self._holder.live)):
                     self._next_op = op  # live (or an update is waiting): stop before reading
                     return None
-                if isinstance(op, _Emit):
+                if isinstance(op, Emit):
                     return op.update
-                if op is _READ:
+                if op is READ:
                     value, error = await self._read()
-                elif isinstance(op, _OpenStream):
+                elif isinstance(op, OpenStream):
                     value, error = await self._open(op.request)
                     if until_open and value:
                         # Let the plan take note (the watch is live), then stop there.
                         self._next_op = _step(self._plan, value, None, StopAsyncIteration)
                         return None
-                elif isinstance(op, _Sleep):
+                elif isinstance(op, Sleep):
                     await self._sleep(op.seconds)
                     value, error = None, None
                 else:  # a unary _Rpc
                     try:
-                        value, error = await self._ctx._invoke_async(op), None
+                        value, error = await self._link.invoke(op), None
                     except BridgeError as err:
                         value, error = None, err
                 op = None
@@ -1022,7 +587,7 @@ class AsyncVariableWatch(_WatchIterator):
 
     async def _open(self, request: Any) -> tuple[Any, BaseException | None]:
         try:
-            call = self._ctx._stub.WatchVariables(request)
+            call = self._link.open_stream(request)
         except grpc.aio.UsageError as exc:  # the channel is closed
             return None, BridgeUnavailableError(f"{_CLOSED_CHANNEL} ({exc})")
         previous, self._call = self._call, call
@@ -1045,7 +610,7 @@ class AsyncVariableWatch(_WatchIterator):
             return None, self._cancelled(exc)
         except grpc.aio.UsageError as exc:
             return None, BridgeUnavailableError(f"{_CLOSED_CHANNEL} ({exc})")
-        if message is grpc.aio.EOF:  # type: ignore[attr-defined]  # exported, missing from grpc-stubs
+        if message is grpc.aio.EOF:
             return None, None
         return message, None
 
@@ -1060,11 +625,7 @@ class AsyncVariableWatch(_WatchIterator):
             raise exc
         if self._closed:
             raise StopAsyncIteration from None
-        try:
-            shut = self._ctx.channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.SHUTDOWN
-        except Exception:  # noqa: BLE001 - a channel that cannot even say is not usable
-            shut = True
-        if shut:
+        if self._link.channel_closed():
             return BridgeUnavailableError(f"{_CLOSED_CHANNEL}; the watch stream was cancelled")
         raise exc  # a task cancellation (Python 3.10 has no Task.cancelling())
 

@@ -32,7 +32,7 @@ def enum_value(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
-def run(ctx: SessionContext[grpc.Channel], command: str, args: list[str]) -> Any:
+def run(ctx: SessionContext, command: str, args: list[str]) -> Any:
     if command == "ping_and_initialize":
         return {"ping": ctx.ping(args[0]), "initialized": bool(ctx.initialize({"by": "python"}) is not None)}
     if command == "get_session":

@@ -11,7 +11,7 @@ import asyncio
 import sys
 
 import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext
 
 
 async def main(address: str, session_id: str, slow_ms: int, names: list[str]) -> None:
@@ -21,7 +21,7 @@ async def main(address: str, session_id: str, slow_ms: int, names: list[str]) ->
     out: list[str] = []
 
     async with grpc.aio.insecure_channel(address) as channel:
-        watch = SessionContext(session_id, channel).watch_variables(names, include_initial=True)
+        watch = AsyncSessionContext(session_id, channel).watch_variables(names, include_initial=True)
 
         async def consume() -> None:
             async for u in watch:

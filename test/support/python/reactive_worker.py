@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext
 
 STRATEGIES: dict[str, Callable[[list[int]], str]] = {
     "greedy": lambda xs: str(max(xs)),
@@ -25,7 +25,7 @@ STRATEGIES: dict[str, Callable[[list[int]], str]] = {
 async def main(address: str, session_id: str) -> None:
     current: dict[str, str] = {}
     async with grpc.aio.insecure_channel(address) as channel:
-        ctx = SessionContext(session_id, channel)
+        ctx = AsyncSessionContext(session_id, channel)
 
         async def follow() -> None:
             async for update in ctx.watch_variables(["strategy", "model"], include_initial=True):

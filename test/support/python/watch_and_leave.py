@@ -11,12 +11,12 @@ import asyncio
 import sys
 
 import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext
 
 
 async def main(address: str, session_id: str, mode: str) -> None:
     channel = grpc.aio.insecure_channel(address)
-    ctx = SessionContext(session_id, channel)
+    ctx = AsyncSessionContext(session_id, channel)
     ready = asyncio.Event()
 
     async def consume() -> None:

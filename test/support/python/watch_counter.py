@@ -7,12 +7,12 @@ import asyncio
 import sys
 
 import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import AsyncSessionContext
 
 
 async def main(address: str, session_id: str, count: int) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        ctx = SessionContext(session_id, channel)
+        ctx = AsyncSessionContext(session_id, channel)
         seen = 0
         async for update in ctx.watch_variables(["counter"], include_initial=False):
             print(f"UPDATE:{update['value']}", flush=True)
