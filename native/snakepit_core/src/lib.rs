@@ -4,13 +4,22 @@
 //! - [`value`]: the eight variable types, raw input values and normalisation.
 //! - [`constraints`]: per-type constraints, parsed at registration, checked on writes.
 //! - [`limits`]: what one caller can make the store hold or compute, and their defaults.
-//! - [`store`]: sessions and typed, versioned variables behind a cheap `Clone` handle.
-//! - [`watch`]: subscriptions, coalescing and fan-out (the dispatcher thread).
+//! - [`model`]: what the store and the watch hub share: `Variable`, `Source`,
+//!   `Metadata`, `Update`, `UpdateKind`.
+//! - [`store`]: sessions and typed, versioned variables behind a cheap `Clone`
+//!   handle; every committed change leaves through one commit point to the hub.
+//! - [`watch`]: subscriptions, coalescing and fan-out (the dispatcher thread);
+//!   knows the model and the clock, never the store.
 //! - [`wire`]: protobuf ⇄ store conversions (values in `Any`, timestamps, statuses).
 //! - [`service`]: the tonic `BridgeService` over a store.
 //! - [`net`]: guarded accept loop: connection cap, handshake and idle deadlines, fd limit.
 //! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
 //! - [`proto`]: code generated from `proto/snakepit_bridge.proto`.
+//!
+//! Dependencies run one way: `server` → `service` → (`store`, `wire`);
+//! `wire` → (`model`, `store`); `store` → `watch` → `model` → (`value`,
+//! `constraints`), and `store` uses `model` directly too. Below all of them
+//! sit `error` and `limits` (which name each other), `clock` and `glob`.
 //!
 //! The NIF crate (`snakepit_nif`) and the `snakepit-bridge-server` binary are
 //! thin doors over these modules.
@@ -20,6 +29,7 @@ pub mod constraints;
 pub mod error;
 pub mod glob;
 pub mod limits;
+pub mod model;
 pub mod net;
 pub mod server;
 pub mod service;

@@ -148,8 +148,11 @@ pub fn check_metadata<'a>(
     Ok(())
 }
 
+/// Longest session id or variable name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
 /// Most bytes of one input a message echoes: every valid name or id fits.
-pub const ECHO_BYTES: usize = crate::store::MAX_NAME_BYTES;
+pub const ECHO_BYTES: usize = MAX_NAME_BYTES;
 
 /// Shortens text a message echoes back to a caller: up to [`ECHO_BYTES`],
 /// then how long it really was. Keeps error messages (and gRPC trailers,

@@ -23,12 +23,13 @@ use tonic::{Request, Response, Status};
 
 use crate::error::StoreError;
 use crate::limits::clip;
+use crate::model::{Metadata, Source, Update};
 use crate::net::{self, ConnInfo};
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::*;
-use crate::store::{BatchGet, Change, Input, Metadata, NewVariable, Source, Store, WatchRequest};
+use crate::store::{BatchGet, Change, Input, NewVariable, Store, WatchRequest};
 use crate::value::VarType;
-use crate::watch::{Owner, Subscription, Update};
+use crate::watch::{Owner, Subscription};
 use crate::wire;
 
 /// The settings of a service; see [`crate::server::ServerConfig`] for each.

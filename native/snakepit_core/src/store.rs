@@ -4,7 +4,7 @@
 //! (`Session::vars`). Both are `std::sync` locks held only for in-memory work,
 //! never across an `.await` or I/O, so the NIF may take them on a scheduler.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -13,15 +13,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::constraints::Constraints;
 use crate::error::{Result, StoreError};
 use crate::glob::Glob;
-use crate::limits::{self, exceeded, Limits};
+use crate::limits::{self, exceeded, Limits, MAX_NAME_BYTES};
+use crate::model::{Metadata, Source, Update, UpdateKind, Variable};
 use crate::value::{normalize, Raw, Value, VarType};
-use crate::watch::{Hub, Owner, SessionWatch, Subscription, Update, UpdateKind, WatchStats};
-
-/// String-to-string metadata, as sessions, variables and updates carry it.
-pub type Metadata = BTreeMap<String, String>;
-
-/// Longest session id or variable name, in bytes.
-pub const MAX_NAME_BYTES: usize = 256;
+use crate::watch::{Hub, Owner, SessionWatch, Subscription};
 
 /// The idle time after which a session expires unless told otherwise.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
@@ -43,40 +38,6 @@ static PROCESS_NONCE: once_cell::sync::Lazy<String> = once_cell::sync::Lazy::new
     digits.reverse();
     String::from_utf8(digits).expect("ASCII digits")
 });
-
-/// Which side made a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    Elixir,
-    Python,
-}
-
-impl Source {
-    /// `"elixir"` or `"python"`, as `update_source` carries it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Elixir => "elixir",
-            Source::Python => "python",
-        }
-    }
-}
-
-/// A snapshot of one variable. Cloning is cheap: the big parts are shared.
-#[derive(Debug, Clone)]
-pub struct Variable {
-    pub id: Arc<str>,
-    pub name: Arc<str>,
-    pub ty: VarType,
-    pub value: Arc<Value>,
-    pub constraints: Arc<Constraints>,
-    pub metadata: Arc<Metadata>,
-    /// 1 at registration, +1 on every change.
-    pub version: i64,
-    /// Who made the last change.
-    pub source: Source,
-    pub created_at_us: i64,
-    pub updated_at_us: i64,
-}
 
 /// What a caller knows about a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +135,15 @@ pub struct BatchOutcome {
     pub errors: Vec<(String, StoreError)>,
 }
 
+/// What one write did, as it reaches [`Store::commit`].
+enum Committed<'a> {
+    /// `change` set the values of `ids`, in this order, at `at_us`. The
+    /// changes of an `atomic` batch share a batch number.
+    Values { ids: &'a [Arc<str>], change: &'a Change, at_us: i64, atomic: bool },
+    /// The variable was deleted (it is the last snapshot).
+    Deleted { variable: Variable, at_us: i64 },
+}
+
 struct Session {
     id: Arc<str>,
     metadata: Metadata,
@@ -227,7 +197,6 @@ struct Inner {
     limits: RwLock<Limits>,
     clock: Arc<dyn Clock>,
     hub: Arc<Hub>,
-    watch_stats: Arc<WatchStats>,
     /// Numbers atomic batches, so watchers (and tests) can tell them apart.
     next_batch: AtomicU64,
 }
@@ -276,7 +245,6 @@ impl Store {
                 limits: RwLock::default(),
                 clock,
                 hub: Arc::default(),
-                watch_stats: Arc::default(),
                 next_batch: AtomicU64::new(1),
             }),
         }
@@ -351,6 +319,43 @@ impl Store {
         removed
     }
 
+    /// The commit point: every write that changed a session's variables hands
+    /// what it did to the session's watchers here, and nowhere else. Called
+    /// after the change is applied, still under the session's variable lock,
+    /// which orders the hand-offs as the versions. With no watchers it costs
+    /// one atomic load; otherwise it builds the updates and publishes them
+    /// (O(1) per change; see [`crate::watch`]).
+    fn commit(&self, session: &Session, vars: &Vars, committed: Committed<'_>) {
+        if session.watch.count() == 0 {
+            return;
+        }
+        match committed {
+            Committed::Values { ids, change, at_us, atomic } => {
+                if ids.is_empty() {
+                    return;
+                }
+                let batch = atomic.then(|| self.inner.next_batch.fetch_add(1, Ordering::Relaxed));
+                let metadata = change_metadata(change);
+                session.watch.publish(ids.iter().map(|id| Update {
+                    kind: UpdateKind::ValueChange,
+                    variable: Some(vars.by_id[id].clone()),
+                    source: change.source,
+                    metadata: metadata.clone(),
+                    at_us,
+                    batch,
+                }));
+            }
+            Committed::Deleted { variable, at_us } => session.watch.publish([Update {
+                kind: UpdateKind::Deleted,
+                source: variable.source,
+                variable: Some(variable),
+                metadata: Arc::default(),
+                at_us,
+                batch: None,
+            }]),
+        }
+    }
+
     /// Creates a session that expires after `ttl` without access.
     pub fn create_session(&self, id: &str, metadata: Metadata, ttl: Duration) -> Result<SessionInfo> {
         validate_name("session id", id)?;
@@ -369,11 +374,7 @@ impl Store {
             last_access_us: AtomicU64::new(now),
             last_access_wall_us: AtomicU64::new(wall as u64),
             vars: Mutex::default(),
-            watch: Arc::new(SessionWatch::new(
-                self.inner.hub.clone(),
-                self.inner.watch_stats.clone(),
-                self.inner.clock.clone(),
-            )),
+            watch: Arc::new(SessionWatch::new(self.inner.hub.clone(), self.inner.clock.clone())),
         });
         let mut sessions = self.sessions_write();
         if let Some(existing) = sessions.get(id) {
@@ -429,12 +430,12 @@ impl Store {
 
     /// Totals over the whole store.
     pub fn stats(&self) -> StoreStats {
-        let st = &self.inner.watch_stats;
+        let counts = self.inner.hub.counts();
         StoreStats {
             sessions: self.list_sessions().len(),
-            grpc_watchers: st.grpc.load(Ordering::Relaxed),
-            elixir_watchers: st.elixir.load(Ordering::Relaxed),
-            watchers_opened: st.opened.load(Ordering::Relaxed),
+            grpc_watchers: counts.grpc,
+            elixir_watchers: counts.elixir,
+            watchers_opened: counts.opened,
         }
     }
 
@@ -608,9 +609,7 @@ impl Store {
         let (id, value) =
             prepare(&vars, &limits, session_id, identifier, value.into(), change.expected_version, &change.metadata)?;
         let version = apply(&mut vars, &id, value, change, now);
-        if session.watch.count() > 0 {
-            session.watch.publish([changed(&vars, &id, change, &change_metadata(change), now, None)]);
-        }
+        self.commit(&session, &vars, Committed::Values { ids: &[id], change, at_us: now, atomic: false });
         Ok(version)
     }
 
@@ -663,11 +662,7 @@ impl Store {
                     outcome.applied.push((key, version));
                     ids.push(id);
                 }
-                if session.watch.count() > 0 {
-                    let batch = self.inner.next_batch.fetch_add(1, Ordering::Relaxed);
-                    let metadata = change_metadata(change);
-                    session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, &metadata, now, Some(batch))));
-                }
+                self.commit(&session, &vars, Committed::Values { ids: &ids, change, at_us: now, atomic: true });
             }
         } else {
             let mut ids = Vec::new();
@@ -681,10 +676,7 @@ impl Store {
                     Err(e) => outcome.errors.push((key, e)),
                 }
             }
-            if session.watch.count() > 0 {
-                let metadata = change_metadata(change);
-                session.watch.publish(ids.iter().map(|id| changed(&vars, id, change, &metadata, now, None)));
-            }
+            self.commit(&session, &vars, Committed::Values { ids: &ids, change, at_us: now, atomic: false });
         }
         Ok(outcome)
     }
@@ -721,16 +713,7 @@ impl Store {
         let id = vars.resolve(identifier).ok_or_else(|| not_found(session_id, identifier))?;
         if let Some(var) = vars.by_id.remove(&id) {
             vars.by_name.remove(&var.name);
-            if session.watch.count() > 0 {
-                session.watch.publish([Update {
-                    kind: UpdateKind::Deleted,
-                    source: var.source,
-                    variable: Some(var),
-                    metadata: Arc::default(),
-                    at_us: self.now_us(),
-                    batch: None,
-                }]);
-            }
+            self.commit(&session, &vars, Committed::Deleted { variable: var, at_us: self.now_us() });
         }
         Ok(())
     }
@@ -857,25 +840,6 @@ fn change_metadata(change: &Change) -> Arc<Metadata> {
     }
 }
 
-/// The update watchers get for a change just applied to `id`.
-fn changed(
-    vars: &Vars,
-    id: &Arc<str>,
-    change: &Change,
-    metadata: &Arc<Metadata>,
-    now: i64,
-    batch: Option<u64>,
-) -> Update {
-    Update {
-        kind: UpdateKind::ValueChange,
-        variable: Some(vars.by_id[id].clone()),
-        source: change.source,
-        metadata: metadata.clone(),
-        at_us: now,
-        batch,
-    }
-}
-
 /// Applies a prepared write; cannot fail.
 fn apply(vars: &mut Vars, id: &Arc<str>, value: Value, change: &Change, now: i64) -> i64 {
     let var = vars.by_id.get_mut(id).expect("prepared id is present under the same lock");
@@ -893,3 +857,5 @@ fn apply(vars: &mut Vars, id: &Arc<str>, value: Value, change: &Change, now: i64
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watch_tests;

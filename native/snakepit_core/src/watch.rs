@@ -20,7 +20,7 @@
 //!   is either in the initial value or delivered after it.
 //!
 //! # Flow
-//! writer (holds the session's variable lock) → `SessionWatch::publish` →
+//! writer (holds the session's variable lock) → `Store::commit` → `SessionWatch::publish` →
 //! session pending set → dispatcher thread → each watcher's pending set →
 //! `Subscription::next_batch` (gRPC stream, or the NIF's delivery task).
 //!
@@ -34,67 +34,11 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
-use crate::store::{Metadata, Source, Variable};
+use crate::model::{Source, Update, UpdateKind};
 
 /// Sessions with at most this many watchers are fanned out by the writer
 /// itself; above it, by the dispatcher thread.
 pub const INLINE_FANOUT: usize = 4;
-
-/// What an update says happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpdateKind {
-    /// The value when the watch started (or resumed).
-    InitialValue,
-    /// A change made after the watch started.
-    ValueChange,
-    /// The variable was deleted; nothing more comes for it.
-    Deleted,
-    /// The session was cleaned up or expired; this is the last update.
-    SessionClosed,
-}
-
-impl UpdateKind {
-    /// The wire name: `initial_value`, `value_change`, `deleted`, `session_closed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpdateKind::InitialValue => "initial_value",
-            UpdateKind::ValueChange => "value_change",
-            UpdateKind::Deleted => "deleted",
-            UpdateKind::SessionClosed => "session_closed",
-        }
-    }
-}
-
-/// One update delivered to a watcher.
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub kind: UpdateKind,
-    /// The variable as of this update; `None` only for `SessionClosed`.
-    pub variable: Option<Variable>,
-    /// Who made the change (for initial values: who made the last one).
-    pub source: Source,
-    /// Metadata sent with the change itself.
-    pub metadata: Arc<Metadata>,
-    /// When the change was made, Unix microseconds.
-    pub at_us: i64,
-    /// Changes of one atomic batch share a batch number.
-    pub batch: Option<u64>,
-}
-
-impl Update {
-    fn key(&self) -> &str {
-        self.variable.as_ref().map_or("", |v| &v.id)
-    }
-
-    /// The key as a shared string: a reference count, not an allocation.
-    fn key_arc(&self) -> Arc<str> {
-        self.variable.as_ref().map_or_else(|| Arc::from(""), |v| v.id.clone())
-    }
-
-    fn version(&self) -> i64 {
-        self.variable.as_ref().map_or(0, |v| v.version)
-    }
-}
 
 /// Pending updates, at most one per variable, in arrival order. A newer update
 /// for a variable replaces the older one and moves to the end, which keeps the
@@ -137,13 +81,13 @@ pub enum Owner {
     Elixir,
 }
 
-/// Counters shared by every session of a store.
+/// Counters shared by every session of a hub (one hub per store).
 #[derive(Debug, Default)]
-pub(crate) struct WatchStats {
-    pub grpc: AtomicUsize,
-    pub elixir: AtomicUsize,
+struct WatchStats {
+    grpc: AtomicUsize,
+    elixir: AtomicUsize,
     /// Watchers created since start; with `grpc + elixir`, shows nothing leaks.
-    pub opened: AtomicU64,
+    opened: AtomicU64,
 }
 
 impl WatchStats {
@@ -153,6 +97,17 @@ impl WatchStats {
             Owner::Elixir => &self.elixir,
         }
     }
+}
+
+/// A snapshot of a hub's watcher counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchCounts {
+    /// Live gRPC watch streams.
+    pub grpc: usize,
+    /// Live Elixir subscriptions.
+    pub elixir: usize,
+    /// Subscriptions made since the hub started, ended or not.
+    pub opened: u64,
 }
 
 struct WatcherState {
@@ -245,7 +200,6 @@ pub(crate) struct SessionWatch {
     pending: Mutex<SessionPending>,
     /// Live watchers; writers read it to skip all watch work when zero.
     count: AtomicUsize,
-    stats: Arc<WatchStats>,
     hub: Arc<Hub>,
     closed: AtomicBool,
     /// The `SessionClosed` update, once the session is closed.
@@ -257,12 +211,11 @@ pub(crate) struct SessionWatch {
 }
 
 impl SessionWatch {
-    pub(crate) fn new(hub: Arc<Hub>, stats: Arc<WatchStats>, clock: Arc<dyn Clock>) -> SessionWatch {
+    pub(crate) fn new(hub: Arc<Hub>, clock: Arc<dyn Clock>) -> SessionWatch {
         SessionWatch {
             table: Mutex::default(),
             pending: Mutex::default(),
             count: AtomicUsize::new(0),
-            stats,
             hub,
             closed: AtomicBool::new(false),
             closing: Mutex::default(),
@@ -347,7 +300,7 @@ impl SessionWatch {
         for u in initial {
             state.pending.push(Arc::new(u));
         }
-        let id = self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let id = self.hub.stats.opened.fetch_add(1, Ordering::Relaxed);
         let watcher = Arc::new(Watcher { id, owner, state: Mutex::new(state), notify: Notify::new() });
         let mut table = self.table();
         for v in &variables {
@@ -355,7 +308,7 @@ impl SessionWatch {
         }
         table.watchers.insert(id, (watcher.clone(), variables));
         self.count.fetch_add(1, Ordering::AcqRel);
-        self.stats.counter(owner).fetch_add(1, Ordering::Relaxed);
+        self.hub.stats.counter(owner).fetch_add(1, Ordering::Relaxed);
         drop(table);
         self.hub.ensure_started();
         if self.closed.load(Ordering::Acquire) {
@@ -384,7 +337,7 @@ impl SessionWatch {
         // never judged by an older stamp.
         self.last_left_us.store(self.clock.monotonic().as_micros() as u64, Ordering::Release);
         self.count.fetch_sub(1, Ordering::AcqRel);
-        self.stats.counter(watcher.owner).fetch_sub(1, Ordering::Relaxed);
+        self.hub.stats.counter(watcher.owner).fetch_sub(1, Ordering::Relaxed);
     }
 
     /// One dispatch round: hands this session's pending changes to its watchers.
@@ -477,6 +430,12 @@ impl Subscription {
         }
     }
 
+    /// What is pending now, without taking it (tests check the coalescing bound).
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> Vec<Update> {
+        self.watcher.state().pending.order.values().map(|u| (**u).clone()).collect()
+    }
+
     /// Whether the last update was handed out or the subscription was cancelled.
     pub fn is_finished(&self) -> bool {
         self.watcher.state().finished
@@ -534,9 +493,19 @@ impl std::fmt::Debug for Watcher {
 #[derive(Default)]
 pub(crate) struct Hub {
     queue: OnceLock<mpsc::Sender<Arc<SessionWatch>>>,
+    stats: WatchStats,
 }
 
 impl Hub {
+    /// The watcher counters of every session of this hub.
+    pub(crate) fn counts(&self) -> WatchCounts {
+        WatchCounts {
+            grpc: self.stats.grpc.load(Ordering::Relaxed),
+            elixir: self.stats.elixir.load(Ordering::Relaxed),
+            opened: self.stats.opened.load(Ordering::Relaxed),
+        }
+    }
+
     fn ensure_started(&self) {
         self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel::<Arc<SessionWatch>>();
@@ -560,6 +529,3 @@ impl Hub {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -8,8 +8,9 @@ use tonic::{Code, Status};
 
 use crate::error::StoreError;
 use crate::limits::{clip, clip_debug};
+use crate::model::{Metadata, Source, Update, Variable};
 use crate::proto;
-use crate::store::{Input, Metadata, Source, Variable};
+use crate::store::Input;
 use crate::value::{element_count, Raw, Tensor, Value, VarType};
 
 /// Every `type_url` starts with this; the variable's type follows.
@@ -385,7 +386,7 @@ pub fn variable_with(v: &Variable, include_metadata: bool) -> proto::Variable {
 }
 
 /// A watch update as its protobuf message.
-pub fn update(u: &crate::watch::Update) -> proto::VariableUpdate {
+pub fn update(u: &Update) -> proto::VariableUpdate {
     proto::VariableUpdate {
         variable_id: u.variable.as_ref().map(|v| String::from(&*v.id)).unwrap_or_default(),
         variable: u.variable.as_ref().map(variable),

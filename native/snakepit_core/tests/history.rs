@@ -7,9 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use snakepit_core::store::{Change, Metadata, NewVariable, Source, Store, WatchRequest, DEFAULT_SESSION_TTL};
+use snakepit_core::model::{Metadata, Source, Update, UpdateKind};
+use snakepit_core::store::{Change, NewVariable, Store, WatchRequest, DEFAULT_SESSION_TTL};
 use snakepit_core::value::{Raw, Value, VarType};
-use snakepit_core::watch::{Owner, Update, UpdateKind};
+use snakepit_core::watch::Owner;
 
 const VARS: [&str; 5] = ["a", "b", "c", "d", "e"];
 

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use rustler::{Encoder, Env, Error, ListIterator, MapIterator, NifResult, Term, TermType};
-use snakepit_core::store::{Metadata, Source, Variable};
+use snakepit_core::model::{Metadata, Source, Variable};
 use snakepit_core::value::{Raw, Tensor, Value, VarType};
 use snakepit_core::StoreError;
 

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rustler::{Encoder, Env, NifResult, Term};
-use snakepit_core::store::{Change, NewVariable, Source, Variable};
+use snakepit_core::model::{Source, Variable};
+use snakepit_core::store::{Change, NewVariable};
 
 use crate::atoms;
 use crate::convert::{self, text};

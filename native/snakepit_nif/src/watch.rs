@@ -16,8 +16,9 @@ use std::sync::Mutex;
 
 use rustler::env::OwnedEnv;
 use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
+use snakepit_core::model::Update;
 use snakepit_core::store::WatchRequest;
-use snakepit_core::watch::{Canceller, Owner, Update};
+use snakepit_core::watch::{Canceller, Owner};
 
 use crate::atoms;
 use crate::convert::{self, text};

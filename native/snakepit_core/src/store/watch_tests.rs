@@ -1,11 +1,15 @@
+//! The watch guarantees, end to end through the store: what writers commit
+//! is what watchers get.
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::ManualClock;
-use crate::store::{Change, Metadata, NewVariable, Source, Store, WatchRequest, DEFAULT_SESSION_TTL};
+use crate::model::{Metadata, Source, Update, UpdateKind};
+use crate::store::{Change, NewVariable, Store, WatchRequest, DEFAULT_SESSION_TTL};
 use crate::value::{Raw, Value, VarType};
-use crate::watch::{Owner, Subscription, Update, UpdateKind};
+use crate::watch::{Owner, Subscription};
 
 fn store_with(names: &[&str]) -> Store {
     let store = Store::new();
@@ -121,14 +125,8 @@ async fn a_watcher_that_reads_nothing_is_coalesced_to_the_latest_value() {
     // Wait until the dispatcher has caught up, checking the bound all along.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let pending: Vec<(String, i64)> = sub
-            .watcher
-            .state()
-            .pending
-            .order
-            .values()
-            .map(|u| (u.variable.as_ref().unwrap().name.to_string(), u.version()))
-            .collect();
+        let pending: Vec<(String, i64)> =
+            sub.pending().iter().map(|u| (u.variable.as_ref().unwrap().name.to_string(), u.version())).collect();
         assert!(pending.len() <= 2, "at most one pending update per watched variable: {pending:?}");
         let caught_up = pending.contains(&("a".into(), 10_001)) && pending.contains(&("b".into(), 10_001));
         if caught_up {
