@@ -119,9 +119,25 @@ async def test_any_printable_session_id_up_to_256_bytes_is_fine(other_ctx: Any, 
 
 def test_context_needs_a_grpc_channel() -> None:
     with pytest.raises(TypeError, match="grpc.Channel or grpc.aio.Channel"):
-        SessionContext("s", object())  # type: ignore[type-var]
+        SessionContext("s", object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="session_id"):
         SessionContext(b"s", grpc.insecure_channel("127.0.0.1:1"))  # type: ignore[arg-type]
+
+
+async def test_each_class_refuses_the_other_mode_and_names_the_one_to_use() -> None:
+    aio_channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    try:
+        with pytest.raises(TypeError, match="with a grpc.aio.Channel use AsyncSessionContext"):
+            SessionContext("s", aio_channel)  # type: ignore[arg-type]
+    finally:
+        await aio_channel.close()
+    with grpc.insecure_channel("127.0.0.1:1") as channel:
+        with pytest.raises(TypeError, match="with a blocking grpc.Channel use SessionContext"):
+            AsyncSessionContext("s", channel)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="grpc.Channel or grpc.aio.Channel"):
+        AsyncSessionContext("s", object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="session_id"):
+        AsyncSessionContext(b"s", grpc.aio.insecure_channel("127.0.0.1:1"))  # type: ignore[arg-type]
 
 
 def test_blocking_methods_return_values(blocking_ctx: SessionContext) -> None:
