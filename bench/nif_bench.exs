@@ -249,19 +249,8 @@ defmodule Snakepit.Bench.Nif do
   # -- statistics --------------------------------------------------------------
 
   defp stats(per_call, batch_size) do
-    sorted = Enum.sort(per_call)
-    t = List.to_tuple(sorted)
-    count = tuple_size(t)
-
-    %{
-      median_ns: Support.percentile(t, 50),
-      p99_ns: Support.percentile(t, 99),
-      mean_ns: Enum.sum(sorted) / count,
-      min_ns: hd(sorted) * 1.0,
-      max_ns: List.last(sorted) * 1.0,
-      batches: count,
-      calls: count * batch_size
-    }
+    count = length(per_call)
+    Map.merge(Support.ns_stats(per_call), %{batches: count, calls: count * batch_size})
   end
 
   # -- machine -----------------------------------------------------------------
@@ -321,7 +310,7 @@ defmodule Snakepit.Bench.Nif do
         ratio = r.ratios[:"#{key}_vs_genserver_call"]
 
         "#{name}: median #{fmt(median)} µs per call, target ≤ #{fmt(r.target_ns / 1000)} µs: " <>
-          "#{if ok, do: "MET", else: "MISSED"}; " <>
+          "#{Support.met(ok)}; " <>
           "#{:erlang.float_to_binary(ratio, decimals: 2)}x a GenServer.call round trip " <>
           "(GenServer.call takes #{:erlang.float_to_binary(1 / ratio, decimals: 2)}x as long)\n"
       end
@@ -339,7 +328,7 @@ defmodule Snakepit.Bench.Nif do
   def print(result), do: IO.write(format(result))
 
   defp pad_num(x, width), do: String.pad_leading(fmt(x), width)
-  defp fmt(x), do: :erlang.float_to_binary(x * 1.0, decimals: 3)
+  defp fmt(x), do: Support.fixed(x, 3)
 
   # -- command line ------------------------------------------------------------
 
@@ -380,15 +369,11 @@ defmodule Snakepit.Bench.Nif do
     result = run(run_opts)
 
     if opts[:json] do
-      IO.puts(json(result))
+      IO.puts(Support.json(result))
     else
       print(result)
     end
   end
-
-  # A minimal JSON encoder for the result maps (no dependency on a JSON library).
-  @doc false
-  defdelegate json(term), to: Support
 end
 
 if Snakepit.Bench.Nif.invoked_as_script?(__ENV__.file) do

@@ -47,7 +47,7 @@ defmodule Snakepit.Bench.PushLatency do
 
   @targets %{p50_us: 200.0, p99_us: 450.0, p50_over_ping: 0.6}
 
-  # Issue 4's reference figures for the same workload on this machine class (µs).
+  # Reference figures: other systems on the same workload, on this machine class (µs).
   @references [
     %{name: "Redis pub/sub + redis-py asyncio", p50_us: 242.0, p99_us: 445.0},
     %{name: "etcd Watch + grpcio", p50_us: 506.0, p99_us: 859.0}
@@ -105,7 +105,7 @@ defmodule Snakepit.Bench.PushLatency do
   @doc "The phases: `[{mode, receiver, label}]`, in the order they run."
   def modes, do: @modes
 
-  @doc "The targets of issue 4: p50 and p99 in µs, and the largest p50 / Ping p50."
+  @doc "The targets: p50 and p99 in µs, and the largest p50 / Ping p50."
   def targets, do: @targets
 
   @doc """
@@ -587,7 +587,7 @@ defmodule Snakepit.Bench.PushLatency do
           t = r.targets
 
           [
-            "\nTargets (issue 4), for the user-facing row (SessionContext):\n",
+            "\nTargets, for the user-facing row (SessionContext):\n",
             "  p50 #{f1(c.latency_us.p50)} µs, target <= #{f1(t.p50_us)} µs: #{met(c.target_met.p50)}\n",
             "  p99 #{f1(c.latency_us.p99)} µs, target <= #{f1(t.p99_us)} µs: #{met(c.target_met.p99)}\n",
             "  p50 / Ping p50 = #{f2(c.p50_over_ping)}, target <= #{f2(t.p50_over_ping)}: #{met(c.target_met.p50_over_ping)}\n"
@@ -595,7 +595,7 @@ defmodule Snakepit.Bench.PushLatency do
       end
 
     refs = [
-      "References (issue 4, same workload, this machine class), p50 / p99: ",
+      "References (same workload, this machine class), p50 / p99: ",
       Enum.map_join(r.references, "; ", fn x ->
         "#{x.name} #{f1(x.p50_us)} / #{f1(x.p99_us)} µs"
       end),
@@ -620,12 +620,9 @@ defmodule Snakepit.Bench.PushLatency do
   @doc "Prints `format/1` to stdout."
   def print(result), do: IO.write(format(result))
 
-  defp met(true), do: "MET"
-  defp met(false), do: "MISSED"
-  defp f1(nil), do: "-"
-  defp f1(x), do: :erlang.float_to_binary(x * 1.0, decimals: 1)
-  defp f2(nil), do: "-"
-  defp f2(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
+  defp met(ok), do: Support.met(ok)
+  defp f1(x), do: Support.fixed(x, 1)
+  defp f2(x), do: Support.fixed(x, 2)
 
   # -- command line ----------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 # Helpers the Elixir benchmarks in bench/ share: statistics, the machine
-# description, a small JSON encoder, option checks, where the executables
-# are, and waiting for a session's watcher count. Each bench file requires
+# description, the benches' one JSON encoder, number formatting for the
+# printed tables, option checks, where the executables are, and waiting for a
+# session's watcher count. Each bench file requires
 # this one (`Code.require_file("support.exs", __DIR__)`); requiring it
 # defines `Snakepit.Bench.Support` and runs nothing.
 
@@ -51,6 +52,35 @@ defmodule Snakepit.Bench.Support do
     b = elem(sorted, hi)
     a + (b - a) * (rank - lo) * 1.0
   end
+
+  @doc """
+  Median, p99, mean, min and max (floats, keys `median_ns` … `max_ns`) of
+  per-call times in nanoseconds, one per batch: what the NIF and writer-cost
+  benches report per row.
+  """
+  def ns_stats([_ | _] = values) do
+    sorted = Enum.sort(values)
+    t = List.to_tuple(sorted)
+    count = tuple_size(t)
+
+    %{
+      median_ns: percentile(t, 50),
+      p99_ns: percentile(t, 99),
+      mean_ns: Enum.sum(sorted) / count,
+      min_ns: elem(t, 0) * 1.0,
+      max_ns: elem(t, count - 1) * 1.0
+    }
+  end
+
+  # -- output --------------------------------------------------------------------------
+
+  @doc "`x` with `decimals` decimals, for the printed tables; \"-\" for nil."
+  def fixed(nil, _decimals), do: "-"
+  def fixed(x, decimals), do: :erlang.float_to_binary(x * 1.0, decimals: decimals)
+
+  @doc "How a target's verdict is printed."
+  def met(true), do: "MET"
+  def met(false), do: "MISSED"
 
   # -- the machine ---------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ defmodule Snakepit.Bench.WriterCost do
 
   @doc """
   The largest allowed ratio of the 1,000-watcher median to the 0-watcher
-  median (issue 4). `target_met` judges the row with the most watchers of
+  median. `target_met` judges the row with the most watchers of
   each kind (Elixir, gRPC) against it.
   """
   def target_ratio, do: @target_ratio
@@ -429,19 +429,7 @@ defmodule Snakepit.Bench.WriterCost do
     |> Map.fetch!(:median_ns)
   end
 
-  defp stats(values) do
-    sorted = Enum.sort(values)
-    t = List.to_tuple(sorted)
-    count = tuple_size(t)
-
-    %{
-      median_ns: percentile(t, 50),
-      p99_ns: percentile(t, 99),
-      mean_ns: Enum.sum(sorted) / count,
-      min_ns: elem(t, 0) * 1.0,
-      max_ns: elem(t, count - 1) * 1.0
-    }
-  end
+  defp stats(values), do: Support.ns_stats(values)
 
   defp drain_stats(values) do
     t = values |> Enum.sort() |> List.to_tuple()
@@ -509,7 +497,7 @@ defmodule Snakepit.Bench.WriterCost do
         s = r.results[key]
 
         "#{s.label}: median #{f3(s.median_ns / 1000)} µs = #{f2(s.ratio_vs_none)}x the no-watcher median " <>
-          "(#{f3(r.results[:none].median_ns / 1000)} µs), target <= #{f2(r.target_ratio)}x: #{if ok, do: "MET", else: "MISSED"}\n"
+          "(#{f3(r.results[:none].median_ns / 1000)} µs), target <= #{f2(r.target_ratio)}x: #{Support.met(ok)}\n"
       end
 
     IO.iodata_to_binary([header, head, rows, notes, verdict, "whole run #{r.elapsed_ms} ms\n"])
@@ -518,8 +506,8 @@ defmodule Snakepit.Bench.WriterCost do
   @doc "Prints `format/1` to stdout."
   def print(result), do: IO.write(format(result))
 
-  defp f2(x), do: :erlang.float_to_binary(x * 1.0, decimals: 2)
-  defp f3(x), do: :erlang.float_to_binary(x * 1.0, decimals: 3)
+  defp f2(x), do: Support.fixed(x, 2)
+  defp f3(x), do: Support.fixed(x, 3)
 
   # -- command line ------------------------------------------------------------------------
 

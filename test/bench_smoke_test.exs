@@ -80,7 +80,7 @@ defmodule Snakepit.BenchSmokeTest do
     assert table =~ "GenServer.call/2 round trip"
     assert table =~ "µs"
 
-    json = bench.json(r)
+    json = Snakepit.Bench.Support.json(r)
     assert String.starts_with?(json, "{") and String.ends_with?(json, "}")
     assert json =~ ~s("median_ns":)
   end
@@ -92,7 +92,7 @@ defmodule Snakepit.BenchSmokeTest do
     assert Enum.filter(leftover, &String.starts_with?(&1, "bench-nif-")) == []
   end
 
-  # -- the watch benchmarks (issue 4) ---------------------------------------------
+  # -- the watch benchmarks -------------------------------------------------------
 
   alias Snakepit.Bridge.SessionStore
 
@@ -171,7 +171,7 @@ defmodule Snakepit.BenchSmokeTest do
       assert table =~ needle
     end
 
-    json = Snakepit.Bench.Nif.json(r)
+    json = Snakepit.Bench.Support.json(r)
     assert json =~ ~s("samples_us":[)
 
     assert bench_sessions("bench-push-") == before
@@ -228,12 +228,12 @@ defmodule Snakepit.BenchSmokeTest do
     for needle <- ["no watchers", "5 Elixir watchers", "4 gRPC streams", "vs none", "µs"],
         do: assert(table =~ needle)
 
-    assert Snakepit.Bench.Nif.json(r) =~ ~s("ratio_vs_none":)
+    assert Snakepit.Bench.Support.json(r) =~ ~s("ratio_vs_none":)
 
     assert bench_sessions("bench-writer-") == before
   end
 
-  # -- the report writer (issue 5) -------------------------------------------------
+  # -- the report writer ----------------------------------------------------------
 
   @report_sections [
     "# Benchmark report",
