@@ -8,7 +8,7 @@ Reads ``DIR/latest.json`` and writes ``DIR/latest.md`` and ``DIR/latest.png``
 (same stem as the JSON): one section per benchmark, each with its unit, run
 counts, the load average around it, its targets (MET / MISSED as the bench
 measured them), the ratios measured in the same run and the reference figures
-the issues cite. The PNG has (a) the distribution of Elixir → Python push
+(other systems on the same workload). The PNG has (a) the distribution of Elixir → Python push
 latencies with the Ping round trip for comparison and (b) writer cost vs the
 number of watchers. When matplotlib cannot be imported (or ``--no-plot``), the
 report says the plot was skipped and is complete as tables; that is not an
@@ -27,15 +27,15 @@ from typing import Any
 
 #: The benches in report order: key, short name (summary), section heading, Elixir module (None: a child process).
 SECTIONS = [
-    ("nif", "NIF", "1. NIF get/update vs GenServer.call (issue 3)", "Snakepit.Bench.Nif"),
-    ("python_batch", "Python batch", "2. Batch vs sequential gets and sets from Python (issue 3)", None),
-    ("push_latency", "Push latency", "3. Push latency Elixir → Python vs Ping (issue 4)", "Snakepit.Bench.PushLatency"),
-    ("writer_cost", "Writer cost", "4. Writer cost vs number of watchers (issue 4)", "Snakepit.Bench.WriterCost"),
-    ("fan_out", "Fan-out", "5. Fan-out to 100 watcher connections (issue 4)", None),
-    ("scale", "Scale", "6. Scale: 10,000 streams, fan-out time and memory per stream (issue 4)", None),
+    ("nif", "NIF", "1. NIF get/update vs GenServer.call", "Snakepit.Bench.Nif"),
+    ("python_batch", "Python batch", "2. Batch vs sequential gets and sets from Python", None),
+    ("push_latency", "Push latency", "3. Push latency Elixir → Python vs Ping", "Snakepit.Bench.PushLatency"),
+    ("writer_cost", "Writer cost", "4. Writer cost vs number of watchers", "Snakepit.Bench.WriterCost"),
+    ("fan_out", "Fan-out", "5. Fan-out to 100 watcher connections", None),
+    ("scale", "Scale", "6. Scale: 10,000 streams, fan-out time and memory per stream", None),
 ]
 
-#: Issue 3's reference figures for a batch read of 1,000 keys from Python on this machine class, ms.
+#: Reference figures for a batch read of 1,000 keys from Python on this machine class, ms.
 BATCH_REFERENCES_MS = [("etcd range read of 1,000 keys", 2.4), ("Redis MGET of 1,000 keys", 5.9)]
 
 Row = list[str]
@@ -158,9 +158,9 @@ class Report:
                 )
             )
         out += [
-            "**Targets (issue 3)**\n",
+            "**Targets**\n",
             table(["target", "measured (same run)", "result"], trows, "llr"),
-            "Reference figures: issue 3 cites none for this bench; the `GenServer.call` row is the comparison it asks for.\n",
+            "Reference figures: none for this bench; the `GenServer.call` row is the comparison.\n",
         ]
         return "\n".join(out)
 
@@ -282,7 +282,7 @@ class Report:
                 )
             )
         out += [
-            "**Targets (issue 3)**, for the SessionContext figures\n",
+            "**Targets**, for the SessionContext figures\n",
             table(["target", "measured (same run)", "result"], trows, "llr"),
         ]
         get = r["client"]["get"]["batch_ms"]["median"]
@@ -290,7 +290,7 @@ class Report:
         refs = [[name, fmt(ms, 1), ratio(ms / get, 1)] for name, ms in BATCH_REFERENCES_MS]
         refs.append([f"this bridge: `GetVariables` of {fmt(n)} via SessionContext", fmt(get, 3), "1.0×"])
         out += [
-            f"**Reference figures (issue 3)**: batch reads of 1,000 keys from Python clients on this 2-core machine "
+            f"**Reference figures**: batch reads of 1,000 keys from Python clients on this 2-core machine "
             f"class{comparable}.\n",
             table(["system", "ms", "its time / this bridge's"], refs),
         ]
@@ -368,7 +368,7 @@ class Report:
                 ),
             ]
         out += [
-            "**Targets (issue 4)**, for the user-facing row (SessionContext)\n",
+            "**Targets**, for the user-facing row (SessionContext)\n",
             table(["target", "measured (same run)", "result"], trows, "llr"),
         ]
         if c:
@@ -387,7 +387,7 @@ class Report:
                 ["this bridge: SessionContext.watch_variables", fmt(lat["p50"]), fmt(lat["p99"]), "1.0×", "1.0×"]
             )
             out += [
-                "**Reference figures (issue 4)**: the same workload (2,000 updates 1 ms apart, Python asyncio receiver) "
+                "**Reference figures**: the same workload (2,000 updates 1 ms apart, Python asyncio receiver) "
                 "on this 2-core machine class.\n",
                 table(["system", "p50 µs", "p99 µs", "its p50 / this bridge's", "its p99 / this bridge's"], refs),
             ]
@@ -456,9 +456,9 @@ class Report:
                 )
             )
         out += [
-            "**Targets (issue 4)**, judged on the row with the most watchers of each kind\n",
+            "**Targets**, judged on the row with the most watchers of each kind\n",
             table(["target", "measured (same run)", "result"], trows, "llr"),
-            "Reference figures: issue 4 cites none for this bench. The curve is panel (b) of the plot.\n",
+            "Reference figures: none for this bench. The curve is panel (b) of the plot.\n",
         ]
         return "\n".join(out)
 
@@ -508,9 +508,9 @@ class Report:
         refs.append(["this bridge", fmt(last["p50"], 3), fmt(last["p99"], 3), "1.0×", "1.0×"])
         comparable = "" if r["watchers"] == 100 and r["updates"] == 200 else " (this run is smaller: not comparable)"
         out += [
-            "**Target (issue 4)**: figures to report, no numeric bound\n",
+            "**Target**: figures to report, no numeric bound\n",
             table(["target", "measured (same run)", "result"], trow, "llr"),
-            f"**Reference figures (issue 4)**: the same workload (100 watcher connections, 200 updates 5 ms apart), "
+            f"**Reference figures**: the same workload (100 watcher connections, 200 updates 5 ms apart), "
             f"last watcher, on this 2-core machine class{comparable}.\n",
             table(["system", "p50 ms", "p99 ms", "its p50 / this bridge's", "its p99 / this bridge's"], refs),
         ]
@@ -578,9 +578,9 @@ class Report:
             ),
         ]
         out += [
-            "**Targets (issue 4)**: figures to report, no numeric bound\n",
+            "**Targets**: figures to report, no numeric bound\n",
             table(["target", "measured (same run)", "result"], trows, "llr"),
-            "Reference figures: issue 4 cites none for this bench.\n",
+            "Reference figures: none for this bench.\n",
         ]
         return "\n".join(out)
 
@@ -663,8 +663,8 @@ class Report:
             "# Benchmark report\n\n"
             f"Written by `{meta['command']}` at {meta['started_at']} ({commit}); {size}; the whole run took "
             f"{fmt(meta['elapsed_s'], 0)} s. Every figure below comes from this one run; the raw figures (with every "
-            "push latency sample) are in `latest.json` next to this file. Targets and reference figures are those of "
-            "issues 3 and 4; the reference figures were measured on the same 2-core machine class, not in this run.\n"
+            "push latency sample) are written to `latest.json` next to this file (not committed). The reference figures "
+            "(other systems on the same workload) were measured on the same 2-core machine class, not in this run.\n"
         )
         summary = "## Summary\n\n" + table(["bench", "target", "measured (same run)", "result"], self.summary, "lllr")
         plots_section = (
@@ -780,7 +780,7 @@ def _panel_push(ax: Any, r: dict[str, Any] | None) -> None:
             marker,
             mfc="none",
             color=color,
-            label=f"{ref['name']}: p50, p99 (issue 4)",
+            label=f"{ref['name']}: p50, p99 (reference)",
         )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))

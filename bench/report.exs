@@ -1,4 +1,4 @@
-# The benchmark report: runs every benchmark of issues 3 and 4 and writes
+# The benchmark report: runs every benchmark of the store and of watching and writes
 # latest.json (every figure), latest.md (the report) and latest.png (the plots).
 #
 #     bash scripts/bench.sh                    # what users run: installs, builds, then this

@@ -111,7 +111,7 @@ def test_cli_json(bench: ModuleType, server_address: str, capsys: pytest.Capture
     _check_shape(r, n=5, repeats=1, batch_reps=2, raw=True)
 
 
-# --------------------------------------------------------------------------- the watch benchmarks (issue 4)
+# --------------------------------------------------------------------------- the watch benchmarks
 
 REPO_ROOT = BENCH_FILE.parent.parent
 RECEIVER = REPO_ROOT / "bench" / "push_receiver.py"
@@ -264,7 +264,7 @@ def test_push_receiver_speaks_its_protocol(server_address: str, session_id: str)
             ctx.cleanup(force=True)
 
 
-# --------------------------------------------------------------------------- the report writer (issue 5)
+# --------------------------------------------------------------------------- the report writer
 
 RENDER = REPO_ROOT / "bench" / "render_report.py"
 

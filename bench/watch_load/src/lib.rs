@@ -1,4 +1,4 @@
-//! A Rust load client for the WatchVariables benchmarks (issue 4, "Speed").
+//! A Rust load client for the WatchVariables benchmarks.
 //!
 //! Everything here talks to a bridge server over gRPC with the client that
 //! `snakepit_core` generates from the proto, like any other client would.
@@ -676,7 +676,7 @@ impl FanOutConfig {
     }
 }
 
-/// Issue 4's reference figures for the fan-out workload on this machine class, ms (p50, p99).
+/// Reference figures: other systems on the fan-out workload, on this machine class, ms (p50, p99).
 pub const REFERENCE_FAN_OUT: [(&str, f64, f64); 2] =
     [("Redis pub/sub (redis-py asyncio)", 3.9, 35.0), ("etcd Watch (grpcio)", 13.0, 144.0)];
 

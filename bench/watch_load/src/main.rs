@@ -251,7 +251,7 @@ pub fn format(r: &Value) -> String {
                 "\n{} (watcher, update) pairs arrived coalesced into a later update; {} messages in all\n",
                 r["coalesced"], r["messages"]
             );
-            out += "reference (issue 4, same workload, this machine class), last watcher p50 / p99:\n";
+            out += "reference (same workload, this machine class), last watcher p50 / p99:\n";
             for reference in r["reference_ms"].as_array().into_iter().flatten() {
                 out += &format!(
                     "  {:<34} {:>6.1} / {:>6.1} ms\n",
