@@ -28,6 +28,7 @@ cargo clippy --release --workspace --all-targets --quiet -- -D warnings || gates
 MIX_ENV=test mix format --check-formatted || gates_ok=false
 "$root/.venv/bin/ruff" check --quiet . || gates_ok=false
 "$root/.venv/bin/ruff" format --check --quiet . || gates_ok=false
+(cd "$root/priv/python" && "$root/.venv/bin/mypy" --strict snakepit_bridge) || gates_ok=false
 $gates_ok || failed+=(gates)
 
 echo "[test] cargo test"
