@@ -74,10 +74,11 @@ impl Service {
     fn fits<T: Message>(&self, response: T, what: &str, advice: &str) -> Result<Response<T>, Status> {
         let size = response.encoded_len();
         if size > self.config.max_message_bytes {
-            return Err(store_err(StoreError::ResourceExhausted(format!(
+            return Err(StoreError::ResourceExhausted(format!(
                 "{what} would be {size} bytes: over the limit max_message_bytes = {}; {advice}",
                 self.config.max_message_bytes
-            ))));
+            ))
+            .into());
         }
         Ok(Response::new(response))
     }
@@ -88,7 +89,7 @@ impl Service {
         let per_connection = self.config.max_watchers_per_connection;
         let connection = match conn {
             Some(c) => Some(c.state.try_add_watcher(per_connection).ok_or_else(|| {
-                store_err(StoreError::ResourceExhausted(format!(
+                Status::from(StoreError::ResourceExhausted(format!(
                     "this connection has {per_connection} watch streams open: over the limit \
                      max_watchers_per_connection = {per_connection}"
                 )))
@@ -100,9 +101,10 @@ impl Service {
         let taken = self.watchers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         match taken {
             Ok(_) => Ok(WatcherSlots { _server: ServerSlot(self.watchers.clone()), _connection: connection }),
-            Err(_) => Err(store_err(StoreError::ResourceExhausted(format!(
+            Err(_) => Err(StoreError::ResourceExhausted(format!(
                 "the server has {max} watch streams open: over the limit max_watchers = {max}"
-            )))),
+            ))
+            .into()),
         }
     }
 }
@@ -120,10 +122,6 @@ impl Drop for ServerSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-fn store_err(e: crate::error::StoreError) -> Status {
-    wire::status(&e)
 }
 
 fn now() -> prost_types::Timestamp {
@@ -164,9 +162,7 @@ impl BridgeService for Service {
         request: Request<InitializeSessionRequest>,
     ) -> Result<Response<InitializeSessionResponse>, Status> {
         let req = request.into_inner();
-        self.store
-            .create_session(&req.session_id, to_metadata(req.metadata), self.config.session_ttl)
-            .map_err(store_err)?;
+        self.store.create_session(&req.session_id, to_metadata(req.metadata), self.config.session_ttl)?;
         Ok(Response::new(InitializeSessionResponse {
             success: true,
             error_message: String::new(),
@@ -186,7 +182,7 @@ impl BridgeService for Service {
     }
 
     async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
-        let info = self.store.get_session(&request.into_inner().session_id).map_err(store_err)?;
+        let info = self.store.get_session(&request.into_inner().session_id)?;
         Ok(Response::new(GetSessionResponse {
             session_id: info.id,
             metadata: wire::metadata(&info.metadata),
@@ -207,7 +203,7 @@ impl BridgeService for Service {
         request: Request<GetVariableRequest>,
     ) -> Result<Response<GetVariableResponse>, Status> {
         let req = request.into_inner();
-        let var = self.store.get_variable(&req.session_id, &req.variable_identifier).map_err(store_err)?;
+        let var = self.store.get_variable(&req.session_id, &req.variable_identifier)?;
         self.fits(
             GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false },
             "the variable",
@@ -220,11 +216,10 @@ impl BridgeService for Service {
         request: Request<SetVariableRequest>,
     ) -> Result<Response<SetVariableResponse>, Status> {
         let req = request.into_inner();
-        let (declared, raw) = wire::decode_any(req.value.as_ref(), &req.binary_value).map_err(store_err)?;
+        let (declared, raw) = wire::decode_any(req.value.as_ref(), &req.binary_value)?;
         let change = Change { expected_version: req.expected_version, ..from_python(req.metadata) };
         let input = Input { value: Ok(raw), declared: Some(declared) };
-        let version =
-            self.store.update_variable(&req.session_id, &req.variable_identifier, input, &change).map_err(store_err)?;
+        let version = self.store.update_variable(&req.session_id, &req.variable_identifier, input, &change)?;
         Ok(Response::new(SetVariableResponse { success: true, error_message: String::new(), new_version: version }))
     }
 
@@ -233,8 +228,7 @@ impl BridgeService for Service {
         request: Request<BatchGetVariablesRequest>,
     ) -> Result<Response<BatchGetVariablesResponse>, Status> {
         let req = request.into_inner();
-        let BatchGet { found, missing } =
-            self.store.get_variables(&req.session_id, req.variable_identifiers).map_err(store_err)?;
+        let BatchGet { found, missing } = self.store.get_variables(&req.session_id, req.variable_identifiers)?;
         let response = if req.values_only {
             let (values, variables) = wire::batch_values(found, req.include_metadata);
             BatchGetVariablesResponse { variables, missing_variables: missing, values: Some(values) }
@@ -266,21 +260,18 @@ impl BridgeService for Service {
             .collect();
         // The compact form joins the same batch; malformed, it refuses the whole request.
         let compact =
-            wire::compact_updates(req.value_identifiers, &req.values_json, req.float_identifiers, req.float_values)
-                .map_err(store_err)?;
+            wire::compact_updates(req.value_identifiers, &req.values_json, req.float_identifiers, req.float_values)?;
         updates.extend(compact);
         // Map order is random on the wire; a fixed order makes outcomes repeatable.
         updates.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(pair) = updates.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-            return Err(store_err(StoreError::InvalidArgument(format!(
+            return Err(StoreError::InvalidArgument(format!(
                 "identifier {} is given more than once (updates, value_identifiers and float_identifiers together)",
                 clip(&pair[0].0)
-            ))));
+            ))
+            .into());
         }
-        let outcome = self
-            .store
-            .update_variables(&req.session_id, updates, req.atomic, &from_python(req.metadata))
-            .map_err(store_err)?;
+        let outcome = self.store.update_variables(&req.session_id, updates, req.atomic, &from_python(req.metadata))?;
         let mut errors: HashMap<String, String> = outcome.errors.into_iter().map(|(k, e)| (k, e.to_string())).collect();
         for key in binary.into_keys() {
             errors.insert(key, "binary_updates has this key but updates does not".into());
@@ -297,11 +288,11 @@ impl BridgeService for Service {
         request: Request<RegisterVariableRequest>,
     ) -> Result<Response<RegisterVariableResponse>, Status> {
         let req = request.into_inner();
-        let ty = VarType::parse(&req.r#type).map_err(store_err)?;
-        let value = wire::decode_value(ty, req.initial_value.as_ref(), &req.initial_binary_value).map_err(store_err)?;
-        let constraints = wire::constraints_from_json(&req.constraints_json).map_err(store_err)?;
+        let ty = VarType::parse(&req.r#type)?;
+        let value = wire::decode_value(ty, req.initial_value.as_ref(), &req.initial_binary_value)?;
+        let constraints = wire::constraints_from_json(&req.constraints_json)?;
         let new = NewVariable { name: req.name, ty, value, constraints, metadata: to_metadata(req.metadata) };
-        let var = self.store.register_variable(&req.session_id, new, Source::Python).map_err(store_err)?;
+        let var = self.store.register_variable(&req.session_id, new, Source::Python)?;
         Ok(Response::new(RegisterVariableResponse {
             success: true,
             variable_id: var.id.to_string(),
@@ -321,8 +312,7 @@ impl BridgeService for Service {
             Ok::<_, StoreError>(ListVariablesResponse { variables: vars.iter().map(wire::variable).collect() })
         })
         .await
-        .map_err(|e| Status::internal(format!("listing the variables failed: {e}")))?
-        .map_err(store_err)?;
+        .map_err(|e| Status::internal(format!("listing the variables failed: {e}")))??;
         self.fits(response, "the listing", "narrow the pattern or raise max_message_bytes")
     }
 
@@ -331,7 +321,7 @@ impl BridgeService for Service {
         request: Request<DeleteVariableRequest>,
     ) -> Result<Response<DeleteVariableResponse>, Status> {
         let req = request.into_inner();
-        self.store.delete_variable(&req.session_id, &req.variable_identifier).map_err(store_err)?;
+        self.store.delete_variable(&req.session_id, &req.variable_identifier)?;
         Ok(Response::new(DeleteVariableResponse { success: true, error_message: String::new() }))
     }
 
@@ -350,7 +340,7 @@ impl BridgeService for Service {
         };
         // Refusals (unknown session or variable, empty list) happen here,
         // before anything is streamed.
-        let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc).map_err(store_err)?;
+        let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc)?;
         let state = WatchState {
             sub,
             _slots: slots,

@@ -29,33 +29,39 @@ pub const CURRENT_VERSION_KEY: &str = "snakepit-current-version";
 /// Longest status message sent; longer ones are cut.
 pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
 
-/// A store error as a gRPC status a person (and a client library) can act on.
-pub fn status(e: &StoreError) -> Status {
-    let code = match e {
-        StoreError::SessionNotFound(_) | StoreError::VariableNotFound { .. } => Code::NotFound,
-        StoreError::SessionExists(_) | StoreError::VariableExists(_) => Code::AlreadyExists,
-        StoreError::VersionConflict { .. } => Code::FailedPrecondition,
-        StoreError::ResourceExhausted(_) => Code::ResourceExhausted,
-        StoreError::InvalidArgument(_)
-        | StoreError::InvalidType(_)
-        | StoreError::InvalidValue(_)
-        | StoreError::InvalidConstraints(_) => Code::InvalidArgument,
-    };
-    let mut message = e.to_string();
-    // Every echo is clipped where it is made; this is the backstop that keeps
-    // a status within what HTTP/2 trailers may carry.
-    if message.len() > MAX_STATUS_MESSAGE_BYTES {
-        let cut = (0..=MAX_STATUS_MESSAGE_BYTES).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
-        message.truncate(cut);
-        message.push('…');
+/// A store error as a gRPC status a person (and a client library) can act on:
+/// the code, the message (cut at [`MAX_STATUS_MESSAGE_BYTES`]), and trailing
+/// metadata with [`StoreError::kind`] under [`ERROR_KIND_KEY`] and, on a
+/// version conflict, the current version under [`CURRENT_VERSION_KEY`].
+/// Handlers return store errors with `?`.
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        let code = match &e {
+            StoreError::SessionNotFound(_) | StoreError::VariableNotFound { .. } => Code::NotFound,
+            StoreError::SessionExists(_) | StoreError::VariableExists(_) => Code::AlreadyExists,
+            StoreError::VersionConflict { .. } => Code::FailedPrecondition,
+            StoreError::ResourceExhausted(_) => Code::ResourceExhausted,
+            StoreError::InvalidArgument(_)
+            | StoreError::InvalidType(_)
+            | StoreError::InvalidValue(_)
+            | StoreError::InvalidConstraints(_) => Code::InvalidArgument,
+        };
+        let mut message = e.to_string();
+        // Every echo is clipped where it is made; this is the backstop that keeps
+        // a status within what HTTP/2 trailers may carry.
+        if message.len() > MAX_STATUS_MESSAGE_BYTES {
+            let cut = (0..=MAX_STATUS_MESSAGE_BYTES).rev().find(|i| message.is_char_boundary(*i)).unwrap_or(0);
+            message.truncate(cut);
+            message.push('…');
+        }
+        let mut status = Status::new(code, message);
+        let md = status.metadata_mut();
+        md.insert(ERROR_KIND_KEY, e.kind().parse().expect("kinds are ASCII"));
+        if let StoreError::VersionConflict { current, .. } = e {
+            md.insert(CURRENT_VERSION_KEY, current.to_string().parse().expect("digits are ASCII"));
+        }
+        status
     }
-    let mut status = Status::new(code, message);
-    let md = status.metadata_mut();
-    md.insert(ERROR_KIND_KEY, e.kind().parse().expect("kinds are ASCII"));
-    if let StoreError::VersionConflict { current, .. } = e {
-        md.insert(CURRENT_VERSION_KEY, current.to_string().parse().expect("digits are ASCII"));
-    }
-    status
 }
 
 /// Microseconds since the epoch as a protobuf timestamp.
@@ -513,9 +519,9 @@ mod tests {
         let long = "x".repeat(1 << 20);
         let e = decode_any(Some(&Any { type_url: long.clone(), value: b"1".to_vec() }), &[]).unwrap_err();
         assert!(e.to_string().len() < 400, "{e}");
-        let s = status(&StoreError::InvalidValue(long));
+        let s = Status::from(StoreError::InvalidValue(long));
         assert!(s.message().len() <= MAX_STATUS_MESSAGE_BYTES + 3);
-        let s = status(&StoreError::SessionNotFound("y".repeat(1 << 20)));
+        let s = Status::from(StoreError::SessionNotFound("y".repeat(1 << 20)));
         assert!(s.message().len() < 400 && s.message().contains("1048576 bytes in all"), "{}", s.message());
     }
 
@@ -529,12 +535,12 @@ mod tests {
 
     #[test]
     fn statuses_carry_code_and_kind() {
-        let s = status(&StoreError::VersionConflict { expected: 1, current: 4 });
+        let s = Status::from(StoreError::VersionConflict { expected: 1, current: 4 });
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert_eq!(s.metadata().get(ERROR_KIND_KEY).unwrap(), "version_conflict");
         assert_eq!(s.metadata().get(CURRENT_VERSION_KEY).unwrap(), "4");
-        assert_eq!(status(&StoreError::SessionNotFound("s".into())).code(), Code::NotFound);
-        assert_eq!(status(&StoreError::InvalidValue("v".into())).code(), Code::InvalidArgument);
+        assert_eq!(Status::from(StoreError::SessionNotFound("s".into())).code(), Code::NotFound);
+        assert_eq!(Status::from(StoreError::InvalidValue("v".into())).code(), Code::InvalidArgument);
     }
 
     #[test]
