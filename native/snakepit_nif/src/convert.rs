@@ -179,24 +179,25 @@ pub fn error<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
     (atoms::error(), reason(env, e)).encode(env)
 }
 
-/// The reason term of a store error, as the Elixir API documents it.
+/// The reason term of a store error, in the shapes `Snakepit.Bridge.SessionStore`
+/// documents. The atom is [`StoreError::kind`], so the core names every
+/// failure once, for both doors; the variant decides what travels with it:
+/// - a missing variable is the bare atom `:not_found`, the one exception
+///   (the Elixir API's name for kind `variable_not_found`);
+/// - `{kind, id}` for a missing session, `{kind, id_or_name}` for one that exists already;
+/// - `{kind, current_version}` for a version conflict;
+/// - `{kind, message}` for the rest.
 pub fn reason<'a>(env: Env<'a>, e: &StoreError) -> Term<'a> {
+    if let StoreError::VariableNotFound { .. } = e {
+        return atoms::not_found().encode(env);
+    }
+    let kind = rustler::Atom::from_str(env, e.kind()).expect("kinds are short ASCII names");
     match e {
-        StoreError::VariableNotFound { .. } => atoms::not_found().encode(env),
-        StoreError::SessionNotFound(id) => (atoms::session_not_found(), id.as_str()).encode(env),
-        StoreError::SessionExists(id) => (atoms::already_exists(), id.as_str()).encode(env),
-        StoreError::VariableExists(name) => (atoms::already_exists(), name.as_str()).encode(env),
-        StoreError::VersionConflict { current, .. } => (atoms::version_conflict(), *current).encode(env),
-        other => {
-            let kind = match other {
-                StoreError::InvalidType(_) => atoms::invalid_type(),
-                StoreError::InvalidValue(_) => atoms::invalid_value(),
-                StoreError::InvalidConstraints(_) => atoms::invalid_constraints(),
-                StoreError::ResourceExhausted(_) => atoms::resource_exhausted(),
-                _ => atoms::invalid_argument(),
-            };
-            (kind, other.to_string()).encode(env)
+        StoreError::SessionNotFound(id) | StoreError::SessionExists(id) | StoreError::VariableExists(id) => {
+            (kind, id.as_str()).encode(env)
         }
+        StoreError::VersionConflict { current, .. } => (kind, *current).encode(env),
+        _ => (kind, e.to_string()).encode(env),
     }
 }
 

@@ -8,9 +8,11 @@ use once_cell::sync::OnceCell;
 use rustler::{Encoder, Env, NifMap, ResourceArc, Term};
 use snakepit_core::limits::Limits;
 use snakepit_core::server::{RunningServer, ServerConfig};
+use snakepit_core::StoreError;
 use tokio::runtime::Runtime;
 
 use crate::atoms;
+use crate::convert;
 use crate::STORE;
 
 rustler::atoms! {
@@ -115,7 +117,7 @@ impl StartOptions {
 }
 
 fn invalid<'a>(env: Env<'a>, message: String) -> Term<'a> {
-    (atoms::error(), (atoms::invalid_argument(), message)).encode(env)
+    convert::error(env, &StoreError::InvalidArgument(message))
 }
 
 fn io_error<'a>(env: Env<'a>, what: &str, e: std::io::Error) -> Term<'a> {

@@ -19,6 +19,7 @@ use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
 use snakepit_core::model::Update;
 use snakepit_core::store::WatchRequest;
 use snakepit_core::watch::{Canceller, Owner};
+use snakepit_core::StoreError;
 
 use crate::atoms;
 use crate::convert::{self, text};
@@ -97,8 +98,8 @@ fn watch_variables<'a>(
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            let reason = (atoms::resource_exhausted(), format!("cannot start the tokio runtime: {e}"));
-            return Ok((atoms::error(), reason).encode(env));
+            let e = StoreError::ResourceExhausted(format!("cannot start the tokio runtime: {e}"));
+            return Ok(convert::error(env, &e));
         }
     };
     let request = WatchRequest { identifiers, include_initial, since_versions };
