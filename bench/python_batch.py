@@ -60,7 +60,7 @@ from snakepit_bridge import SessionContext, VariableType  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc  # noqa: E402
 
-#: Issue 3's targets for the batch calls.
+#: Targets for the batch calls: at least 100× faster than sequential calls, within 2.5 ms.
 TARGET_RATIO = 100.0
 TARGET_BATCH_MS = 2.5
 

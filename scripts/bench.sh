@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark report: runs every benchmark of issues 3 and 4 at full size and
-# writes bench/results/latest.md, latest.png and latest.json.
+# The benchmark report: runs every benchmark at full size and writes
+# bench/results/latest.md and latest.png (and the figures to latest.json, not committed).
 #
 #     bash scripts/bench.sh                  # full size (a few minutes), into bench/results/
 #     bash scripts/bench.sh --quick          # every bench tiny, into a temp directory
