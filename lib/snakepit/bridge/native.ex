@@ -26,7 +26,8 @@ defmodule Snakepit.Bridge.Native do
   def stats, do: err()
 
   # Snakepit.Bridge.SessionStore: variables. The _dirty twins run on a dirty
-  # CPU scheduler, for inputs or results too big for a normal one.
+  # CPU scheduler; the normal NIF answers :dirty when its input or result is
+  # too heavy for a normal one, and the caller repeats the call on the twin.
   def register_variable(_session_id, _name, _type, _value, _constraints, _metadata), do: err()
 
   def register_variable_dirty(_session_id, _name, _type, _value, _constraints, _metadata),

@@ -62,8 +62,6 @@ defmodule Snakepit.Bridge.SessionStore do
   alias Snakepit.Bridge.{Native, Variable, VariableUpdate}
 
   @default_ttl_seconds 3600
-  # Batches longer than this run on a dirty scheduler.
-  @batch_on_dirty 200
 
   @type session_id :: String.t()
   @type identifier_t :: String.t() | atom()
@@ -220,8 +218,9 @@ defmodule Snakepit.Bridge.SessionStore do
           metadata!(Keyword.get(opts, :metadata, %{}))
       end
 
-    if large?(initial_value),
-      do:
+    retry_dirty(
+      Native.register_variable(session_id, name, type, initial_value, constraints, metadata),
+      fn ->
         Native.register_variable_dirty(
           session_id,
           name,
@@ -229,8 +228,9 @@ defmodule Snakepit.Bridge.SessionStore do
           initial_value,
           constraints,
           metadata
-        ),
-      else: Native.register_variable(session_id, name, type, initial_value, constraints, metadata)
+        )
+      end
+    )
   end
 
   @doc "The variable with this id or name."
@@ -304,10 +304,11 @@ defmodule Snakepit.Bridge.SessionStore do
             "the :expected_version option must be a non-negative integer, got: #{inspect(expected)}"
     end
 
-    if large?(value),
-      do:
-        Native.update_variable_dirty(session_id, identifier, value, metadata!(metadata), expected),
-      else: Native.update_variable(session_id, identifier, value, metadata!(metadata), expected)
+    metadata = metadata!(metadata)
+
+    retry_dirty(Native.update_variable(session_id, identifier, value, metadata, expected), fn ->
+      Native.update_variable_dirty(session_id, identifier, value, metadata, expected)
+    end)
   end
 
   @doc """
@@ -326,10 +327,7 @@ defmodule Snakepit.Bridge.SessionStore do
 
     Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
 
-    read =
-      if length(identifiers) > @batch_on_dirty,
-        do: Native.get_variables_dirty(session_id, identifiers),
-        else: Native.get_variables(session_id, identifiers)
+    read = Native.get_variables(session_id, identifiers)
 
     case retry_dirty(read, fn -> Native.get_variables_dirty(session_id, identifiers) end) do
       {:ok, {found, missing}} ->
@@ -391,9 +389,9 @@ defmodule Snakepit.Bridge.SessionStore do
     metadata = metadata!(Keyword.get(opts, :metadata, %{}))
 
     result =
-      if length(pairs) > @batch_on_dirty or Enum.any?(pairs, fn {_, v} -> large?(v) end),
-        do: Native.update_variables_dirty(session_id, pairs, metadata, atomic),
-        else: Native.update_variables(session_id, pairs, metadata, atomic)
+      retry_dirty(Native.update_variables(session_id, pairs, metadata, atomic), fn ->
+        Native.update_variables_dirty(session_id, pairs, metadata, atomic)
+      end)
 
     case result do
       {:ok, applied} ->
@@ -525,26 +523,13 @@ defmodule Snakepit.Bridge.SessionStore do
 
   # -- scheduling ----------------------------------------------------------------
   #
-  # A NIF on a normal scheduler must return well under a millisecond. Big
-  # inputs go to the dirty twin directly; a read learns its size only in the
-  # NIF, which then answers :dirty and is repeated on the twin.
+  # A NIF on a normal scheduler must return well under a millisecond. The NIF
+  # alone decides what is too heavy for one (HEAVY, in
+  # native/snakepit_nif/src/session_store.rs): it answers :dirty, having done
+  # nothing, and the call is repeated on its dirty twin.
 
   defp retry_dirty(:dirty, twin), do: twin.()
   defp retry_dirty(result, _twin), do: result
-
-  # Elements (or 64-byte units of text) above which a value is written on a
-  # dirty scheduler; the NIF uses the same measure for reads.
-  @large 10_000
-
-  defp large?(v) when is_list(v), do: list_weight(v) > @large
-  defp large?(v) when is_binary(v), do: byte_size(v) > 64 * @large
-  defp large?(%{data: data}), do: large?(data)
-  defp large?(%{"data" => data}), do: large?(data)
-  defp large?(_), do: false
-
-  # Nested lists (tensor data) weigh the product of their first-path lengths.
-  defp list_weight([h | _] = l) when is_list(h), do: length(l) * list_weight(h)
-  defp list_weight(l), do: length(l)
 
   # -- argument checks ----------------------------------------------------------
 

@@ -12,7 +12,7 @@ use crate::atoms;
 use crate::STORE;
 
 /// Deeper nesting than this in a value is refused rather than risk the stack.
-const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// A binary or an atom as text; anything else raises ArgumentError.
 pub fn text<'a>(term: Term<'a>) -> NifResult<Cow<'a, str>> {

@@ -1,16 +1,19 @@
 //! NIFs behind `Snakepit.Bridge.SessionStore`.
 //!
+//! # Scheduling
 //! A NIF on a normal scheduler must give its thread back well under a
-//! millisecond. Calls that can be big have a `_dirty` twin on a dirty CPU
-//! scheduler: for writes Elixir picks the twin from the size of its input;
-//! reads find out only after the lookup, so the normal NIF answers `:dirty`
-//! when the result is too heavy to encode there, and Elixir repeats the call
-//! on the twin.
+//! millisecond. Every call whose cost grows with its input or its result has
+//! a `_dirty` twin on a dirty CPU scheduler, and this module alone decides
+//! which runs: the normal NIF weighs the work ([`Scale`], against [`HEAVY`])
+//! and, when it is too heavy, answers `:dirty` having done nothing; Elixir
+//! then repeats the call on the twin. Writes weigh their input terms before
+//! decoding them; reads weigh the result after the lookup, before encoding it.
+//! Elixir measures nothing.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rustler::{Encoder, Env, NifResult, Term};
+use rustler::{Encoder, Env, MapIterator, NifResult, Term, TermType};
 use snakepit_core::model::{Source, Variable};
 use snakepit_core::store::{Change, NewVariable};
 
@@ -18,8 +21,97 @@ use crate::atoms;
 use crate::convert::{self, text};
 use crate::STORE;
 
-/// Results heavier than this (see `Value::weight`) are encoded on a dirty scheduler.
+/// Work heavier than this runs on a dirty scheduler: the one definition of
+/// "heavy" for the Elixir API. In the units of `Value::weight`: a list element,
+/// 64 bytes of text, or a scalar weighs 1.
 const HEAVY: usize = 10_000;
+
+/// What a batch entry weighs on the way in, besides its term (the value of a
+/// write, the identifier of a read): each is decoded, looked up and checked.
+/// Set so that 200 entries of scalars are the most a normal scheduler takes.
+const ENTRY_IN: usize = HEAVY / 200 - 1;
+
+/// What a batch read's variable weighs on the way out, besides its value.
+const ENTRY_OUT: usize = 8;
+
+/// Weighs work against [`HEAVY`]. Input terms are walked only until the total
+/// passes it, so weighing costs at most `HEAVY` steps whatever the term.
+struct Scale {
+    left: usize,
+}
+
+impl Scale {
+    fn new() -> Scale {
+        Scale { left: HEAVY }
+    }
+
+    /// Adds `w`; false once the total is over [`HEAVY`].
+    fn add(&mut self, w: usize) -> bool {
+        match self.left.checked_sub(w) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds a term about to be decoded, as `Value::weight` would weigh its
+    /// value: a list weighs its elements, anything else 1; and inside it each
+    /// list element or map entry 1, each 64 bytes of binary 1. False once over.
+    fn term(&mut self, term: Term) -> bool {
+        (term.get_type() == TermType::List || self.add(1)) && self.inside(term, 0)
+    }
+
+    fn inside(&mut self, term: Term, depth: usize) -> bool {
+        // Deeper terms are refused by the conversion, which stops there too.
+        if depth > convert::MAX_DEPTH {
+            return true;
+        }
+        match term.get_type() {
+            TermType::List => {
+                let mut rest = term;
+                // An improper tail just ends the walk; decoding reports it.
+                while let Ok((head, tail)) = rest.list_get_cell() {
+                    if !(self.add(1) && self.inside(head, depth + 1)) {
+                        return false;
+                    }
+                    rest = tail;
+                }
+                true
+            }
+            TermType::Map => {
+                MapIterator::new(term).into_iter().flatten().all(|(_, v)| self.add(1) && self.inside(v, depth + 1))
+            }
+            TermType::Binary => self.add(term.decode_as_binary().map_or(0, |b| b.len() / 64)),
+            _ => true,
+        }
+    }
+
+    /// Adds each element of a batch list as [`ENTRY_IN`] plus what `part`
+    /// picks of it. False once over.
+    fn batch<'a>(&mut self, list: Term<'a>, part: impl Fn(Term<'a>) -> Option<Term<'a>>) -> bool {
+        let mut rest = list;
+        while let Ok((entry, tail)) = rest.list_get_cell() {
+            if !(self.add(ENTRY_IN) && part(entry).is_none_or(|t| self.term(t))) {
+                return false;
+            }
+            rest = tail;
+        }
+        true
+    }
+
+    /// Whether `terms` together are too heavy for a normal scheduler.
+    fn heavy<'a>(terms: impl IntoIterator<Item = Term<'a>>) -> bool {
+        let mut scale = Scale::new();
+        !terms.into_iter().all(|t| scale.term(t))
+    }
+}
+
+/// `:dirty`: the caller repeats the call on the `_dirty` twin.
+fn dirty(env: Env) -> Term {
+    atoms::dirty().encode(env)
+}
 
 fn session_info<'a>(env: Env<'a>, info: &snakepit_core::store::SessionInfo) -> Term<'a> {
     let keys = [
@@ -123,6 +215,9 @@ fn register_variable<'a>(
     constraints: Term<'a>,
     metadata: Term<'a>,
 ) -> NifResult<Term<'a>> {
+    if Scale::heavy([value, constraints]) {
+        return Ok(dirty(env));
+    }
     register_variable_impl(env, session_id, name, var_type, value, constraints, metadata)
 }
 
@@ -148,7 +243,7 @@ fn read_variable<'a>(
 ) -> NifResult<Term<'a>> {
     let identifier = text(identifier)?;
     Ok(match STORE.get_variable(session_id, &identifier) {
-        Ok(v) if !dirty && v.value.weight() > HEAVY => atoms::dirty().encode(env),
+        Ok(v) if !dirty && !Scale::new().add(v.value.weight()) => self::dirty(env),
         Ok(v) => (atoms::ok(), encode(env, &v)).encode(env),
         Err(e) => convert::error(env, &e),
     })
@@ -209,6 +304,9 @@ fn update_variable<'a>(
     metadata: Term<'a>,
     expected_version: i64,
 ) -> NifResult<Term<'a>> {
+    if Scale::heavy([value]) {
+        return Ok(dirty(env));
+    }
     update_variable_impl(env, session_id, identifier, value, metadata, expected_version)
 }
 
@@ -225,8 +323,11 @@ fn update_variable_dirty<'a>(
 }
 
 #[rustler::nif]
-fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Vec<Term<'a>>) -> NifResult<Term<'a>> {
-    get_variables_impl(env, session_id, identifiers, false)
+fn get_variables<'a>(env: Env<'a>, session_id: &str, identifiers: Term<'a>) -> NifResult<Term<'a>> {
+    if !Scale::new().batch(identifiers, Some) {
+        return Ok(dirty(env));
+    }
+    get_variables_impl(env, session_id, identifiers.decode()?, false)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
@@ -250,9 +351,12 @@ fn get_variables_impl<'a>(
     }
     Ok(match STORE.get_variables(session_id, names) {
         Ok(snakepit_core::store::BatchGet { found, .. })
-            if !dirty && found.iter().map(|(_, v)| 8 + v.value.weight()).sum::<usize>() > HEAVY =>
+            if !dirty && {
+                let mut scale = Scale::new();
+                !found.iter().all(|(_, v)| scale.add(ENTRY_OUT) && scale.add(v.value.weight()))
+            } =>
         {
-            atoms::dirty().encode(env)
+            self::dirty(env)
         }
         Ok(snakepit_core::store::BatchGet { found, missing }) => {
             let (fk, fv): (Vec<Term>, Vec<Term>) =
@@ -272,11 +376,15 @@ fn get_variables_impl<'a>(
 fn update_variables<'a>(
     env: Env<'a>,
     session_id: &str,
-    updates: Vec<(Term<'a>, Term<'a>)>,
+    updates: Term<'a>,
     metadata: Term<'a>,
     atomic: bool,
 ) -> NifResult<Term<'a>> {
-    update_variables_impl(env, session_id, updates, metadata, atomic)
+    let value = |pair: Term<'a>| rustler::types::tuple::get_tuple(pair).ok().and_then(|t| t.get(1).copied());
+    if !Scale::new().batch(updates, value) {
+        return Ok(dirty(env));
+    }
+    update_variables_impl(env, session_id, updates.decode()?, metadata, atomic)
 }
 
 #[rustler::nif(schedule = "DirtyCpu")]
