@@ -529,3 +529,6 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
