@@ -1,8 +1,10 @@
 //! The one error type of the store, shared by every door.
 //!
-//! Each variant has a stable `kind()` — the Elixir door turns it into the atom of
-//! `{:error, {kind, ...}}`, the gRPC door into a status code plus the trailing
-//! metadata `snakepit-error-kind` — and a message a person can act on.
+//! Each variant has a stable `kind()` — the Elixir door makes it the atom of
+//! `{:error, {kind, ...}}` (a missing variable, the one exception, is the bare
+//! `:not_found`), the gRPC door sends it as the trailing metadata
+//! `snakepit-error-kind` with a status code (`From<StoreError> for
+//! tonic::Status`, in `wire`) — and a message a person can act on.
 
 use std::fmt;
 

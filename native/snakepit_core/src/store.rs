@@ -3,6 +3,9 @@
 //! Lock order: the session map (`Store::sessions`) before a session's variables
 //! (`Session::vars`). Both are `std::sync` locks held only for in-memory work,
 //! never across an `.await` or I/O, so the NIF may take them on a scheduler.
+//!
+//! A write that changes variables hands what it did to the session's watch
+//! hub through one commit point, `Store::commit`, under the variable lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
