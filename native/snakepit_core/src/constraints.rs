@@ -3,8 +3,8 @@
 
 use regex::Regex;
 
+use crate::error::{clip, clip_debug};
 use crate::error::{Result, StoreError};
-use crate::limits::{clip, clip_debug};
 use crate::value::{fmt_float, parse_shape, Raw, Value, VarType};
 
 /// A compiled `pattern` constraint; keeps its source to report it back.

@@ -8,8 +8,6 @@
 
 use std::fmt;
 
-use crate::limits::clip;
-
 /// Why a store operation was refused. A refused operation changes nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreError {
@@ -80,3 +78,50 @@ impl std::error::Error for StoreError {}
 
 /// Shorthand for results of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Most bytes of one input a message echoes: every valid name or id fits.
+pub const ECHO_BYTES: usize = 256;
+
+/// Shortens text a message echoes back to a caller: up to [`ECHO_BYTES`],
+/// then how long it really was. Keeps error messages (and gRPC trailers,
+/// which have a size limit of their own) small whatever was sent.
+pub fn clip(text: &str) -> String {
+    match cut_point(text) {
+        None => format!("{text:?}"),
+        Some(cut) => format!("{:?}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+/// Where to cut `text` to at most [`ECHO_BYTES`], on a character boundary; `None` if it fits.
+fn cut_point(text: &str) -> Option<usize> {
+    (text.len() > ECHO_BYTES).then(|| (0..=ECHO_BYTES).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0))
+}
+
+/// [`clip`] for anything printable with `{:?}` (shapes, lists), without the quotes.
+pub fn clip_debug<T: std::fmt::Debug + ?Sized>(value: &T) -> String {
+    let text = format!("{value:?}");
+    match cut_point(&text) {
+        None => text,
+        Some(cut) => format!("{}… ({} bytes in all)", &text[..cut], text.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text() {
+        assert_eq!(clip("abc"), "\"abc\"");
+        let name = "n".repeat(ECHO_BYTES);
+        assert_eq!(clip(&name), format!("{name:?}"));
+        let long = "é".repeat(1000);
+        let c = clip(&long);
+        assert!(c.len() < ECHO_BYTES + 40 && c.ends_with("(2000 bytes in all)"), "{c}");
+    }
+
+    #[test]
+    fn every_valid_name_is_echoed_whole() {
+        assert_eq!(ECHO_BYTES, crate::limits::MAX_NAME_BYTES);
+    }
+}

@@ -19,7 +19,7 @@
 //! Dependencies run one way: `server` → `service` → (`store`, `wire`);
 //! `wire` → (`model`, `store`); `store` → `watch` → `model` → (`value`,
 //! `constraints`), and `store` uses `model` directly too. Below all of them
-//! sit `error` and `limits` (which name each other), `clock` and `glob`.
+//! sit `limits` → `error`, `clock` and `glob`.
 //!
 //! The NIF crate (`snakepit_nif`) and the `snakepit-bridge-server` binary are
 //! thin doors over these modules.

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::error::clip;
 use crate::error::StoreError;
-use crate::limits::clip;
 use crate::model::{Metadata, Source, Update};
 use crate::net::{self, ConnInfo};
 use crate::proto::bridge_service_server::BridgeService;
@@ -271,11 +271,20 @@ impl BridgeService for Service {
             ))
             .into());
         }
+        // Binary payloads left over had no value in `updates` to pair with.
+        let orphans: HashMap<String, String> =
+            binary.into_keys().map(|k| (k, "binary_updates has this key but updates does not".into())).collect();
+        if req.atomic && !orphans.is_empty() {
+            // All or nothing: a malformed key refuses the batch before the store sees it.
+            return Ok(Response::new(BatchSetVariablesResponse {
+                success: false,
+                errors: orphans,
+                new_versions: HashMap::new(),
+            }));
+        }
         let outcome = self.store.update_variables(&req.session_id, updates, req.atomic, &from_python(req.metadata))?;
         let mut errors: HashMap<String, String> = outcome.errors.into_iter().map(|(k, e)| (k, e.to_string())).collect();
-        for key in binary.into_keys() {
-            errors.insert(key, "binary_updates has this key but updates does not".into());
-        }
+        errors.extend(orphans);
         Ok(Response::new(BatchSetVariablesResponse {
             success: errors.is_empty(),
             errors,

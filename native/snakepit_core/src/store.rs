@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
 use crate::constraints::Constraints;
-use crate::error::{Result, StoreError};
+use crate::error::{clip, Result, StoreError};
 use crate::glob::Glob;
 use crate::limits::{self, exceeded, Limits, MAX_NAME_BYTES};
 use crate::model::{Metadata, Source, Update, UpdateKind, Variable};
@@ -390,7 +390,7 @@ impl Store {
             && sessions.values().filter(|s| !self.is_expired(s, now)).count() >= limits.max_sessions
         {
             return Err(exceeded(
-                format_args!("cannot create session {}", limits::clip(id)),
+                format_args!("cannot create session {}", clip(id)),
                 "max_sessions",
                 limits.max_sessions,
             ));
@@ -542,7 +542,7 @@ impl Store {
         }
         if vars.by_id.len() >= limits.max_variables_per_session {
             return Err(exceeded(
-                format_args!("cannot register {} in session {}", limits::clip(&new.name), limits::clip(session_id)),
+                format_args!("cannot register {} in session {}", clip(&new.name), clip(session_id)),
                 "max_variables_per_session",
                 limits.max_variables_per_session,
             ));
@@ -552,7 +552,7 @@ impl Store {
         if vars.by_id.contains_key(new.name.as_str()) {
             return Err(StoreError::InvalidArgument(format!(
                 "variable name {} is the id of another variable in this session",
-                limits::clip(&new.name)
+                clip(&new.name)
             )));
         }
         let id: Arc<str> = loop {
@@ -777,7 +777,7 @@ fn check_merged_metadata(limits: &Limits, var: &Variable, change: &Metadata) -> 
             }
         }
     }
-    let what = || format!("variable {}'s metadata would have", limits::clip(&var.name));
+    let what = || format!("variable {}'s metadata would have", clip(&var.name));
     if entries > limits.max_metadata_entries {
         return Err(exceeded(
             format_args!("{} {entries} entries", what()),

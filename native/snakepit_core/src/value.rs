@@ -8,8 +8,9 @@
 
 use std::fmt;
 
+use crate::error::{clip, clip_debug};
 use crate::error::{Result, StoreError};
-use crate::limits::{clip, clip_debug, JSON_BYTES_PER_NUMBER};
+use crate::limits::JSON_BYTES_PER_NUMBER;
 
 /// The eight variable types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

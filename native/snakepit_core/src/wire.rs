@@ -7,7 +7,7 @@ use serde_json::{Map, Number, Value as Json};
 use tonic::{Code, Status};
 
 use crate::error::StoreError;
-use crate::limits::{clip, clip_debug};
+use crate::error::{clip, clip_debug};
 use crate::model::{Metadata, Source, Update, Variable};
 use crate::proto;
 use crate::store::Input;

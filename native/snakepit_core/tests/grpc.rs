@@ -507,3 +507,27 @@ async fn a_response_that_would_not_fit_is_refused_with_advice() {
     assert_eq!(c.list_variables(one).await.unwrap().into_inner().variables.len(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_atomic_batch_with_an_unpaired_binary_payload_applies_nothing() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    register(&mut c, "s", "x", "integer", "1", "").await;
+    register(&mut c, "s", "e", "embedding", "[1.0]", "").await;
+    let batch = |atomic: bool| BatchSetVariablesRequest {
+        session_id: "s".into(),
+        updates: [("x".to_string(), any("integer", "2").unwrap())].into(),
+        binary_updates: [("e".to_string(), vec![0u8; 8])].into(),
+        atomic,
+        ..Default::default()
+    };
+    let refused = c.set_variables(batch(true)).await.unwrap().into_inner();
+    assert!(!refused.success && refused.new_versions.is_empty(), "{refused:?}");
+    assert!(refused.errors["e"].contains("binary_updates has this key"), "{refused:?}");
+    assert_eq!(get(&mut c, "s", "x").await.version, 1, "all or nothing");
+    let partial = c.set_variables(batch(false)).await.unwrap().into_inner();
+    assert_eq!((partial.success, partial.new_versions.get("x")), (false, Some(&2)));
+    assert!(partial.errors.contains_key("e"));
+    server.shutdown().await;
+}
