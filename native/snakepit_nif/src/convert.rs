@@ -71,6 +71,22 @@ impl Budget {
     }
 }
 
+/// Largest bignum, in bytes of its external form, written out in decimal:
+/// anything bigger is beyond every float (2^1024 needs 128 bytes), and
+/// formatting a bignum takes time quadratic in its length.
+const MAX_DECIMAL_BIGNUM_BYTES: usize = 140;
+
+/// An integer outside i64: its decimal digits if it could still be a float,
+/// else only how big it is (no value accepts it either way).
+fn big_integer(term: Term) -> Raw {
+    let size = term.to_binary().len();
+    if size <= MAX_DECIMAL_BIGNUM_BYTES {
+        Raw::BigInt(format!("{term:?}"))
+    } else {
+        Raw::BigInt(format!("of {size} bytes"))
+    }
+}
+
 /// What kind of term this is, for messages: never the term itself, which may be huge.
 fn kind(term: Term) -> &'static str {
     match term.get_type() {
@@ -108,7 +124,7 @@ fn raw_at(term: Term, depth: usize, budget: &mut Budget) -> Result<Raw, StoreErr
         },
         TermType::Integer => match term.decode::<i64>() {
             Ok(i) => Raw::Int(i),
-            Err(_) => Raw::BigInt(format!("{term:?}")),
+            Err(_) => big_integer(term),
         },
         TermType::Float => Raw::Float(term.decode::<f64>().map_err(|_| unsupported(term, "unreadable float"))?),
         TermType::Binary => {

@@ -145,6 +145,31 @@ defmodule Snakepit.Bridge.HostileTest do
     end
   end
 
+  describe "a huge integer" do
+    test "is refused at once, with a short message, for every numeric type" do
+      sid = unique("bignum")
+      {:ok, _} = SessionStore.create_session(sid)
+      {:ok, _} = SessionStore.register_variable(sid, :f, :float, 1.0)
+      {:ok, _} = SessionStore.register_variable(sid, :i, :integer, 1)
+      # 1 MB of magnitude: written out in decimal it would take seconds on a scheduler.
+      huge = 1 <<< 8_000_000
+
+      for {name, kind} <- [f: :invalid_value, i: :invalid_value] do
+        assert {:error, {^kind, message}} = SessionStore.update_variable(sid, name, huge)
+        assert byte_size(message) < 300, message
+      end
+
+      # Bignums that fit a float still become one, and say what they were when refused.
+      :ok = SessionStore.update_variable(sid, :f, 1 <<< 70)
+      assert SessionStore.get_variable_value(sid, :f) == 1_180_591_620_717_411_303_424.0
+      assert {:error, {:invalid_value, message}} = SessionStore.update_variable(sid, :i, 1 <<< 70)
+      assert message =~ "1180591620717411303424"
+      assert {:ok, %{version: 1}} = SessionStore.get_variable(sid, :i)
+      SessionStore.delete_session(sid)
+      assert_node_answers()
+    end
+  end
+
   describe "a supervisor restart of a port-0 server" do
     setup do
       name = :"hostile_restart_#{System.unique_integer([:positive])}"
