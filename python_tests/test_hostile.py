@@ -1243,3 +1243,22 @@ def test_huge_inputs_give_short_errors(launch: Callable[..., Bridge]) -> None:
     }
     assert read_value(b.stub, sid, "x") == (1, 1)
     b.assert_healthy(b.stub)
+
+
+def test_bytes_that_do_not_decode_are_invalid_argument(launch: Callable[..., Bridge]) -> None:
+    """A request that is not a valid protobuf message is the client's fault: INVALID_ARGUMENT, not INTERNAL."""
+    b = launch()
+    for method in ("GetVariable", "SetVariables", "WatchVariables"):
+        path = f"/snakepit.bridge.BridgeService/{method}"
+        # Field 1 claims 100 bytes of string and the message ends after 2.
+        garbage = b"\x0a\x64ab"
+        if method == "WatchVariables":
+            stream = b.channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            err = refused(
+                lambda req, stream=stream, **kw: list(stream(req, **kw)), garbage, codes=(C.INVALID_ARGUMENT,)
+            )
+        else:
+            call = b.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            err = refused(call, garbage, codes=(C.INVALID_ARGUMENT,))
+        assert "does not decode" in (err.details() or ""), err.details()
+    b.assert_healthy()

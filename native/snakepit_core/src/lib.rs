@@ -14,7 +14,8 @@
 //! - [`service`]: the tonic `BridgeService` over a store.
 //! - [`net`]: guarded accept loop: connection cap, handshake and idle deadlines, fd limit.
 //! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
-//! - [`proto`]: code generated from `proto/snakepit_bridge.proto`.
+//! - [`proto`]: code generated from `proto/snakepit_bridge.proto`, with [`codec`]
+//!   (prost's, but a request that does not decode is INVALID_ARGUMENT).
 //!
 //! Dependencies run one way: `server` → `service` → (`store`, `wire`);
 //! `wire` → (`model`, `store`); `store` → `watch` → `model` → (`value`,
@@ -25,6 +26,7 @@
 //! thin doors over these modules.
 
 pub mod clock;
+pub mod codec;
 pub mod constraints;
 pub mod error;
 pub mod glob;
