@@ -46,5 +46,9 @@ pub mod proto {
     tonic::include_proto!("snakepit.bridge");
 }
 
+/// The encoded `FileDescriptorSet` of `proto/snakepit_bridge.proto` and the
+/// well-known types it imports; what server reflection serves.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("snakepit_bridge_descriptor");
+
 pub use error::StoreError;
 pub use store::Store;

@@ -1,16 +1,32 @@
 //! Serving the bridge: `serve` runs until a shutdown future completes (the
 //! caller owns the listener, so tests bind port 0); `RunningServer` wraps it for
 //! callers outside async code, such as the NIF.
+//!
+//! Beside `snakepit.bridge.BridgeService`, the server answers the standard
+//! `grpc.health.v1.Health` (SERVING until shutdown begins, then NOT_SERVING)
+//! and server reflection (`grpc.reflection.v1` and `v1alpha`). They share the
+//! accept loop, its connection guard and the message limit, but not the
+//! BridgeService interceptor.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::mpsc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use http_body::{Body, Frame};
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tonic::codegen::{http, BoxStream, Service as TowerService};
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
 
 use crate::limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES};
 use crate::net::{self, ConnInfo, ConnLimits};
@@ -134,15 +150,33 @@ pub async fn serve(
     let _stop_sweeper = AbortOnDrop(sweeper);
     // Graceful shutdown waits for open calls; watch streams never end on their
     // own, so they are told to finish (with UNAVAILABLE) when shutdown begins.
-    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let (stopping_tx, stopping) = watch::channel(false);
+    // Health turns NOT_SERVING first, so load balancers move away while
+    // in-flight calls drain, and health watchers see it before their stream ends.
+    let reporter = HealthReporter::new();
+    reporter.set_serving::<BridgeServiceServer<Service>>().await;
+    let health = HealthService::from_health_reporter(reporter.clone());
     let shutdown = async move {
         shutdown.await;
+        for name in ["", <BridgeServiceServer<Service> as NamedService>::NAME] {
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
         let _ = stopping_tx.send(true);
     };
-    let service = BridgeServiceServer::new(Service::new(store, ServiceConfig::from(&config), stopping))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let max = config.max_message_bytes;
+    let service = BridgeServiceServer::new(Service::new(store, ServiceConfig::from(&config), stopping.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let service = InterceptedService::new(service, note_call);
+    let health = HealthServer::new(HealthUntilStop { inner: health, stopping: stopping.clone() })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let health = InterceptedService::new(health, note_activity);
+    let reflection_v1 = reflection().build_v1()?.max_decoding_message_size(max).max_encoding_message_size(max);
+    let reflection_v1 = InterceptedService::new(EndOnStop::new(reflection_v1, stopping.clone()), note_activity);
+    let reflection_v1alpha =
+        reflection().build_v1alpha()?.max_decoding_message_size(max).max_encoding_message_size(max);
+    let reflection_v1alpha = InterceptedService::new(EndOnStop::new(reflection_v1alpha, stopping), note_activity);
     // Our own accept loop: a connection cap, handshake and idle deadlines, and
     // accept errors that back off (and TCP_NODELAY: without it each streamed
     // message waits ~40 ms for Nagle and delayed ACKs).
@@ -162,17 +196,149 @@ pub async fn serve(
                 .unwrap_or(u32::MAX),
         )
         .add_service(service)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }
 
-/// Every call restarts its connection's idle clock.
+/// Every BridgeService call: restarts its connection's idle clock.
 fn note_call(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    note_activity(request)
+}
+
+/// Every call of the other services (health, reflection): restarts the idle clock, nothing else.
+fn note_activity(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     if let Some(conn) = request.extensions().get::<ConnInfo>() {
         conn.state.touch();
     }
     Ok(request)
+}
+
+/// Reflection over our proto (and the well-known types it imports), health and
+/// reflection itself, so a client lists every service the server answers.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// tonic-health's service, but a `Watch` stream ends with UNAVAILABLE once
+/// shutdown begins (after NOT_SERVING), as graceful shutdown waits for open streams.
+struct HealthUntilStop {
+    inner: HealthService,
+    stopping: watch::Receiver<bool>,
+}
+
+#[tonic::async_trait]
+impl Health for HealthUntilStop {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+        self.inner.check(request).await
+    }
+
+    type WatchStream = BoxStream<HealthCheckResponse>;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        let statuses = self.inner.watch(request).await?.into_inner();
+        let state = Some((statuses, self.stopping.clone()));
+        let stream = futures_util::stream::unfold(state, |state| async move {
+            let (mut statuses, mut stopping) = state?;
+            // Biased: a status already set (NOT_SERVING is set before `stopping`)
+            // is sent before the stream ends.
+            let status = tokio::select! {
+                biased;
+                status = statuses.next() => status,
+                _ = stopping.wait_for(|stopping| *stopping) => None,
+            };
+            match status {
+                Some(status) => Some((status, Some((statuses, stopping)))),
+                None => Some((Err(tonic::Status::unavailable("the server is shutting down")), None)),
+            }
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+/// Wraps a service so that its request bodies end once shutdown begins: a
+/// reflection stream the client keeps open then finishes (OK) instead of
+/// holding graceful shutdown forever.
+#[derive(Clone)]
+struct EndOnStop<S> {
+    inner: S,
+    stopping: watch::Receiver<bool>,
+}
+
+impl<S> EndOnStop<S> {
+    fn new(inner: S, stopping: watch::Receiver<bool>) -> EndOnStop<S> {
+        EndOnStop { inner, stopping }
+    }
+}
+
+impl<S: NamedService> NamedService for EndOnStop<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> TowerService<http::Request<B>> for EndOnStop<S>
+where
+    S: TowerService<http::Request<StopBody<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut stopping = self.stopping.clone();
+        let stop = Box::pin(async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        });
+        self.inner.call(request.map(|body| StopBody { body: Box::pin(body), stop, stopped: false }))
+    }
+}
+
+/// A request body that ends (cleanly, between messages) once shutdown begins.
+struct StopBody<B> {
+    body: Pin<Box<B>>,
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stopped: bool,
+}
+
+impl<B: Body> Body for StopBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        if this.stopped {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.stop.as_mut().poll(cx).is_ready() {
+            this.stopped = true;
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stopped || self.body.is_end_stream()
+    }
 }
 
 async fn sweep(store: Store, every: Duration) {
