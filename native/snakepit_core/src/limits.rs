@@ -75,8 +75,15 @@ impl Limits {
             max_batch: 10_000,
             max_pattern_bytes: 1024,
         };
-        limits.max_value_bytes = max_message_bytes.saturating_sub(limits.reserved_bytes()).max(1024);
+        limits.max_value_bytes = limits.value_room(max_message_bytes);
         limits
+    }
+
+    /// The largest value the other limits leave room for in a message of
+    /// `max_message_bytes` (never less than 1 KiB): the value limit's default
+    /// wherever it is not given.
+    pub fn value_room(&self, max_message_bytes: usize) -> usize {
+        max_message_bytes.saturating_sub(self.reserved_bytes()).max(1024)
     }
 
     /// What a message must hold besides the value.
@@ -85,6 +92,71 @@ impl Limits {
             .saturating_mul(2)
             .saturating_add(self.max_constraint_bytes)
             .saturating_add(ENVELOPE_BYTES)
+    }
+
+    /// Refuses a batch of more than `max_batch` identifiers; `what` names the batch.
+    pub fn check_batch(&self, what: &str, len: usize) -> Result<()> {
+        if len > self.max_batch {
+            return Err(exceeded(format_args!("{what} names {len} identifiers"), "max_batch", self.max_batch));
+        }
+        Ok(())
+    }
+
+    /// Refuses a value of more than `max_value_bytes` as JSON.
+    pub fn check_value_size(&self, bytes: usize) -> Result<()> {
+        if bytes > self.max_value_bytes {
+            return Err(exceeded(
+                format_args!("the value is {bytes} bytes as JSON"),
+                "max_value_bytes",
+                self.max_value_bytes,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses constraints of more than `max_constraint_bytes` as JSON.
+    pub fn check_constraint_size(&self, bytes: usize) -> Result<()> {
+        if bytes > self.max_constraint_bytes {
+            return Err(exceeded(
+                format_args!("the constraints are {bytes} bytes as JSON"),
+                "max_constraint_bytes",
+                self.max_constraint_bytes,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a metadata map against the entry and byte limits; `whose` names
+    /// whose it is ("the session", "the change").
+    pub fn check_metadata<'a>(
+        &self,
+        whose: &str,
+        entries: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<()> {
+        let count = entries.len();
+        let bytes = entries.map(|(k, v)| k.len() + v.len()).sum();
+        self.check_metadata_size(|| format!("{whose} has"), count, bytes)
+    }
+
+    /// Checks metadata of `entries` entries and `bytes` bytes; `subject`
+    /// makes the start of the message ("the session has", "variable \"x\"
+    /// would have"), only when it is refused: writes call this every time.
+    pub fn check_metadata_size(&self, subject: impl FnOnce() -> String, entries: usize, bytes: usize) -> Result<()> {
+        if entries > self.max_metadata_entries {
+            return Err(exceeded(
+                format_args!("{} {entries} metadata entries", subject()),
+                "max_metadata_entries",
+                self.max_metadata_entries,
+            ));
+        }
+        if bytes > self.max_metadata_bytes {
+            return Err(exceeded(
+                format_args!("{} {bytes} bytes of metadata", subject()),
+                "max_metadata_bytes",
+                self.max_metadata_bytes,
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that every limit is at least 1 and that the largest variable
@@ -121,31 +193,6 @@ impl Limits {
 /// The error for going over `limit` (its setting's name) of `value`.
 pub fn exceeded(what: impl std::fmt::Display, limit: &str, value: usize) -> StoreError {
     StoreError::ResourceExhausted(format!("{what}: over the limit {limit} = {value}"))
-}
-
-/// Checks metadata against the entry and byte limits; `what` names whose it is.
-pub fn check_metadata<'a>(
-    limits: &Limits,
-    what: &str,
-    entries: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
-) -> Result<()> {
-    let count = entries.len();
-    if count > limits.max_metadata_entries {
-        return Err(exceeded(
-            format_args!("{what} has {count} metadata entries"),
-            "max_metadata_entries",
-            limits.max_metadata_entries,
-        ));
-    }
-    let bytes: usize = entries.map(|(k, v)| k.len() + v.len()).sum();
-    if bytes > limits.max_metadata_bytes {
-        return Err(exceeded(
-            format_args!("{what} has {bytes} bytes of metadata"),
-            "max_metadata_bytes",
-            limits.max_metadata_bytes,
-        ));
-    }
-    Ok(())
 }
 
 /// Longest session id or variable name, in bytes.

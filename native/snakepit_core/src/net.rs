@@ -471,18 +471,24 @@ mod tests {
         (c, info)
     }
 
+    /// `c` is closed by a 300 ms deadline counted from `start` (not before it,
+    /// nor long after), the server saw a timeout, and its slot is free again.
+    async fn closed_at_300ms_deadline(h: &mut Harness, c: &mut TcpStream, start: Instant, left_open: &str) {
+        assert!(closed_within(c, Duration::from_secs(2)).await, "{left_open}");
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(280), "closed too early: {took:?}");
+        assert!(took < Duration::from_millis(1500), "closed too late: {took:?}");
+        assert_eq!(h.ended.recv().await.unwrap(), Some(io::ErrorKind::TimedOut));
+        wait_open(&h.counter, 0).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn silent_connection_closed_at_handshake_deadline() {
         let mut h = serve(limits(10, 300, None)).await;
         let t = Instant::now();
         let (mut c, _) = connect(&mut h, b"").await;
         wait_open(&h.counter, 1).await;
-        assert!(closed_within(&mut c, Duration::from_secs(2)).await, "silent connection left open");
-        let took = t.elapsed();
-        assert!(took >= Duration::from_millis(280), "closed too early: {took:?}");
-        assert!(took < Duration::from_millis(1500), "closed too late: {took:?}");
-        assert_eq!(h.ended.recv().await.unwrap(), Some(io::ErrorKind::TimedOut));
-        wait_open(&h.counter, 0).await;
+        closed_at_300ms_deadline(&mut h, &mut c, t, "silent connection left open").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,12 +542,7 @@ mod tests {
         let mut h = serve(limits(10, 5_000, Some(300))).await;
         let t = Instant::now();
         let (mut c, _) = connect(&mut h, &handshake()).await;
-        assert!(closed_within(&mut c, Duration::from_secs(2)).await, "idle connection left open");
-        let took = t.elapsed();
-        assert!(took >= Duration::from_millis(280), "closed too early: {took:?}");
-        assert!(took < Duration::from_millis(1500), "closed too late: {took:?}");
-        assert_eq!(h.ended.recv().await.unwrap(), Some(io::ErrorKind::TimedOut));
-        wait_open(&h.counter, 0).await;
+        closed_at_300ms_deadline(&mut h, &mut c, t, "idle connection left open").await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,7 +167,7 @@ pub async fn serve(
     let service = BridgeServiceServer::new(Service::new(store, ServiceConfig::from(&config), stopping.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let service = InterceptedService::new(service, note_call);
+    let service = InterceptedService::new(service, note_activity);
     let health = HealthServer::new(HealthUntilStop { inner: health, stopping: stopping.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -204,12 +204,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every BridgeService call: restarts its connection's idle clock.
-fn note_call(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    note_activity(request)
-}
-
-/// Every call of the other services (health, reflection): restarts the idle clock, nothing else.
+/// Every call, whatever the service: restarts its connection's idle clock.
 fn note_activity(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     if let Some(conn) = request.extensions().get::<ConnInfo>() {
         conn.state.touch();

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::clip;
 use crate::error::StoreError;
+use crate::limits::exceeded;
 use crate::model::{Metadata, Source, Update};
 use crate::net::{self, ConnInfo};
 use crate::proto::bridge_service_server::BridgeService;
@@ -89,10 +90,11 @@ impl Service {
         let per_connection = self.config.max_watchers_per_connection;
         let connection = match conn {
             Some(c) => Some(c.state.try_add_watcher(per_connection).ok_or_else(|| {
-                Status::from(StoreError::ResourceExhausted(format!(
-                    "this connection has {per_connection} watch streams open: over the limit \
-                     max_watchers_per_connection = {per_connection}"
-                )))
+                exceeded(
+                    format_args!("this connection has {per_connection} watch streams open"),
+                    "max_watchers_per_connection",
+                    per_connection,
+                )
             })?),
             // Only in-process transports without our accept loop come here.
             None => None,
@@ -101,10 +103,9 @@ impl Service {
         let taken = self.watchers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         match taken {
             Ok(_) => Ok(WatcherSlots { _server: ServerSlot(self.watchers.clone()), _connection: connection }),
-            Err(_) => Err(StoreError::ResourceExhausted(format!(
-                "the server has {max} watch streams open: over the limit max_watchers = {max}"
-            ))
-            .into()),
+            Err(_) => {
+                Err(exceeded(format_args!("the server has {max} watch streams open"), "max_watchers", max).into())
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::constraints::Constraints;
 use crate::error::{clip, Result, StoreError};
 use crate::glob::Glob;
-use crate::limits::{self, exceeded, Limits, MAX_NAME_BYTES};
+use crate::limits::{exceeded, Limits, MAX_NAME_BYTES};
 use crate::model::{Metadata, Source, Update, UpdateKind, Variable};
 use crate::value::{normalize, Raw, Value, VarType};
 use crate::watch::{Hub, Owner, SessionWatch, Subscription};
@@ -366,7 +366,7 @@ impl Store {
             return Err(StoreError::InvalidArgument("session ttl must be positive".into()));
         }
         let limits = self.limits();
-        limits::check_metadata(&limits, "the session", metadata.iter())?;
+        limits.check_metadata("the session", metadata.iter())?;
         let now = self.mono_us();
         let wall = self.now_us();
         let session = Arc::new(Session {
@@ -449,7 +449,7 @@ impl Store {
         if request.identifiers.is_empty() {
             return Err(StoreError::InvalidArgument("watch at least one variable".into()));
         }
-        check_batch(&self.limits(), "a watch", request.identifiers.len())?;
+        self.limits().check_batch("a watch", request.identifiers.len())?;
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         // since_versions may name a variable by id or by name, whichever the watch uses.
@@ -513,27 +513,13 @@ impl Store {
     pub fn register_variable(&self, session_id: &str, new: NewVariable, source: Source) -> Result<Variable> {
         validate_name("variable name", &new.name)?;
         let limits = self.limits();
-        let constraint_bytes = new.constraints.json_bytes();
-        if constraint_bytes > limits.max_constraint_bytes {
-            return Err(exceeded(
-                format_args!("the constraints are {constraint_bytes} bytes as JSON"),
-                "max_constraint_bytes",
-                limits.max_constraint_bytes,
-            ));
-        }
-        limits::check_metadata(&limits, "the variable", new.metadata.iter())?;
+        limits.check_constraint_size(new.constraints.json_bytes())?;
+        limits.check_metadata("the variable", new.metadata.iter())?;
         // Checked before parsing too: compiling a huge `pattern` is the expensive part.
         let constraints = Constraints::parse(new.ty, &new.constraints)?;
-        let constraint_bytes = constraints.to_raw().json_bytes();
-        if constraint_bytes > limits.max_constraint_bytes {
-            return Err(exceeded(
-                format_args!("the constraints are {constraint_bytes} bytes as JSON"),
-                "max_constraint_bytes",
-                limits.max_constraint_bytes,
-            ));
-        }
+        limits.check_constraint_size(constraints.to_raw().json_bytes())?;
         let value = normalize(new.ty, new.value)?;
-        check_value_size(&limits, value.json_bytes())?;
+        limits.check_value_size(value.json_bytes())?;
         constraints.check(&value)?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
@@ -605,7 +591,7 @@ impl Store {
         change: &Change,
     ) -> Result<i64> {
         let limits = self.limits();
-        limits::check_metadata(&limits, "the change", change.metadata.iter())?;
+        limits.check_metadata("the change", change.metadata.iter())?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
         let now = self.now_us();
@@ -619,7 +605,7 @@ impl Store {
     /// Looks up several variables at once: those found, keyed by the identifier
     /// asked for, and the identifiers not found.
     pub fn get_variables(&self, session_id: &str, identifiers: Vec<String>) -> Result<BatchGet> {
-        check_batch(&self.limits(), "a batch read", identifiers.len())?;
+        self.limits().check_batch("a batch read", identifiers.len())?;
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         let mut found = Vec::with_capacity(identifiers.len());
@@ -644,8 +630,8 @@ impl Store {
         change: &Change,
     ) -> Result<BatchOutcome> {
         let limits = self.limits();
-        check_batch(&limits, "a batch write", updates.len())?;
-        limits::check_metadata(&limits, "the change", change.metadata.iter())?;
+        limits.check_batch("a batch write", updates.len())?;
+        limits.check_metadata("the change", change.metadata.iter())?;
         let session = self.session(session_id)?;
         let mut vars = lock(&session.vars);
         let now = self.now_us();
@@ -742,25 +728,6 @@ fn not_found(session_id: &str, identifier: &str) -> StoreError {
     StoreError::VariableNotFound { session_id: session_id.into(), identifier: identifier.into() }
 }
 
-/// Refuses a batch of more than `max_batch` identifiers.
-fn check_batch(limits: &Limits, what: &str, len: usize) -> Result<()> {
-    if len > limits.max_batch {
-        return Err(exceeded(format_args!("{what} names {len} identifiers"), "max_batch", limits.max_batch));
-    }
-    Ok(())
-}
-
-fn check_value_size(limits: &Limits, bytes: usize) -> Result<()> {
-    if bytes > limits.max_value_bytes {
-        return Err(exceeded(
-            format_args!("the value is {bytes} bytes as JSON"),
-            "max_value_bytes",
-            limits.max_value_bytes,
-        ));
-    }
-    Ok(())
-}
-
 /// Checks that `change`'s metadata merged into `var`'s stays within the limits.
 fn check_merged_metadata(limits: &Limits, var: &Variable, change: &Metadata) -> Result<()> {
     if change.is_empty() {
@@ -777,22 +744,7 @@ fn check_merged_metadata(limits: &Limits, var: &Variable, change: &Metadata) -> 
             }
         }
     }
-    let what = || format!("variable {}'s metadata would have", clip(&var.name));
-    if entries > limits.max_metadata_entries {
-        return Err(exceeded(
-            format_args!("{} {entries} entries", what()),
-            "max_metadata_entries",
-            limits.max_metadata_entries,
-        ));
-    }
-    if bytes > limits.max_metadata_bytes {
-        return Err(exceeded(
-            format_args!("{} {bytes} bytes", what()),
-            "max_metadata_bytes",
-            limits.max_metadata_bytes,
-        ));
-    }
-    Ok(())
+    limits.check_metadata_size(|| format!("variable {} would have", clip(&var.name)), entries, bytes)
 }
 
 /// Every check of a write, without changing anything: resolves the variable,
@@ -819,7 +771,7 @@ fn prepare(
         return Err(StoreError::VersionConflict { expected: expected_version, current: var.version });
     }
     let value = normalize(var.ty, raw).map_err(|e| in_variable(e, &var.name))?;
-    check_value_size(limits, value.json_bytes())?;
+    limits.check_value_size(value.json_bytes())?;
     var.constraints.check(&value).map_err(|e| in_variable(e, &var.name))?;
     check_merged_metadata(limits, var, metadata)?;
     Ok((id, value))

@@ -94,8 +94,8 @@ impl StartOptions {
         };
         // Derived after the others: bigger metadata or constraint limits leave
         // less room in a message for the value (the same rule as the defaults).
-        let derived = max_message_bytes.saturating_sub(limits.reserved_bytes()).max(1024);
-        let limits = Limits { max_value_bytes: or(self.max_value_bytes, derived), ..limits };
+        let limits =
+            Limits { max_value_bytes: or(self.max_value_bytes, limits.value_room(max_message_bytes)), ..limits };
         let millis = Duration::from_millis;
         ServerConfig {
             session_ttl: millis(self.session_ttl_ms),

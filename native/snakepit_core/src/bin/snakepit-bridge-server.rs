@@ -111,7 +111,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     }
     if !value_given {
         // Whatever room the other limits leave.
-        l.max_value_bytes = c.max_message_bytes.saturating_sub(l.reserved_bytes());
+        l.max_value_bytes = l.value_room(c.max_message_bytes);
     }
     c.limits = l;
     c.validate().map_err(|e| as_flags(&e))?;
