@@ -13,6 +13,7 @@
 //! - [`wire`]: protobuf ⇄ store conversions (values in `Any`, timestamps, statuses).
 //! - [`service`]: the tonic `BridgeService` over a store.
 //! - [`net`]: guarded accept loop: connection cap, handshake and idle deadlines, fd limit.
+//! - [`auth`]: the server token, session tokens, and which addresses need TLS and a token.
 //! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
 //! - [`proto`]: code generated from `proto/snakepit_bridge.proto`, with [`codec`]
 //!   (prost's, but a request that does not decode is INVALID_ARGUMENT).
@@ -20,11 +21,12 @@
 //! Dependencies run one way: `server` → `service` → (`store`, `wire`);
 //! `wire` → (`model`, `store`); `store` → `watch` → `model` → (`value`,
 //! `constraints`), and `store` uses `model` directly too. Below all of them
-//! sit `limits` → `error`, `clock` and `glob`.
+//! sit `limits` → `error`, `clock` and `glob`; `auth` stands alone.
 //!
 //! The NIF crate (`snakepit_nif`) and the `snakepit-bridge-server` binary are
 //! thin doors over these modules.
 
+pub mod auth;
 pub mod clock;
 pub mod codec;
 pub mod constraints;

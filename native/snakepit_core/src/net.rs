@@ -26,7 +26,7 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TlsConnectInfo};
 
 /// The HTTP/2 client preface (24 bytes) plus one frame header (9): what a real
 /// client sends first, so what must arrive before the handshake deadline.
@@ -115,6 +115,12 @@ pub struct ConnInfo {
     pub state: Arc<ConnState>,
 }
 
+/// The [`ConnInfo`] of a call (over TLS or not), from its request's
+/// extensions, if it came through [`incoming`].
+pub fn conn_info(extensions: &tonic::Extensions) -> Option<&ConnInfo> {
+    extensions.get::<ConnInfo>().or_else(|| extensions.get::<TlsConnectInfo<ConnInfo>>().map(TlsConnectInfo::get_ref))
+}
+
 /// A handle on the number of open connections, for stats and tests.
 #[derive(Debug, Clone)]
 pub struct ConnCounter(Arc<AtomicUsize>);
@@ -188,6 +194,7 @@ impl GuardedStream {
                 return Ok(());
             }
             if let Phase::Handshake(_) = self.phase {
+                tracing::debug!(peer = ?self.info.remote_addr, "connection closed: no handshake before the deadline");
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 handshake before the deadline"));
             }
             // (Never None here: the timer is dropped at the handshake when there is no idle timeout.)
@@ -196,6 +203,7 @@ impl GuardedStream {
             let state = &self.info.state;
             let next = if state.watchers() > 0 { now + idle } else { state.last_active() + idle };
             if next <= now {
+                tracing::debug!(peer = ?self.info.remote_addr, "connection closed: idle");
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle"));
             }
             timer.as_mut().reset(next);
@@ -222,6 +230,12 @@ impl GuardedStream {
             }
             _ => self.timer = None,
         }
+    }
+}
+
+impl Drop for GuardedStream {
+    fn drop(&mut self) {
+        tracing::debug!(peer = ?self.info.remote_addr, "connection closed");
     }
 }
 
@@ -310,9 +324,15 @@ impl Stream for Incoming {
                 Ok((io, addr)) => {
                     this.next_delay = MIN_BACKOFF;
                     let Some(slot) = Slot::take(&this.open, this.limits.max_connections) else {
+                        tracing::warn!(
+                            peer = %addr,
+                            max_connections = this.limits.max_connections,
+                            "connection refused at the limit max_connections"
+                        );
                         drop(io); // at the cap: closed at once rather than left waiting
                         continue;
                     };
+                    tracing::debug!(peer = %addr, "connection opened");
                     // Without nodelay each streamed message waits ~40 ms (Nagle + delayed ACK).
                     let _ = io.set_nodelay(true);
                     return Poll::Ready(Some(Ok(GuardedStream::new(io, addr, slot, &this.limits))));

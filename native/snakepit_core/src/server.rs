@@ -5,8 +5,9 @@
 //! Beside `snakepit.bridge.BridgeService`, the server answers the standard
 //! `grpc.health.v1.Health` (SERVING until shutdown begins, then NOT_SERVING)
 //! and server reflection (`grpc.reflection.v1` and `v1alpha`). They share the
-//! accept loop, its connection guard and the message limit, but not the
-//! BridgeService interceptor.
+//! accept loop, its connection guard, TLS and the message limit. Every call but
+//! health checking must carry a valid token when the server has one (see
+//! [`crate::auth`]); refusals are logged at warn with the peer's address.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,14 +23,15 @@ use tokio::sync::{oneshot, watch};
 use tonic::codegen::{http, BoxStream, Service as TowerService};
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
+use crate::auth::{self, Grant, Secret};
 use crate::limits::{Limits, DEFAULT_MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES};
-use crate::net::{self, ConnInfo, ConnLimits};
+use crate::net::{self, ConnLimits};
 use crate::proto::bridge_service_server::BridgeServiceServer;
 use crate::service::{Service, ServiceConfig};
 use crate::store::{Store, DEFAULT_SESSION_TTL};
@@ -64,6 +66,53 @@ pub struct ServerConfig {
     pub max_watchers: usize,
     /// The store's limits; applied to the store when the server starts.
     pub limits: Limits,
+    /// The server's token; `None` serves without authentication (refused off
+    /// loopback unless `allow_insecure`).
+    pub auth: Option<Secret>,
+    /// Certificate and key to serve TLS with; `None` serves plain HTTP/2.
+    pub tls: Option<Tls>,
+    /// Serve a non-loopback address without TLS and a token anyway.
+    pub allow_insecure: bool,
+}
+
+/// TLS settings, as PEM text.
+#[derive(Clone)]
+pub struct Tls {
+    /// The server's certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The certificate's private key.
+    pub key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("client_certificates_required", &self.client_ca_pem.is_some()).finish()
+    }
+}
+
+impl Tls {
+    /// Reads the PEM files; the message names the file that could not be read.
+    pub fn from_files(cert: &str, key: &str, client_ca: Option<&str>) -> Result<Tls, String> {
+        let read =
+            |what: &str, path: &str| std::fs::read(path).map_err(|e| format!("cannot read the {what} {path}: {e}"));
+        Ok(Tls {
+            cert_pem: read("TLS certificate", cert)?,
+            key_pem: read("TLS key", key)?,
+            client_ca_pem: client_ca.map(|path| read("client CA certificate", path)).transpose()?,
+        })
+    }
+
+    fn server_config(&self, handshake_timeout: Duration) -> ServerTlsConfig {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(handshake_timeout);
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -80,6 +129,9 @@ impl Default for ServerConfig {
             max_watchers_per_connection: 1024,
             max_watchers: 16_384,
             limits: Limits::default(),
+            auth: None,
+            tls: None,
+            allow_insecure: false,
         }
     }
 }
@@ -131,8 +183,32 @@ impl ServerConfig {
         if let Some((name, _)) = times.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name} must be positive"));
         }
-        self.limits.check_fits(self.max_message_bytes)
+        self.limits.check_fits(self.max_message_bytes)?;
+        if let Some(tls) = &self.tls {
+            // Parses the certificate and key now, so a bad file fails the start.
+            Server::builder()
+                .tls_config(tls.server_config(self.handshake_timeout))
+                .map_err(|e| format!("tls: {}", error_chain(&e)))?;
+        }
+        Ok(())
     }
+
+    /// Refuses to serve a non-loopback `addr` without TLS and a token unless
+    /// `allow_insecure`; see [`auth::check_exposure`].
+    pub fn check_exposure(&self, addr: SocketAddr) -> Result<(), String> {
+        auth::check_exposure(addr, self.tls.is_some(), self.auth.is_some(), self.allow_insecure)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Serves the bridge on `listener` until `shutdown` completes, then finishes
@@ -145,6 +221,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.validate()?;
+    config.check_exposure(listener.local_addr()?)?;
+    if config.auth.is_none() {
+        tracing::warn!(addr = %listener.local_addr()?, "serving without a token: any process that can connect can use every session");
+    }
     store.set_limits(config.limits);
     let sweeper = tokio::spawn(sweep(store.clone(), config.sweep_interval));
     let _stop_sweeper = AbortOnDrop(sweeper);
@@ -167,16 +247,29 @@ pub async fn serve(
     let service = BridgeServiceServer::new(Service::new(store, ServiceConfig::from(&config), stopping.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let service = InterceptedService::new(service, note_activity);
+    let secret = config.auth.clone().map(std::sync::Arc::new);
+    let to_bridge = {
+        let secret = secret.clone();
+        move |request| authenticate(secret.as_deref(), request)
+    };
+    let to_reflection = move |request| {
+        let request = authenticate(secret.as_deref(), request)?;
+        request.extensions().get::<Grant>().map_or(Ok(()), Grant::allows_server_calls)?;
+        Ok(request)
+    };
+    let service = LogRefusals(InterceptedService::new(service, to_bridge));
+    // Health needs no token: probes and load balancers do not have one.
     let health = HealthServer::new(HealthUntilStop { inner: health, stopping: stopping.clone() })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let health = InterceptedService::new(health, note_activity);
     let reflection_v1 = reflection().build_v1()?.max_decoding_message_size(max).max_encoding_message_size(max);
-    let reflection_v1 = InterceptedService::new(EndOnStop::new(reflection_v1, stopping.clone()), note_activity);
+    let reflection_v1 =
+        LogRefusals(InterceptedService::new(EndOnStop::new(reflection_v1, stopping.clone()), to_reflection.clone()));
     let reflection_v1alpha =
         reflection().build_v1alpha()?.max_decoding_message_size(max).max_encoding_message_size(max);
-    let reflection_v1alpha = InterceptedService::new(EndOnStop::new(reflection_v1alpha, stopping), note_activity);
+    let reflection_v1alpha =
+        LogRefusals(InterceptedService::new(EndOnStop::new(reflection_v1alpha, stopping), to_reflection));
     // Our own accept loop: a connection cap, handshake and idle deadlines, and
     // accept errors that back off (and TCP_NODELAY: without it each streamed
     // message waits ~40 ms for Nagle and delayed ACKs).
@@ -186,7 +279,11 @@ pub async fn serve(
         idle_timeout: config.idle_timeout,
     };
     let (incoming, _open) = net::incoming(listener, limits);
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config(config.handshake_timeout))?;
+    }
+    builder
         .http2_keepalive_interval(config.keepalive_interval)
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         // Watch streams are counted by the service, which refuses extras with
@@ -206,10 +303,91 @@ pub async fn serve(
 
 /// Every call, whatever the service: restarts its connection's idle clock.
 fn note_activity(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    if let Some(conn) = request.extensions().get::<ConnInfo>() {
+    if let Some(conn) = net::conn_info(request.extensions()) {
         conn.state.touch();
     }
     Ok(request)
+}
+
+/// Notes activity, then checks the token (when the server has one) and
+/// leaves what it grants in the request's extensions for the handlers.
+#[allow(clippy::result_large_err)]
+fn authenticate(secret: Option<&Secret>, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let mut request = note_activity(request)?;
+    let grant = match secret {
+        Some(secret) => secret.check(request.metadata())?,
+        None => Grant::Server,
+    };
+    request.extensions_mut().insert(grant);
+    Ok(request)
+}
+
+/// Logs the calls a service refuses for who the caller is or what it asked
+/// for (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED) at warn, with
+/// the peer's address and the method; never the token.
+#[derive(Clone)]
+struct LogRefusals<S>(S);
+
+impl<S: NamedService> NamedService for LogRefusals<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> TowerService<http::Request<B>> for LogRefusals<S>
+where
+    S: TowerService<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Unpin,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = LogRefusal<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let peer = net::conn_info(request.extensions()).and_then(|c| c.remote_addr);
+        let method = request.uri().clone();
+        LogRefusal { inner: self.0.call(request), peer, method }
+    }
+}
+
+/// The response future of [`LogRefusals`].
+struct LogRefusal<F> {
+    inner: F,
+    peer: Option<SocketAddr>,
+    method: http::Uri,
+}
+
+impl<F, R, E> Future for LogRefusal<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let output = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        if let Ok(response) = &output {
+            // A refusal is a trailers-only response: its status is in the headers.
+            if let Some(status) = tonic::Status::from_header_map(response.headers()) {
+                let (peer, method) = (self.peer, self.method.path());
+                let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+                match status.code() {
+                    tonic::Code::Unauthenticated => {
+                        tracing::warn!(%peer, method, "unauthenticated call refused (missing or invalid token)")
+                    }
+                    tonic::Code::PermissionDenied => {
+                        tracing::warn!(%peer, method, "call refused: outside what its session token grants")
+                    }
+                    tonic::Code::ResourceExhausted => {
+                        tracing::warn!(%peer, method, reason = status.message(), "call refused at a limit")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Poll::Ready(output)
+    }
 }
 
 /// Reflection over our proto (and the well-known types it imports), health and
@@ -336,6 +514,23 @@ impl<B: Body> Body for StopBody<B> {
     }
 }
 
+/// Sends panic messages to `tracing` at error (with where they happened)
+/// instead of straight to stderr: inside the BEAM they reach Logger. Replaces
+/// the process's panic hook; call it once, at start.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), location, "panic: {message}");
+    }));
+}
+
 async fn sweep(store: Store, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -365,15 +560,20 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Starts serving `listener` on `runtime`. The listener is already bound, so
-    /// connections are accepted (queued) from the moment this returns.
+    /// connections are accepted (queued) from the moment this returns. A config
+    /// that does not validate, or may not serve this address, is an
+    /// `InvalidInput` error saying why.
     pub fn start(
         runtime: &Handle,
         store: Store,
         listener: std::net::TcpListener,
         config: ServerConfig,
     ) -> std::io::Result<RunningServer> {
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        config.validate().map_err(invalid)?;
+        config.check_exposure(addr).map_err(invalid)?;
+        listener.set_nonblocking(true)?;
         let listener = {
             let _inside = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
@@ -385,7 +585,7 @@ impl RunningServer {
                 let _ = stop.await;
             };
             if let Err(e) = serve(store, listener, config, stop).await {
-                eprintln!("snakepit bridge server on {addr} failed: {e}");
+                tracing::error!(%addr, error = %e, "the bridge server failed");
             }
             let _ = done.send(());
         });

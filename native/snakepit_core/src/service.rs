@@ -21,11 +21,57 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Grant;
 use crate::error::clip;
 use crate::error::StoreError;
 use crate::limits::exceeded;
 use crate::model::{Metadata, Source, Update};
 use crate::net::{self, ConnInfo};
+
+/// Checks that the caller's token covers `session_id`. A request without a
+/// grant came through no authenticating interceptor (only in-process tests
+/// build such a service), and is allowed.
+#[allow(clippy::result_large_err)]
+fn authorize<T>(request: &Request<T>, session_id: &str) -> Result<(), Status> {
+    request.extensions().get::<Grant>().map_or(Ok(()), |grant| grant.allows(session_id))
+}
+
+/// The message of a request about one session, once the caller is allowed it.
+#[allow(clippy::result_large_err)]
+fn authorized<T: AboutSession>(request: Request<T>) -> Result<T, Status> {
+    authorize(&request, request.get_ref().session_id())?;
+    Ok(request.into_inner())
+}
+
+/// Requests that name the session they are about.
+trait AboutSession {
+    fn session_id(&self) -> &str;
+}
+
+macro_rules! about_session {
+    ($($request:ty),* $(,)?) => {
+        $(impl AboutSession for $request {
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+        })*
+    };
+}
+
+about_session!(
+    InitializeSessionRequest,
+    CleanupSessionRequest,
+    GetSessionRequest,
+    HeartbeatRequest,
+    GetVariableRequest,
+    SetVariableRequest,
+    BatchGetVariablesRequest,
+    BatchSetVariablesRequest,
+    RegisterVariableRequest,
+    ListVariablesRequest,
+    DeleteVariableRequest,
+    WatchVariablesRequest,
+);
 use crate::proto::bridge_service_server::BridgeService;
 use crate::proto::*;
 use crate::store::{BatchGet, Change, Input, NewVariable, Store, WatchRequest};
@@ -148,12 +194,19 @@ struct WatchState {
     stopped: bool,
 }
 
+impl Drop for WatchState {
+    fn drop(&mut self) {
+        tracing::debug!("watch stream ended");
+    }
+}
+
 /// The stream type of WatchVariables.
 pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<VariableUpdate, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl BridgeService for Service {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        request.extensions().get::<Grant>().map_or(Ok(()), Grant::allows_server_calls)?;
         let message = request.into_inner().message;
         Ok(Response::new(PingResponse { message, server_time: Some(now()) }))
     }
@@ -162,7 +215,7 @@ impl BridgeService for Service {
         &self,
         request: Request<InitializeSessionRequest>,
     ) -> Result<Response<InitializeSessionResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         self.store.create_session(&req.session_id, to_metadata(req.metadata), self.config.session_ttl)?;
         Ok(Response::new(InitializeSessionResponse {
             success: true,
@@ -175,7 +228,7 @@ impl BridgeService for Service {
         &self,
         request: Request<CleanupSessionRequest>,
     ) -> Result<Response<CleanupSessionResponse>, Status> {
-        let removed = self.store.delete_session(&request.into_inner().session_id, Source::Python).unwrap_or(0);
+        let removed = self.store.delete_session(&authorized(request)?.session_id, Source::Python).unwrap_or(0);
         Ok(Response::new(CleanupSessionResponse {
             success: true,
             resources_cleaned: i32::try_from(removed).unwrap_or(i32::MAX),
@@ -183,7 +236,7 @@ impl BridgeService for Service {
     }
 
     async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
-        let info = self.store.get_session(&request.into_inner().session_id)?;
+        let info = self.store.get_session(&authorized(request)?.session_id)?;
         Ok(Response::new(GetSessionResponse {
             session_id: info.id,
             metadata: wire::metadata(&info.metadata),
@@ -195,7 +248,7 @@ impl BridgeService for Service {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        let valid = self.store.touch_session(&request.into_inner().session_id);
+        let valid = self.store.touch_session(&authorized(request)?.session_id);
         Ok(Response::new(HeartbeatResponse { server_time: Some(now()), session_valid: valid }))
     }
 
@@ -203,7 +256,7 @@ impl BridgeService for Service {
         &self,
         request: Request<GetVariableRequest>,
     ) -> Result<Response<GetVariableResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         let var = self.store.get_variable(&req.session_id, &req.variable_identifier)?;
         self.fits(
             GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false },
@@ -216,7 +269,7 @@ impl BridgeService for Service {
         &self,
         request: Request<SetVariableRequest>,
     ) -> Result<Response<SetVariableResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         let (declared, raw) = wire::decode_any(req.value.as_ref(), &req.binary_value)?;
         let change = Change { expected_version: req.expected_version, ..from_python(req.metadata) };
         let input = Input { value: Ok(raw), declared: Some(declared) };
@@ -228,7 +281,7 @@ impl BridgeService for Service {
         &self,
         request: Request<BatchGetVariablesRequest>,
     ) -> Result<Response<BatchGetVariablesResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         let BatchGet { found, missing } = self.store.get_variables(&req.session_id, req.variable_identifiers)?;
         let response = if req.values_only {
             let (values, variables) = wire::batch_values(found, req.include_metadata);
@@ -245,7 +298,7 @@ impl BridgeService for Service {
         &self,
         request: Request<BatchSetVariablesRequest>,
     ) -> Result<Response<BatchSetVariablesResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         let mut binary = req.binary_updates;
         let mut updates: Vec<(String, Input)> = req
             .updates
@@ -297,7 +350,7 @@ impl BridgeService for Service {
         &self,
         request: Request<RegisterVariableRequest>,
     ) -> Result<Response<RegisterVariableResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         let ty = VarType::parse(&req.r#type)?;
         let value = wire::decode_value(ty, req.initial_value.as_ref(), &req.initial_binary_value)?;
         let constraints = wire::constraints_from_json(&req.constraints_json)?;
@@ -314,7 +367,7 @@ impl BridgeService for Service {
         &self,
         request: Request<ListVariablesRequest>,
     ) -> Result<Response<ListVariablesResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         let _turn = self.scans.acquire().await.map_err(|_| Status::unavailable("the server is shutting down"))?;
         let store = self.store.clone();
         let response = tokio::task::spawn_blocking(move || {
@@ -330,7 +383,7 @@ impl BridgeService for Service {
         &self,
         request: Request<DeleteVariableRequest>,
     ) -> Result<Response<DeleteVariableResponse>, Status> {
-        let req = request.into_inner();
+        let req = authorized(request)?;
         self.store.delete_variable(&req.session_id, &req.variable_identifier)?;
         Ok(Response::new(DeleteVariableResponse { success: true, error_message: String::new() }))
     }
@@ -341,7 +394,8 @@ impl BridgeService for Service {
         &self,
         request: Request<WatchVariablesRequest>,
     ) -> Result<Response<Self::WatchVariablesStream>, Status> {
-        let slots = self.watcher_slots(request.extensions().get::<ConnInfo>())?;
+        authorize(&request, &request.get_ref().session_id)?;
+        let slots = self.watcher_slots(net::conn_info(request.extensions()))?;
         let req = request.into_inner();
         let watch = WatchRequest {
             identifiers: req.variable_identifiers,
@@ -351,6 +405,7 @@ impl BridgeService for Service {
         // Refusals (unknown session or variable, empty list) happen here,
         // before anything is streamed.
         let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc)?;
+        tracing::debug!(session = %clip(&req.session_id), "watch stream started");
         let state = WatchState {
             sub,
             _slots: slots,
