@@ -13,7 +13,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +69,16 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(log_dir: Path, *extra_args: str, listen: str = "127.0.0.1:0") -> ServerProcess:
+def start_server(
+    log_dir: Path,
+    *extra_args: str,
+    listen: str = "127.0.0.1:0",
+    env: Mapping[str, str | None] | None = None,
+) -> ServerProcess:
     """Start the server on ``listen`` (default 127.0.0.1:0) and wait for its ``listening on HOST:PORT`` line.
+
+    ``env``: changes to this process's environment for the server (``None``
+    removes a variable), see :func:`server_env`.
 
     Fails the test with the server's output if the line does not come within
     STARTUP_DEADLINE seconds or the process exits first.
@@ -85,6 +93,7 @@ def start_server(log_dir: Path, *extra_args: str, listen: str = "127.0.0.1:0") -
         stderr=log_file,
         stdin=subprocess.DEVNULL,
         bufsize=0,
+        env=server_env(env) if env is not None else None,
     )
     log_file.close()
     assert process.stdout is not None
@@ -103,6 +112,17 @@ def start_server(log_dir: Path, *extra_args: str, listen: str = "127.0.0.1:0") -
     # Keep draining stdout so a chatty server never blocks on a full pipe.
     threading.Thread(target=_drain, args=(process.stdout, log_path), daemon=True).start()
     return ServerProcess(f"{match['host']}:{match['port']}", process, log_path)
+
+
+def server_env(changes: Mapping[str, str | None]) -> dict[str, str]:
+    """This process's environment with ``changes`` applied (a ``None`` value removes the variable)."""
+    env = dict(os.environ)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
 
 
 def _read_first_line(process: subprocess.Popen[bytes], deadline_s: float) -> bytes:
@@ -352,6 +372,8 @@ class TcpProxy:
         self._blocked = False
         self._closed = False
         self.accepted = 0
+        # host:port of each connection's end at the proxy, as the server sees its peer.
+        self.upstream_addresses: list[str] = []
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -370,9 +392,11 @@ class TcpProxy:
             except OSError:
                 _abort(client)
                 continue
+            host, port = upstream.getsockname()[:2]
             with self._lock:
                 self._open += [client, upstream]
                 self.accepted += 1
+                self.upstream_addresses.append(f"{host}:{port}")
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
@@ -419,3 +443,143 @@ def _abort(sock: socket.socket) -> None:
             step()
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------- certificates (openssl CLI)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A PEM certificate and its unencrypted PEM private key, as files."""
+
+    cert: Path
+    key: Path
+
+    def cert_pem(self) -> bytes:
+        return self.cert.read_bytes()
+
+    def key_pem(self) -> bytes:
+        return self.key.read_bytes()
+
+
+def openssl(*args: str) -> None:
+    """Run the ``openssl`` CLI; fails the test with its output if it fails."""
+    try:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+    except FileNotFoundError:
+        pytest.fail("the openssl CLI is needed to make test certificates", pytrace=False)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"openssl {' '.join(args)} failed:\n{exc.stderr.decode(errors='replace')}", pytrace=False)
+
+
+def self_signed_certificate(directory: Path, name: str = "server") -> Certificate:
+    """A self-signed server certificate for ``localhost`` and 127.0.0.1, valid one day."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = Certificate(directory / f"{name}.pem", directory / f"{name}.key")
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1",
+        "-keyout", str(made.key), "-out", str(made.cert),
+    )  # fmt: skip
+    return made
+
+
+def certificate_authority(directory: Path, name: str = "ca") -> Certificate:
+    """A self-signed CA certificate (basicConstraints CA:TRUE), valid one day."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = Certificate(directory / f"{name}.pem", directory / f"{name}.key")
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=snakepit test {name}", "-days", "1",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout", str(made.key), "-out", str(made.cert),
+    )  # fmt: skip
+    return made
+
+
+def client_certificate(directory: Path, ca: Certificate, name: str = "client") -> Certificate:
+    """An end-entity certificate for TLS client authentication, signed by ``ca``, valid one day."""
+    directory.mkdir(parents=True, exist_ok=True)
+    made = Certificate(directory / f"{name}.pem", directory / f"{name}.key")
+    csr = directory / f"{name}.csr"
+    extensions = directory / f"{name}.ext"
+    extensions.write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+    )
+    openssl(
+        "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", str(made.key), "-out", str(csr),
+    )  # fmt: skip
+    openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey", str(ca.key), "-set_serial",
+        str(int.from_bytes(os.urandom(8), "big")), "-days", "1", "-extfile", str(extensions), "-out", str(made.cert),
+    )  # fmt: skip
+    return made
+
+
+# --------------------------------------------------------------------------- health and reflection by hand
+# (the few protobuf fields they need, encoded by hand: see test_operability.py, which tests the encoding)
+
+HEALTH_SERVING = 1
+REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+def pb_string_field(number: int, value: str) -> bytes:
+    """A length-delimited protobuf field: tag, length, UTF-8 bytes."""
+    data = value.encode()
+    return _pb_varint(number << 3 | 2) + _pb_varint(len(data)) + data
+
+
+def pb_fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """The top-level fields of a message as (number, value): ints for varints, bytes for length-delimited."""
+    out: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _pb_read_varint(data, pos)
+        if key & 7 == 0:
+            value, pos = _pb_read_varint(data, pos)
+            out.append((key >> 3, value))
+        elif key & 7 == 2:
+            length, pos = _pb_read_varint(data, pos)
+            out.append((key >> 3, data[pos : pos + length]))
+            pos += length
+        else:
+            raise AssertionError(f"unexpected wire type {key & 7}")
+    return out
+
+
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb_read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def health_check(channel: grpc.Channel, service: str = "", timeout: float = 10.0) -> int:
+    """grpc.health.v1.Health/Check: the status (1 SERVING, 2 NOT_SERVING); a failed call raises grpc.RpcError."""
+    response: bytes = channel.unary_unary("/grpc.health.v1.Health/Check")(pb_string_field(1, service), timeout=timeout)
+    statuses = [value for number, value in pb_fields(response) if number == 1]
+    return int(statuses[-1]) if statuses else 0
+
+
+def list_services(channel: grpc.Channel, method: str = REFLECTION_V1, timeout: float = 10.0) -> list[str]:
+    """Server reflection's list_services; a failed call raises grpc.RpcError."""
+    responses = list(channel.stream_stream(method)(iter([pb_string_field(7, "")]), timeout=timeout))
+    assert len(responses) == 1, responses
+    [listing] = [v for n, v in pb_fields(responses[0]) if n == 6 and isinstance(v, bytes)]
+    services = [v for n, v in pb_fields(listing) if n == 1 and isinstance(v, bytes)]
+    return [
+        name.decode() for service in services for n, name in pb_fields(service) if n == 1 and isinstance(name, bytes)
+    ]

@@ -18,6 +18,19 @@ asyncio (``AsyncSessionContext``: the same methods, as coroutines)::
         ctx = AsyncSessionContext("my-session", channel)
         value = await ctx.get_variable("temperature")
 
+Connecting with the server's token and TLS (``connect`` / ``connect_async``;
+address, token and root certificates default to ``$SNAKEPIT_BRIDGE_ADDRESS``,
+``$SNAKEPIT_BRIDGE_TOKEN`` and ``$SNAKEPIT_BRIDGE_ROOT_CERTIFICATES``)::
+
+    import os
+    from snakepit_bridge import AsyncSessionContext, SessionContext, connect, connect_async
+
+    with connect() as channel:
+        ctx = SessionContext(os.environ["SNAKEPIT_BRIDGE_SESSION"], channel)
+
+    async with connect_async("bridge.internal:50051", token=token, root_certificates=ca_pem) as channel:
+        ctx = AsyncSessionContext("my-session", channel)
+
 Watching (pushed by the server; the blocking form is ``for update in ...`` /
 ``with ctx.watch_variables([...]) as watch:``)::
 
@@ -25,6 +38,8 @@ Watching (pushed by the server; the blocking form is ``for update in ...`` /
         print(update["name"], update["value"], update["version"], update["source"])
 
 Modules: :mod:`~snakepit_bridge.context` (``SessionContext``, ``AsyncSessionContext``),
+:mod:`~snakepit_bridge.channels` (``connect``, ``connect_async``: channels
+carrying the token, over plaintext or TLS),
 :mod:`~snakepit_bridge.watch` (``VariableUpdate``, the watch iterators, and
 what the server and this client guarantee about watches),
 :mod:`~snakepit_bridge.errors` (the exception hierarchy),
@@ -35,6 +50,7 @@ by both classes), ``snakepit_bridge._proto`` (generated stubs;
 ``generate_proto.py`` makes them).
 """
 
+from .channels import connect, connect_async
 from .context import DEFAULT_TIMEOUT, AsyncSessionContext, SessionContext
 from .errors import (
     AlreadyExistsError,
@@ -43,6 +59,7 @@ from .errors import (
     BridgeTimeoutError,
     BridgeUnavailableError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     SessionNotFoundError,
     ValidationError,
@@ -82,6 +99,7 @@ __all__ = [
     "BridgeTimeoutError",
     "BridgeUnavailableError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "SessionContext",
     "SessionInfo",
@@ -96,4 +114,6 @@ __all__ = [
     "VariableWatch",
     "VersionConflictError",
     "__version__",
+    "connect",
+    "connect_async",
 ]

@@ -14,7 +14,8 @@ server)::
     ├── AlreadyExistsError           ALREADY_EXISTS
     ├── VersionConflictError         FAILED_PRECONDITION, .current_version
     ├── ResourceExhaustedError       RESOURCE_EXHAUSTED, OUT_OF_RANGE
-    ├── AuthenticationError          UNAUTHENTICATED / PERMISSION_DENIED
+    ├── AuthenticationError          UNAUTHENTICATED: no token, or a wrong one
+    │   └── PermissionDeniedError    PERMISSION_DENIED: e.g. a session token outside its session
     └── BridgeUnavailableError       UNAVAILABLE, closed channel
         └── BridgeTimeoutError       DEADLINE_EXCEEDED
 """
@@ -33,6 +34,7 @@ __all__ = [
     "BridgeTimeoutError",
     "BridgeUnavailableError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "SessionNotFoundError",
     "ValidationError",
@@ -139,7 +141,20 @@ class ResourceExhaustedError(BridgeError):
 
 
 class AuthenticationError(BridgeError):
-    """The server refused the caller (UNAUTHENTICATED or PERMISSION_DENIED)."""
+    """The server refused the caller (UNAUTHENTICATED, and PERMISSION_DENIED as a subclass).
+
+    UNAUTHENTICATED: the call carried no token, or one the server does not
+    accept (see :func:`~snakepit_bridge.connect`). Catching this class also
+    catches :class:`PermissionDeniedError`.
+    """
+
+
+class PermissionDeniedError(AuthenticationError):
+    """The token is valid but does not allow this call (PERMISSION_DENIED).
+
+    E.g. a session token used for another session, or for a call that names
+    no session (``Ping``, server reflection).
+    """
 
 
 class BridgeUnavailableError(BridgeError):
@@ -170,7 +185,7 @@ _BY_CODE: dict[grpc.StatusCode, type[BridgeError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.OUT_OF_RANGE: ResourceExhaustedError,
     grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
-    grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAVAILABLE: BridgeUnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: BridgeTimeoutError,
 }
