@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian machine, idempotently:
-# Debian's elixir and erlang-dev, and a Python venv (.venv) with the pinned
+# Debian's elixir, erlang-dev and openssl (the Python TLS tests make their
+# certificates with it), and a Python venv (.venv) with the pinned
 # development packages and snakepit_bridge installed from priv/python.
 # The Rust toolchain is expected to be there already (cargo on PATH).
 set -euo pipefail
@@ -20,6 +21,7 @@ missing=()
 command -v mix >/dev/null 2>&1 || missing+=(elixir)
 dpkg -s erlang-dev >/dev/null 2>&1 || missing+=(erlang-dev)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq
