@@ -16,7 +16,9 @@ defmodule Snakepit.Bench.PushLatency do
   @moduledoc """
   Latency of a push from an Elixir write to a watching receiver process.
 
-  The bench starts the bridge's gRPC server in this BEAM (port 0), creates a
+  The bench starts the bridge's gRPC server in this BEAM (port 0, loopback,
+  `auth: false` so the figures are the transport's; `bench/auth_cost.py`
+  measures what a token adds), creates a
   session with an integer variable `stamp`, and starts receivers:
   `bench/push_receiver.py` (modes `client` — the package's
   `SessionContext.watch_variables` iterator, what users write — and `raw` —
@@ -202,7 +204,7 @@ defmodule Snakepit.Bench.PushLatency do
 
   defp server(nil) do
     name = :"snakepit_bench_push_server_#{System.unique_integer([:positive])}"
-    {:ok, pid} = Server.start_link(host: "127.0.0.1", port: 0, name: name)
+    {:ok, pid} = Server.start_link(host: "127.0.0.1", port: 0, name: name, auth: false)
     {Server.port(name), fn -> GenServer.stop(pid) end}
   end
 

@@ -416,7 +416,9 @@ defmodule Snakepit.Bench.WriterCost do
 
   defp start_server do
     name = :"snakepit_bench_writer_server_#{System.unique_integer([:positive])}"
-    {:ok, pid} = Server.start_link(host: "127.0.0.1", port: 0, name: name)
+    # Loopback without a token, so the figures are the store's and the
+    # transport's; bench/auth_cost.py measures what a token adds.
+    {:ok, pid} = Server.start_link(host: "127.0.0.1", port: 0, name: name, auth: false)
     %{port: Server.port(name), stop: fn -> GenServer.stop(pid) end}
   end
 
