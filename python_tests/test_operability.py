@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from _support import ServerProcess, start_server
+from _support import ServerProcess, health_check, list_services, pb_fields, pb_string_field, start_server
 from google.protobuf import descriptor_pb2
 
 BRIDGE = "snakepit.bridge.BridgeService"
@@ -32,53 +32,8 @@ REFLECTION_METHODS = [
 # --------------------------------------------------------------------------- protobuf by hand
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _string_field(number: int, value: str) -> bytes:
-    """A length-delimited field (wire type 2): tag, length, UTF-8 bytes."""
-    data = value.encode()
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """The top-level fields of a message as (number, value): ints for varints, bytes for length-delimited."""
-    out: list[tuple[int, int | bytes]] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _read_varint(data, pos)
-            out.append((number, value))
-        elif wire_type == 2:
-            length, pos = _read_varint(data, pos)
-            out.append((number, data[pos : pos + length]))
-            pos += length
-        else:
-            raise AssertionError(f"unexpected wire type {wire_type} for field {number}")
-    return out
-
-
 def _field(data: bytes, number: int) -> list[int | bytes]:
-    return [value for n, value in _fields(data) if n == number]
+    return [value for n, value in pb_fields(data) if n == number]
 
 
 def _bytes_field(data: bytes, number: int) -> list[bytes]:
@@ -111,12 +66,6 @@ def channel(own_server: ServerProcess) -> Iterator[grpc.Channel]:
         yield ch
 
 
-def _health_check(channel: grpc.Channel, service: str) -> int:
-    check = channel.unary_unary("/grpc.health.v1.Health/Check")
-    response: bytes = check(_string_field(1, service), timeout=DEADLINE)
-    return _status(response)
-
-
 def _reflect(channel: grpc.Channel, method: str, request: bytes) -> bytes:
     """One ServerReflectionInfo exchange: send ``request``, close our side, return the one answer."""
     info = channel.stream_stream(method)
@@ -126,18 +75,10 @@ def _reflect(channel: grpc.Channel, method: str, request: bytes) -> bytes:
     return answer
 
 
-def _list_services(channel: grpc.Channel, method: str) -> list[str]:
-    # ServerReflectionRequest.list_services is field 7; ServerReflectionResponse.list_services_response
-    # is field 6, a ListServiceResponse whose field 1 holds ServiceResponse messages named by field 1.
-    response = _reflect(channel, method, _string_field(7, ""))
-    [listing] = _bytes_field(response, 6)
-    return [name.decode() for service in _bytes_field(listing, 1) for name in _bytes_field(service, 1)]
-
-
 def _files_containing(channel: grpc.Channel, method: str, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
     # file_containing_symbol is request field 4; file_descriptor_response is response field 4,
     # a FileDescriptorResponse with the encoded FileDescriptorProtos in field 1.
-    response = _reflect(channel, method, _string_field(4, symbol))
+    response = _reflect(channel, method, pb_string_field(4, symbol))
     [files] = _bytes_field(response, 4)
     return [descriptor_pb2.FileDescriptorProto.FromString(raw) for raw in _bytes_field(files, 1)]
 
@@ -149,23 +90,24 @@ def test_hand_encoding_matches_protobuf() -> None:
     """The helpers agree with protobuf's own encoder, so the tests below send what they mean."""
     message = descriptor_pb2.FileDescriptorProto(name="x" * 200, package="p")
     encoded = message.SerializeToString()
-    assert _string_field(1, "x" * 200) + _string_field(2, "p") == encoded
-    assert _fields(encoded) == [(1, b"x" * 200), (2, b"p")]
-    assert _status(_varint(1 << 3) + _varint(NOT_SERVING)) == NOT_SERVING
+    assert pb_string_field(1, "x" * 200) + pb_string_field(2, "p") == encoded
+    assert pb_fields(encoded) == [(1, b"x" * 200), (2, b"p")]
+    # Field 1 as a varint: tag (1 << 3 | 0), then the value (both one byte).
+    assert _status(bytes([1 << 3, NOT_SERVING])) == NOT_SERVING
 
 
 def test_health_check_is_serving(channel: grpc.Channel) -> None:
-    assert _health_check(channel, "") == SERVING
-    assert _health_check(channel, BRIDGE) == SERVING
+    assert health_check(channel, "") == SERVING
+    assert health_check(channel, BRIDGE) == SERVING
     with pytest.raises(grpc.RpcError) as err:
-        _health_check(channel, "no.such.Service")
+        health_check(channel, "no.such.Service")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_health_watch_turns_not_serving_on_sigterm(own_server: ServerProcess, channel: grpc.Channel) -> None:
     """SIGTERM: the watch gets NOT_SERVING, then ends with UNAVAILABLE, and the server exits 0."""
     watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
-    statuses = watch(_string_field(1, BRIDGE), timeout=DEADLINE)
+    statuses = watch(pb_string_field(1, BRIDGE), timeout=DEADLINE)
     assert _status(next(statuses)) == SERVING
     own_server.process.send_signal(signal.SIGTERM)
     assert _status(next(statuses)) == NOT_SERVING
@@ -177,7 +119,7 @@ def test_health_watch_turns_not_serving_on_sigterm(own_server: ServerProcess, ch
 
 @pytest.mark.parametrize("method", REFLECTION_METHODS)
 def test_reflection_lists_services(channel: grpc.Channel, method: str) -> None:
-    services = _list_services(channel, method)
+    services = list_services(channel, method, DEADLINE)
     assert BRIDGE in services
     assert HEALTH in services
     assert len(services) == len(set(services)), services
