@@ -135,7 +135,10 @@ defmodule Snakepit.Test.HostileChild do
 
       {out, status} =
         System.cmd(python, [script, "127.0.0.1:#{port}", "huge_tensor", sid],
-          env: [{"PYTHONUNBUFFERED", "1"}],
+          env:
+            Snakepit.Test.Python.env(%{
+              "SNAKEPIT_BRIDGE_TOKEN" => Server.token(:hostile_child_server)
+            }),
           stderr_to_stdout: true
         )
 

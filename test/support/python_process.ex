@@ -15,15 +15,42 @@ defmodule Snakepit.Test.Python do
   def script(name), do: Path.join(@support, name)
 
   @doc """
+  The environment of a test Python process: `extra` (a map or list of string
+  pairs, such as `Snakepit.Bridge.Server.worker_env/2`), and nothing of the
+  bridge's variables that this BEAM's own environment might hold.
+  """
+  def env(extra \\ []) do
+    unset =
+      for name <- ~w(SNAKEPIT_BRIDGE_ADDRESS SNAKEPIT_BRIDGE_TOKEN SNAKEPIT_BRIDGE_SESSION
+                     SNAKEPIT_BRIDGE_ROOT_CERTIFICATES),
+          do: {name, nil}
+
+    [{"PYTHONUNBUFFERED", "1"} | unset]
+    |> Map.new()
+    |> Map.merge(Map.new(extra))
+    |> Map.to_list()
+  end
+
+  @doc """
+  The token environment for a client of the server named `server`: its
+  server token (for calls no session token allows, like Ping).
+  """
+  def server_env(server \\ Snakepit.Bridge.Server) do
+    %{"SNAKEPIT_BRIDGE_TOKEN" => Snakepit.Bridge.Server.token(server)}
+  end
+
+  @doc """
   Runs `bridge_client.py ADDRESS SESSION COMMAND ARGS...` to completion and
   decodes its one JSON line. Returns `{:ok, map}` or `{:error, map}`.
+  `env` carries the token (see `env/1`): `Server.worker_env(session_id)`
+  for the session's calls, `server_env/1` for Ping.
   """
-  def client(port, session_id, command, args \\ []) do
+  def client(port, session_id, command, args \\ [], env \\ []) do
     {out, status} =
       System.cmd(
         python(),
         [script("bridge_client.py"), "127.0.0.1:#{port}", session_id, command | args],
-        env: [{"PYTHONUNBUFFERED", "1"}],
+        env: env(env),
         stderr_to_stdout: true
       )
 
@@ -46,8 +73,13 @@ defmodule Snakepit.Test.Python do
 
   @doc """
   Starts a long-running Python process on a port; lines arrive as messages.
+  `env` as for `client/5`.
   """
-  def start(args) do
+  def start(args, env \\ []) do
+    env =
+      for {name, value} <- env(env),
+          do: {String.to_charlist(name), if(value, do: String.to_charlist(value), else: false)}
+
     Port.open({:spawn_executable, python()}, [
       :binary,
       :exit_status,
@@ -55,7 +87,7 @@ defmodule Snakepit.Test.Python do
       :stderr_to_stdout,
       {:line, 65_536},
       {:args, args},
-      {:env, [{~c"PYTHONUNBUFFERED", ~c"1"}]}
+      {:env, env}
     ])
   end
 

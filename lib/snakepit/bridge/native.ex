@@ -15,6 +15,8 @@ defmodule Snakepit.Bridge.Native do
   def server_start(_host, _port, _opts), do: err()
   def server_port(_server), do: err()
   def server_stop(_server, _grace_ms), do: err()
+  def server_token(_server), do: err()
+  def server_session_token(_server, _session_id), do: err()
 
   # Snakepit.Bridge.SessionStore: sessions
   def create_session(_id, _metadata, _ttl_ms), do: err()

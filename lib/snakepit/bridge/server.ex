@@ -28,6 +28,20 @@ defmodule Snakepit.Bridge.Server do
     * `:max_message_bytes` — largest gRPC message each way, at least 65536 (default 4 MiB)
     * `:keepalive_interval` — seconds between HTTP/2 keepalive pings, `0` for none (default 30)
     * `:shutdown_grace` — ms that in-flight calls get when stopping (default 5000)
+    * `:log_level` — the most verbose events of the server sent to Logger:
+      `:debug`, `:info`, `:warning` or `:error` (default: the `:log_level` of
+      the `:snakepit` application environment, else `:info`); see "Logs"
+
+  Security (see "Security" below):
+
+    * `:token` — the server token, at least 32 visible ASCII characters
+      (default: a random one, 64 hex characters)
+    * `:auth` — `false` serves without any token (default `true`)
+    * `:allow_insecure` — serve a non-loopback address without TLS and a
+      token anyway (default `false`)
+    * `:tls` — `[cert_file: path, key_file: path, client_ca_file: path]`:
+      PEM files; with `:client_ca_file`, clients must present a certificate
+      signed by a CA in it (mutual TLS)
 
   Connections (each costs a file descriptor of this BEAM, so hostile or
   forgetful clients must not be able to take them all):
@@ -82,9 +96,53 @@ defmodule Snakepit.Bridge.Server do
   `{:error, {:invalid_argument, message}}` saying so. The same retry applies
   to a restart with an explicit port. To get a fresh port, use another
   `:name`.
+
+  ## Security
+
+  By default the server has a token: every call but gRPC health checking
+  (`grpc.health.v1.Health`, for probes) must carry the metadata
+  `authorization: Bearer <token>`, or it is refused with UNAUTHENTICATED (and
+  logged at warning with the peer's address, never the token). Unless `:token`
+  gives one, the token is random (256 bits, 64 hex characters), made when the
+  server first starts under its `:name` and kept for the life of this BEAM,
+  like the port, so a restarted server accepts the tokens its workers hold.
+
+    * `token/1` is the server token: it grants everything.
+    * `session_token/2` mints a token that grants one session's calls only
+      (PERMISSION_DENIED for any other); give workers that, or rather
+      `worker_env/2`, which Python's `snakepit_bridge.connect()` reads.
+
+  `auth: false` turns tokens off: any process that can connect can use every
+  session. `:tls` makes the server speak TLS only; add `:client_ca_file` to
+  require client certificates. A bind to an address other than loopback
+  (`"0.0.0.0"`, a LAN address) is refused unless both TLS and a token protect
+  it: the start fails with `{:error, {:invalid_argument, message}}` saying
+  what is missing. `allow_insecure: true` accepts that risk (say, behind a
+  proxy that terminates TLS).
+
+  A token too short or a TLS file that cannot be read or parsed fails the
+  start with `{:error, {:invalid_argument, message}}` too.
+
+  ## Logs
+
+  What the server's Rust side reports (refused calls, limits hit, panics at
+  `:error`; connections and watch streams opening and closing at `:debug`)
+  arrives in Logger with `domain: [:snakepit]` (in the `:logger` event the
+  domain is `[:elixir, :snakepit]`: Elixir puts `:elixir` first) and the
+  event's fields as metadata (such as `:peer`, `:method`, `:reason`, and
+  `:target`, the Rust module). Nothing is printed to stderr. At most about
+  20 events a second reach Logger (bursts of up to 100); the first one after
+  some were dropped says how many.
+
+  Events of every server go through one Elixir process: the server started
+  most recently that is still running, with its `:log_level`. When it stops,
+  the one started before it takes over; with no server running, events (say,
+  of connections still closing) are dropped.
   """
 
   use GenServer
+
+  require Logger
 
   alias Snakepit.Bridge.Native
 
@@ -146,11 +204,73 @@ defmodule Snakepit.Bridge.Server do
   @spec port(GenServer.server()) :: :inet.port_number()
   def port(server \\ __MODULE__), do: GenServer.call(server, :port)
 
+  @doc """
+  The server token of `server`: it grants every call, so hand it only to
+  trusted clients (workers should get `session_token/2` instead). `nil` when
+  the server runs with `auth: false`.
+  """
+  @spec token(GenServer.server()) :: String.t() | nil
+  def token(server \\ __MODULE__), do: GenServer.call(server, :token)
+
+  @doc """
+  Mints a token that grants the calls about `session_id` only (the session
+  need not exist yet); calls about any other session are refused with
+  PERMISSION_DENIED, and so are calls about no session (Ping, reflection).
+
+  Nothing is stored per token: it is derived from the server token, so it
+  stays valid as long as the server token does (restarts under the same
+  `:name` included, see "Security").
+
+  Raises `ArgumentError` when `session_id` is not a string, or when the server
+  runs with `auth: false` (it has no tokens; `worker_env/2` then leaves the
+  token out).
+  """
+  @spec session_token(String.t(), GenServer.server()) :: String.t()
+  def session_token(session_id, server \\ __MODULE__) do
+    check_session_id!(session_id)
+
+    case GenServer.call(server, {:session_token, session_id}) do
+      {:ok, token} -> token
+      {:error, {:failed_precondition, message}} -> raise ArgumentError, message
+    end
+  end
+
+  @doc """
+  The environment a Python worker for `session_id` needs, for
+  `snakepit_bridge.connect()` and `connect_async()`:
+
+    * `"SNAKEPIT_BRIDGE_ADDRESS"` — `"host:port"` of this server (a wildcard
+      bind such as `"0.0.0.0"` is given as `"127.0.0.1"`, `"::"` as `"[::1]"`)
+    * `"SNAKEPIT_BRIDGE_TOKEN"` — `session_token(session_id)`; absent when the
+      server runs with `auth: false`
+    * `"SNAKEPIT_BRIDGE_SESSION"` — `session_id`
+
+  With `:tls`, also set `"SNAKEPIT_BRIDGE_ROOT_CERTIFICATES"` to a PEM file of
+  the CA that signed the server's certificate (this server does not know it).
+
+      System.cmd("python", ["worker.py"], env: Map.to_list(Server.worker_env("run-1")))
+  """
+  @spec worker_env(String.t(), GenServer.server()) :: %{String.t() => String.t()}
+  def worker_env(session_id, server \\ __MODULE__) do
+    check_session_id!(session_id)
+    GenServer.call(server, {:worker_env, session_id})
+  end
+
+  defp check_session_id!(session_id) do
+    unless is_binary(session_id) and String.valid?(session_id) and session_id != "",
+      do:
+        raise(
+          ArgumentError,
+          "session_id must be a non-empty string, got: #{inspect(session_id)}"
+        )
+  end
+
   @impl true
   def init(config) do
     # Trap exits so terminate/2 runs, and stops the listener, on shutdown.
     Process.flag(:trap_exit, true)
     key = {__MODULE__, config.name, config.host}
+    config = with_remembered_token(config)
 
     result =
       case {config.port, :persistent_term.get(key, nil)} do
@@ -163,7 +283,11 @@ defmodule Snakepit.Bridge.Server do
       {:ok, server} ->
         port = Native.server_port(server)
         remember(key, {config.port, port})
-        {:ok, %{server: server, port: port, grace: config.grace}}
+
+        if config.native.auth and is_nil(config.native.token),
+          do: remember(token_key(config), Native.server_token(server))
+
+        {:ok, %{server: server, port: port, host: config.host, grace: config.grace}}
 
       {:error, {:addr_in_use, message}} ->
         {:stop, {:invalid_argument, message}}
@@ -175,6 +299,33 @@ defmodule Snakepit.Bridge.Server do
 
   @impl true
   def handle_call(:port, _from, state), do: {:reply, state.port, state}
+  def handle_call(:token, _from, state), do: {:reply, Native.server_token(state.server), state}
+
+  def handle_call({:session_token, session_id}, _from, state),
+    do: {:reply, Native.server_session_token(state.server, session_id), state}
+
+  def handle_call({:worker_env, session_id}, _from, state) do
+    env = %{
+      "SNAKEPIT_BRIDGE_ADDRESS" => "#{connect_host(state.host)}:#{state.port}",
+      "SNAKEPIT_BRIDGE_SESSION" => session_id
+    }
+
+    env =
+      case Native.server_session_token(state.server, session_id) do
+        {:ok, token} -> Map.put(env, "SNAKEPIT_BRIDGE_TOKEN", token)
+        {:error, {:failed_precondition, _}} -> env
+      end
+
+    {:reply, env, state}
+  end
+
+  @impl true
+  def handle_info({:snakepit_bridge_log, level, message, fields}, state) do
+    log(level, message, fields)
+    {:noreply, state}
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
   def terminate(_reason, state) do
@@ -183,6 +334,47 @@ defmodule Snakepit.Bridge.Server do
   end
 
   defp start_native(config, port), do: Native.server_start(config.host, port, config.native)
+
+  # A generated token is remembered per :name, like the port, so a restart
+  # keeps it and the workers that hold it (or session tokens minted from it).
+  defp token_key(config), do: {__MODULE__, :token, config.name}
+
+  defp with_remembered_token(%{native: %{auth: true, token: nil} = native} = config) do
+    %{config | native: %{native | token: :persistent_term.get(token_key(config), nil)}}
+  end
+
+  defp with_remembered_token(config), do: config
+
+  # Where a worker on this host connects to: a wildcard bind is reached on loopback.
+  defp connect_host("0.0.0.0"), do: "127.0.0.1"
+  defp connect_host(host) when host in ["::", "[::]"], do: "[::1]"
+
+  defp connect_host(host) do
+    if String.contains?(host, ":") and not String.starts_with?(host, "["),
+      do: "[#{host}]",
+      else: host
+  end
+
+  # Logger metadata keys that Logger or :logger set themselves.
+  @reserved_metadata [:domain, :pid, :mfa, :file, :line, :time, :gl, :application] ++
+                       [:module, :function, :initial_call, :registered_name, :crash_reason]
+
+  defp log(level, message, fields) do
+    {dropped, fields} = Map.pop(fields, :dropped)
+
+    message =
+      if dropped,
+        do:
+          "#{message} (#{dropped} earlier log events of the bridge were dropped by its rate limit)",
+        else: message
+
+    metadata =
+      Enum.map(fields, fn {key, value} ->
+        if key in @reserved_metadata, do: {:"snakepit_#{key}", value}, else: {key, value}
+      end)
+
+    Logger.log(level, message, [domain: [:snakepit]] ++ metadata)
+  end
 
   # A restart binds the port it had. After a :kill the old instance's listener
   # closes only once its resource is collected, so "in use" is retried briefly.
@@ -223,8 +415,16 @@ defmodule Snakepit.Bridge.Server do
     :keepalive_interval,
     :shutdown_grace,
     :handshake_timeout,
-    :idle_timeout
+    :idle_timeout,
+    :token,
+    :auth,
+    :allow_insecure,
+    :tls,
+    :log_level
   ]
+
+  @tls_options [:cert_file, :key_file, :client_ca_file]
+  @log_levels [:debug, :info, :warning, :error]
 
   defp config!(opts) do
     # A misspelt limit would otherwise leave its default in force, unnoticed.
@@ -266,6 +466,15 @@ defmodule Snakepit.Bridge.Server do
       if Keyword.has_key?(opts, :handshake_timeout),
         do: seconds_to_ms!(opts, :handshake_timeout, nil)
 
+    auth = boolean!(opts, :auth, true)
+    token = Keyword.get(opts, :token)
+
+    unless is_nil(token) or (is_binary(token) and String.valid?(token)),
+      do: raise(ArgumentError, "the :token option must be a string, got: #{inspect(token)}")
+
+    if token && not auth,
+      do: raise(ArgumentError, "the :token option was given with auth: false; drop one of them")
+
     native =
       Map.merge(
         %{
@@ -273,7 +482,12 @@ defmodule Snakepit.Bridge.Server do
           max_message_bytes: positive!(opts, :max_message_bytes, 4 * 1024 * 1024),
           keepalive_interval_ms: seconds_to_ms!(opts, :keepalive_interval, 30, allow_zero: true),
           handshake_timeout_ms: handshake_timeout_ms,
-          idle_timeout_ms: idle_timeout_ms
+          idle_timeout_ms: idle_timeout_ms,
+          token: token,
+          auth: auth,
+          allow_insecure: boolean!(opts, :allow_insecure, false),
+          tls: tls!(Keyword.get(opts, :tls)),
+          log_level: log_level!(opts)
         },
         Map.new(@count_options, fn key -> {key, positive!(opts, key, nil)} end)
       )
@@ -285,6 +499,68 @@ defmodule Snakepit.Bridge.Server do
       grace: grace,
       native: native
     }
+  end
+
+  defp boolean!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_boolean(value) ->
+        value
+
+      value ->
+        raise ArgumentError,
+              "the #{inspect(key)} option must be a boolean, got: #{inspect(value)}"
+    end
+  end
+
+  defp tls!(nil), do: nil
+
+  defp tls!(tls) do
+    unless Keyword.keyword?(tls) and tls != [] do
+      raise ArgumentError,
+            "the :tls option must be a keyword list with :cert_file and :key_file, got: #{inspect(tls)}"
+    end
+
+    case Keyword.keys(tls) -- @tls_options do
+      [] ->
+        :ok
+
+      unknown ->
+        raise ArgumentError,
+              "unknown :tls option(s) #{inspect(unknown)}; expected #{inspect(@tls_options)}"
+    end
+
+    path = fn key, required? ->
+      case Keyword.get(tls, key) do
+        nil when not required? ->
+          nil
+
+        value when is_binary(value) and value != "" ->
+          value
+
+        value ->
+          raise ArgumentError,
+                "the :tls option #{inspect(key)} must be a file path (a string), got: #{inspect(value)}"
+      end
+    end
+
+    %{
+      cert_file: path.(:cert_file, true),
+      key_file: path.(:key_file, true),
+      client_ca_file: path.(:client_ca_file, false)
+    }
+  end
+
+  defp log_level!(opts) do
+    case Keyword.get_lazy(opts, :log_level, fn ->
+           Application.get_env(:snakepit, :log_level, :info)
+         end) do
+      level when level in @log_levels ->
+        level
+
+      level ->
+        raise ArgumentError,
+              "the :log_level option must be one of #{inspect(@log_levels)}, got: #{inspect(level)}"
+    end
   end
 
   defp seconds_to_ms!(opts, key, default, flags \\ []) do

@@ -13,13 +13,15 @@
 //!
 //! Rust modules mirror the Elixir modules they serve: `session_store` for
 //! `Snakepit.Bridge.SessionStore`, `server` for `Snakepit.Bridge.Server`, `watch` for the watch half of
-//! `SessionStore`.
+//! `SessionStore`; `log` sends the core's `tracing` events to Logger through
+//! the server that started last.
 
 use once_cell::sync::Lazy;
 use snakepit_core::Store;
 
 mod atoms;
 mod convert;
+mod log;
 mod server;
 mod session_store;
 mod watch;

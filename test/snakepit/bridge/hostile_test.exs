@@ -14,13 +14,14 @@ defmodule Snakepit.Bridge.HostileTest do
 
   defp unique(prefix), do: "#{prefix}-#{System.unique_integer([:positive])}"
 
-  # One Ping from a real Python gRPC client: {:ok, "hostile"} or {:error, grpc_code}.
-  defp ping(port, timeout_s \\ 5) do
+  # One Ping from a real Python gRPC client with the server token `token`:
+  # {:ok, "hostile"} or {:error, grpc_code}.
+  defp ping(port, token, timeout_s \\ 5) do
     {out, status} =
       System.cmd(
         Python.python(),
         [Python.script("hostile_grpc.py"), "127.0.0.1:#{port}", "ping", "#{timeout_s}"],
-        env: [{"PYTHONUNBUFFERED", "1"}],
+        env: Python.env(%{"SNAKEPIT_BRIDGE_TOKEN" => token}),
         stderr_to_stdout: true
       )
 
@@ -127,7 +128,7 @@ defmodule Snakepit.Bridge.HostileTest do
     File.rm(path)
 
     assert eventually("a Python Ping succeeds", 30_000, fn ->
-             ping(port, 3) == {:ok, "hostile"}
+             ping(port, Server.token(:hostile_silent), 3) == {:ok, "hostile"}
            end)
 
     # Every silent socket is closed by the server (after the handshake timeout,
@@ -186,11 +187,15 @@ defmodule Snakepit.Bridge.HostileTest do
              ]}
         })
 
-      %{sup: sup, name: name, port: Server.port(name)}
+      %{sup: sup, name: name, port: Server.port(name), token: Server.token(name)}
     end
 
-    test "after a :kill comes back on the port it had", %{name: name, port: port} do
-      assert {:ok, "hostile"} = ping(port)
+    test "after a :kill comes back on the port it had, with the token it had", %{
+      name: name,
+      port: port,
+      token: token
+    } do
+      assert {:ok, "hostile"} = ping(port, token)
       old = Process.whereis(name)
       Process.exit(old, :kill)
 
@@ -200,7 +205,8 @@ defmodule Snakepit.Bridge.HostileTest do
         end)
 
       assert Server.port(name) == port
-      assert {:ok, "hostile"} = ping(port)
+      assert Server.token(name) == token
+      assert {:ok, "hostile"} = ping(port, token)
       assert Process.alive?(new)
       assert_node_answers()
     end
@@ -208,13 +214,14 @@ defmodule Snakepit.Bridge.HostileTest do
     test "after terminate_child and restart_child comes back on the port it had", %{
       sup: sup,
       name: name,
-      port: port
+      port: port,
+      token: token
     } do
       assert :ok = Supervisor.terminate_child(sup, name)
-      assert {:error, "UNAVAILABLE"} = ping(port, 2)
+      assert {:error, "UNAVAILABLE"} = ping(port, token, 2)
       assert {:ok, _pid} = Supervisor.restart_child(sup, name)
       assert Server.port(name) == port
-      assert {:ok, "hostile"} = ping(port)
+      assert {:ok, "hostile"} = ping(port, token)
       assert_node_answers()
     end
 
@@ -322,7 +329,7 @@ defmodule Snakepit.Bridge.HostileTest do
           max_watchers_per_connection: 1
         )
 
-      assert {:ok, "hostile"} = ping(Server.port(:hostile_ok))
+      assert {:ok, "hostile"} = ping(Server.port(:hostile_ok), Server.token(:hostile_ok))
       GenServer.stop(pid)
     end
   end

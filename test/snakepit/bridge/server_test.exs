@@ -19,7 +19,7 @@ defmodule Snakepit.Bridge.ServerTest do
     sid = unique("from-python")
 
     assert {:ok, %{"ping" => "hello", "initialized" => true}} =
-             Python.client(port, sid, "ping_and_initialize", ["hello"])
+             Python.client(port, sid, "ping_and_initialize", ["hello"], Python.server_env())
 
     assert {:ok, %{id: ^sid, metadata: %{"by" => "python"}}} = SessionStore.get_session(sid)
   end
@@ -32,10 +32,12 @@ defmodule Snakepit.Bridge.ServerTest do
 
     assert {:ok,
             %{"session_id" => ^sid, "metadata" => %{"by" => "elixir"}, "variable_count" => 1}} =
-             Python.client(port, sid, "get_session")
+             Python.client(port, sid, "get_session", [], Server.worker_env(sid))
+
+    missing = unique("missing")
 
     assert {:error, %{"error" => "SessionNotFoundError", "code" => "NOT_FOUND"}} =
-             Python.client(port, unique("missing"), "get_session")
+             Python.client(port, missing, "get_session", [], Server.worker_env(missing))
   end
 
   test "Elixir writes, Python reads the same value and version" do
@@ -55,10 +57,10 @@ defmodule Snakepit.Bridge.ServerTest do
       SessionStore.register_variable(sid, :t, :tensor, %{shape: [2, 1], data: [[1], [2]]})
 
     assert {:ok, %{"value" => 1.25, "version" => 3, "type" => "float", "source" => "elixir"}} =
-             Python.client(port, sid, "get_variable", ["temperature"])
+             Python.client(port, sid, "get_variable", ["temperature"], Server.worker_env(sid))
 
     assert {:ok, %{"value" => %{"shape" => [2, 1], "data" => [1.0, 2.0]}, "version" => 1}} =
-             Python.client(port, sid, "get_variable", ["t"])
+             Python.client(port, sid, "get_variable", ["t"], Server.worker_env(sid))
   end
 
   test "Python writes, Elixir reads it with source python; bad values are refused" do
@@ -72,13 +74,25 @@ defmodule Snakepit.Bridge.ServerTest do
       )
 
     assert {:ok, %{"version" => 2}} =
-             Python.client(port, sid, "update_variable", ["strategy", ~s("beam")])
+             Python.client(
+               port,
+               sid,
+               "update_variable",
+               ["strategy", ~s("beam")],
+               Server.worker_env(sid)
+             )
 
     assert {:ok, %{value: "beam", version: 2, source: :python}} =
              SessionStore.get_variable(sid, :strategy)
 
     assert {:error, %{"error" => "ValidationError", "message" => msg}} =
-             Python.client(port, sid, "update_variable", ["strategy", ~s("sample")])
+             Python.client(
+               port,
+               sid,
+               "update_variable",
+               ["strategy", ~s("sample")],
+               Server.worker_env(sid)
+             )
 
     assert msg =~ "not one of the choices"
     assert {:ok, %{value: "beam", version: 2}} = SessionStore.get_variable(sid, :strategy)
@@ -88,8 +102,13 @@ defmodule Snakepit.Bridge.ServerTest do
     port = start_server()
     sid = unique("stop")
 
+    token = Server.token()
+
     py =
-      Python.start([Python.script("bridge_client.py"), "127.0.0.1:#{port}", sid, "ping_then_wait"])
+      Python.start(
+        [Python.script("bridge_client.py"), "127.0.0.1:#{port}", sid, "ping_then_wait"],
+        Python.server_env()
+      )
 
     assert Python.next_line(py) =~ ~s("ping": "before")
 
@@ -102,9 +121,13 @@ defmodule Snakepit.Bridge.ServerTest do
     # The listener is released: the same port can be bound by a restarted server.
     start_supervised!({Server, host: "127.0.0.1", port: port})
     assert Server.port() == port
+    # Restarted under the same name, it kept its generated token.
+    assert Server.token() == token
 
     assert {:ok, %{"ping" => "again"}} =
-             Python.client(port, unique("again"), "ping_and_initialize", ["again"])
+             Python.client(port, unique("again"), "ping_and_initialize", ["again"], %{
+               "SNAKEPIT_BRIDGE_TOKEN" => token
+             })
   end
 
   test "two servers under different names, each with its own port" do

@@ -12,15 +12,16 @@ defmodule Snakepit.Bridge.WatchE2ETest do
     sid = "e2e-#{System.unique_integer([:positive])}"
     {:ok, _} = SessionStore.create_session(sid)
     on_exit(fn -> SessionStore.delete_session(sid) end)
-    %{sid: sid, address: "127.0.0.1:#{Server.port()}"}
+    %{sid: sid, address: "127.0.0.1:#{Server.port()}", env: Server.worker_env(sid)}
   end
 
   test "the specified end-to-end test: Elixir updates, a Python watcher prints them in order", %{
     sid: sid,
-    address: address
+    address: address,
+    env: env
   } do
     {:ok, _} = SessionStore.register_variable(sid, :counter, :integer, 0)
-    py = Python.start([Python.script("watch_counter.py"), address, sid, "3"])
+    py = Python.start([Python.script("watch_counter.py"), address, sid, "3"], env)
     Watchers.await(sid, 1)
 
     # A watcher that keeps up gets every change: each update waits for the
@@ -36,14 +37,15 @@ defmodule Snakepit.Bridge.WatchE2ETest do
 
   test "an Elixir process sees a Python update_variable with source python", %{
     sid: sid,
-    address: address
+    address: address,
+    env: env
   } do
     {:ok, _} = SessionStore.register_variable(sid, :temperature, :float, 0.5)
     {:ok, ref} = SessionStore.watch_variables(sid, [:temperature])
     port = String.split(address, ":") |> List.last()
 
     assert {:ok, %{"version" => 2}} =
-             Python.client(port, sid, "update_variable", ["temperature", "0.9"])
+             Python.client(port, sid, "update_variable", ["temperature", "0.9"], env)
 
     assert_receive {:snakepit_variable_update, ^ref,
                     %VariableUpdate{
@@ -58,7 +60,8 @@ defmodule Snakepit.Bridge.WatchE2ETest do
 
   test "a Python worker switches strategy and model the moment Elixir changes them", %{
     sid: sid,
-    address: address
+    address: address,
+    env: env
   } do
     {:ok, _} =
       SessionStore.register_variable(sid, :strategy, :choice, "greedy",
@@ -70,7 +73,7 @@ defmodule Snakepit.Bridge.WatchE2ETest do
         constraints: %{allowed_modules: ["small", "large"]}
       )
 
-    py = Python.start([Python.script("reactive_worker.py"), address, sid])
+    py = Python.start([Python.script("reactive_worker.py"), address, sid], env)
     assert_switched(py, ["strategy=greedy", "model=small"])
 
     Python.send_line(py, "3,9,4")
@@ -99,11 +102,12 @@ defmodule Snakepit.Bridge.WatchE2ETest do
   for mode <- ["cancel", "close", "kill"] do
     test "a Python watcher that leaves by #{mode} frees its subscription", %{
       sid: sid,
-      address: address
+      address: address,
+      env: env
     } do
       {:ok, _} = SessionStore.register_variable(sid, :x, :integer, 0)
       before = Watchers.count(sid)
-      py = Python.start([Python.script("watch_and_leave.py"), address, sid, unquote(mode)])
+      py = Python.start([Python.script("watch_and_leave.py"), address, sid, unquote(mode)], env)
       assert Python.next_line(py) == "READY"
       Watchers.await(sid, before + 1)
 

@@ -17,26 +17,31 @@ defmodule Snakepit.Bridge.WatchHistoryTest do
     {:ok, _} = SessionStore.create_session(sid)
     for v <- @vars, do: {:ok, _} = SessionStore.register_variable(sid, v, :integer, 0)
     on_exit(fn -> SessionStore.delete_session(sid) end)
-    %{sid: sid, address: "127.0.0.1:#{Server.port()}"}
+    %{sid: sid, address: "127.0.0.1:#{Server.port()}", env: Server.worker_env(sid)}
   end
 
   test "ordered, unique, final, atomic batches adjacent — for every watcher", %{
     sid: sid,
-    address: address
+    address: address,
+    env: env
   } do
     # Watchers first: two Elixir (one slow), two Python (one slow).
     elixir_watchers = for slow <- [0, 1], do: start_elixir_watcher(sid, slow)
 
     python_watchers =
       for slow <- ["0", "2"],
-          do: Python.start([Python.script("history_watcher.py"), address, sid, slow | @vars])
+          do: Python.start([Python.script("history_watcher.py"), address, sid, slow | @vars], env)
 
     for py <- python_watchers, do: assert(Python.next_line(py) == "READY")
 
     # Writers: two Elixir tasks, two Python processes.
     py_writers =
       for id <- ["7", "8"],
-          do: Python.start([Python.script("history_writer.py"), address, sid, id, "300" | @vars])
+          do:
+            Python.start(
+              [Python.script("history_writer.py"), address, sid, id, "300" | @vars],
+              env
+            )
 
     ex_writers = for id <- [1, 2], do: Task.async(fn -> elixir_writer(sid, id, 1500) end)
 

@@ -13,8 +13,7 @@ import math
 import sys
 from typing import Any
 
-import grpc
-from snakepit_bridge import BridgeError, SessionContext
+from snakepit_bridge import BridgeError, SessionContext, connect
 
 
 def plain(value: Any) -> Any:
@@ -62,7 +61,7 @@ def run(ctx: SessionContext, command: str, args: list[str]) -> Any:
 
 def main() -> int:
     address, session_id, command, *args = sys.argv[1:]
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         ctx = SessionContext(session_id, channel)
         try:
             result = run(ctx, command, args)

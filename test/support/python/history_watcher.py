@@ -10,8 +10,7 @@ END and exits. SLOW_MS > 0 makes it a deliberately slow reader.
 import asyncio
 import sys
 
-import grpc
-from snakepit_bridge import AsyncSessionContext
+from snakepit_bridge import AsyncSessionContext, connect_async
 
 
 async def main(address: str, session_id: str, slow_ms: int, names: list[str]) -> None:
@@ -20,7 +19,7 @@ async def main(address: str, session_id: str, slow_ms: int, names: list[str]) ->
     ready = asyncio.Event()
     out: list[str] = []
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with connect_async(address) as channel:
         watch = AsyncSessionContext(session_id, channel).watch_variables(names, include_initial=True)
 
         async def consume() -> None:

@@ -9,14 +9,13 @@ so a batch's changes share one value and singles have values of their own.
 import random
 import sys
 
-import grpc
-from snakepit_bridge import SessionContext
+from snakepit_bridge import SessionContext, connect
 
 
 def main() -> None:
     address, session_id, writer_id, ops, *names = sys.argv[1:]
     rng = random.Random(int(writer_id))
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         ctx = SessionContext(session_id, channel)
         for op in range(int(ops)):
             value = int(writer_id) * 1_000_000 + op

@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from snakepit_bridge import connect
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb_grpc
 
@@ -66,7 +67,7 @@ def huge_tensor(stub: pb_grpc.BridgeServiceStub, session_id: str) -> dict[str, A
 
 def main() -> int:
     address, command, *args = sys.argv[1:]
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         stub = pb_grpc.BridgeServiceStub(channel)
         if command == "ping":
             timeout = float(args[0])

@@ -12,8 +12,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-import grpc
-from snakepit_bridge import AsyncSessionContext
+from snakepit_bridge import AsyncSessionContext, connect_async
 
 STRATEGIES: dict[str, Callable[[list[int]], str]] = {
     "greedy": lambda xs: str(max(xs)),
@@ -24,7 +23,7 @@ STRATEGIES: dict[str, Callable[[list[int]], str]] = {
 
 async def main(address: str, session_id: str) -> None:
     current: dict[str, str] = {}
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with connect_async(address) as channel:
         ctx = AsyncSessionContext(session_id, channel)
 
         async def follow() -> None:

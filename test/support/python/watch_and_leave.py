@@ -10,12 +10,11 @@ see the watch counted before it goes), leaves, prints LEFT and waits on stdin.
 import asyncio
 import sys
 
-import grpc
-from snakepit_bridge import AsyncSessionContext
+from snakepit_bridge import AsyncSessionContext, connect_async
 
 
 async def main(address: str, session_id: str, mode: str) -> None:
-    channel = grpc.aio.insecure_channel(address)
+    channel = connect_async(address)
     ctx = AsyncSessionContext(session_id, channel)
     ready = asyncio.Event()
 

@@ -6,12 +6,11 @@ Usage: watch_counter.py ADDRESS SESSION_ID COUNT — exits after COUNT changes.
 import asyncio
 import sys
 
-import grpc
-from snakepit_bridge import AsyncSessionContext
+from snakepit_bridge import AsyncSessionContext, connect_async
 
 
 async def main(address: str, session_id: str, count: int) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with connect_async(address) as channel:
         ctx = AsyncSessionContext(session_id, channel)
         seen = 0
         async for update in ctx.watch_variables(["counter"], include_initial=False):
