@@ -1,6 +1,7 @@
 # Elixir half of the minimal pair: starts the bridge, registers `temperature`
 # and changes it every second. Run with `mix run examples/minimal/update.exs`,
-# then run watch.py with the address and session it prints.
+# then run watch.py as it prints: with the address and a token that grants
+# the session "minimal" only.
 alias Snakepit.Bridge.{Server, SessionStore}
 
 {:ok, _} = Supervisor.start_link([{Server, port: 0}], strategy: :one_for_one)
@@ -11,7 +12,13 @@ alias Snakepit.Bridge.{Server, SessionStore}
     constraints: %{min: 0.0, max: 2.0}
   )
 
-IO.puts("run: .venv/bin/python examples/minimal/watch.py 127.0.0.1:#{Server.port()} minimal")
+env = Server.worker_env("minimal")
+
+IO.puts(
+  "run: SNAKEPIT_BRIDGE_ADDRESS=#{env["SNAKEPIT_BRIDGE_ADDRESS"]} " <>
+    "SNAKEPIT_BRIDGE_TOKEN=#{env["SNAKEPIT_BRIDGE_TOKEN"]} " <>
+    ".venv/bin/python examples/minimal/watch.py minimal"
+)
 
 for step <- Stream.iterate(1, &(&1 + 1)) do
   Process.sleep(1000)

@@ -54,7 +54,8 @@ defmodule ReactiveDemo do
       "bridge listening on #{address}; session #{@session}: temperature 0.7, strategy greedy, model tiny-lm"
     )
 
-    workers = Map.new(1..n_workers, fn id -> {id, start_worker(address, id)} end)
+    say("workers run on a session token: they can reach #{@session} and nothing else")
+    workers = Map.new(1..n_workers, fn id -> {id, start_worker(id)} end)
     Enum.each(workers, fn {id, port} -> await_ready(id, port) end)
 
     {:ok, optimizer} = ReactiveDemo.Optimizer.start_link(@session)
@@ -66,7 +67,7 @@ defmodule ReactiveDemo do
       {0.70, {:set, :strategy, "sample"}}
     ]
 
-    state = %{address: address, workers: workers, reactions: [], switches: %{}, scripted: 0}
+    state = %{workers: workers, reactions: [], switches: %{}, scripted: 0}
     state = run(script, seconds * 1000, t0, state)
 
     decisions = ReactiveDemo.Optimizer.stop(optimizer)
@@ -106,7 +107,7 @@ defmodule ReactiveDemo do
     {:os_pid, os_pid} = Port.info(port, :os_pid)
     System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
     say("elixir   ✖ killed worker #{id} (SIGKILL); restarting it")
-    new_port = start_worker(state.address, id)
+    new_port = start_worker(id)
     values = await_ready(id, new_port)
     # The optimizer keeps writing meanwhile, so the store may have moved on
     # since the worker's initial values; its watch must then catch up.
@@ -127,7 +128,7 @@ defmodule ReactiveDemo do
 
   # -- worker processes ------------------------------------------------------------
 
-  defp start_worker(address, id) do
+  defp start_worker(id) do
     python = System.get_env("SNAKEPIT_PYTHON") || Path.expand(".venv/bin/python")
     script = Path.expand("worker.py", __DIR__)
 
@@ -137,9 +138,14 @@ defmodule ReactiveDemo do
       :use_stdio,
       :stderr_to_stdout,
       {:line, 65_536},
-      args: [script, address, @session, Integer.to_string(id)],
-      env: [{~c"PYTHONUNBUFFERED", ~c"1"}]
+      args: [script, Integer.to_string(id)],
+      env: [{~c"PYTHONUNBUFFERED", ~c"1"} | worker_env()]
     ])
+  end
+
+  # Address, session and a token for this session only, as Port.open wants them.
+  defp worker_env do
+    for {k, v} <- Server.worker_env(@session), do: {String.to_charlist(k), String.to_charlist(v)}
   end
 
   defp await_ready(id, port) do

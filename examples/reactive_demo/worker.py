@@ -1,6 +1,10 @@
 """A Python worker of the reactive demo.
 
-Usage: worker.py ADDRESS SESSION_ID WORKER_ID
+Usage: worker.py WORKER_ID
+
+The bridge's address, the session and a token that grants that session only
+come from the environment the demo hands it (`Snakepit.Bridge.Server.worker_env/1`):
+SNAKEPIT_BRIDGE_ADDRESS, SNAKEPIT_BRIDGE_SESSION, SNAKEPIT_BRIDGE_TOKEN.
 
 It watches `temperature`, `strategy` and `model` over grpc.aio — no polling —
 and keeps "generating" in a loop with whatever is current: the strategy
@@ -18,14 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-from snakepit_bridge import AsyncSessionContext
+from snakepit_bridge import AsyncSessionContext, connect_async
 
 
 def greedy(scores: list[float], temperature: float) -> int:
@@ -52,11 +56,11 @@ def emit(event: str, **fields: Any) -> None:
     print(" ".join([event] + [f"{k}={v}" for k, v in fields.items()]), flush=True)
 
 
-async def main(address: str, session_id: str, worker_id: str) -> None:
+async def main(session_id: str, worker_id: str) -> None:
     current: dict[str, Any] = {}
     versions: dict[str, int] = {}
     live = asyncio.Event()
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with connect_async() as channel:
         ctx = AsyncSessionContext(session_id, channel)
 
         def seen() -> dict[str, str]:
@@ -120,4 +124,4 @@ async def main(address: str, session_id: str, worker_id: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(os.environ["SNAKEPIT_BRIDGE_SESSION"], sys.argv[1]))

@@ -105,7 +105,9 @@ class BridgeServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Ping(self, request, context):
-        """Liveness check; echoes the message back with the server's time. Never fails.
+        """Liveness check; echoes the message back with the server's time. Fails
+        only for the token: UNAUTHENTICATED without a valid one, PERMISSION_DENIED
+        for a session token (Ping is about no session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
