@@ -139,6 +139,29 @@ defmodule Snakepit.Bridge.SecurityTest do
       assert probe(address, ["health"]) == %{"status" => "SERVING"}
     end
 
+    test "health turns NOT_SERVING when the server stops, then the watch ends" do
+      address = start_server()
+      watcher = Python.start([Python.script("auth_probe.py"), address, "health-watch"])
+      assert Python.json_decode(Python.next_line(watcher)) == {:ok, %{"status" => "SERVING"}}
+      :ok = stop_supervised(Server)
+      assert Python.json_decode(Python.next_line(watcher)) == {:ok, %{"status" => "NOT_SERVING"}}
+      assert Python.json_decode(Python.next_line(watcher)) == {:ok, %{"end" => "UNAVAILABLE"}}
+      assert Python.wait_exit(watcher) == 0
+    end
+
+    test "reflection lists the bridge service to the server token only" do
+      address = start_server()
+      sid = unique("reflect")
+
+      assert %{"services" => services} = probe(address, ["reflection", "--token", Server.token()])
+
+      assert "snakepit.bridge.BridgeService" in services
+      assert probe(address, ["reflection"]) == %{"code" => "UNAUTHENTICATED"}
+
+      assert probe(address, ["reflection", "--token", Server.session_token(sid)]) ==
+               %{"code" => "PERMISSION_DENIED"}
+    end
+
     test "auth: false on loopback serves every call without a token, and has no tokens" do
       address = start_server(auth: false)
       sid = unique("open")

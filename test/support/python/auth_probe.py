@@ -9,6 +9,10 @@ Usage: auth_probe.py ADDRESS COMMAND [ARGS...] [--token T] [--root-certs PEM]
                         writes, Watch (first update), Delete, Cleanup
     ping                one Ping
     health              grpc.health.v1.Health/Check of the whole server
+    health-watch        grpc.health.v1.Health/Watch of the whole server: one JSON
+                        line per status as it arrives, then {"end": "<grpc status>"}
+    reflection          grpc.reflection.v1 list_services: {"services": [...]}
+                        or {"code": "<grpc status>"}
 
 With --root-certs the channel is TLS (grpc.ssl_channel_credentials with those
 roots, and the client certificate if given); otherwise plaintext. The token,
@@ -120,6 +124,63 @@ def health(channel: grpc.Channel, metadata: list[tuple[str, str]]) -> dict[str, 
     return {"status": HEALTH_STATUS.get(status, str(status))}
 
 
+def health_watch(channel: grpc.Channel) -> dict[str, Any]:
+    """Prints each status of a Health/Watch stream as it comes; returns how the stream ended."""
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+    try:
+        for reply in watch(b""):
+            status = reply[1] if len(reply) >= 2 and reply[0] == 0x08 else 0
+            print(json.dumps({"status": HEALTH_STATUS.get(status, str(status))}), flush=True)
+    except grpc.RpcError as e:
+        return {"end": e.code().name}
+    return {"end": "OK"}
+
+
+def _varint_at(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+
+
+def _submessages(data: bytes, number: int) -> list[bytes]:
+    """The length-delimited fields `number` of a message (other fields skipped; all are varints or bytes here)."""
+    found, pos = [], 0
+    while pos < len(data):
+        key, pos = _varint_at(data, pos)
+        if key & 7 == 0:
+            _, pos = _varint_at(data, pos)
+            continue
+        length, pos = _varint_at(data, pos)
+        if key >> 3 == number:
+            found.append(data[pos : pos + length])
+        pos += length
+    return found
+
+
+def reflection(channel: grpc.Channel, metadata: list[tuple[str, str]]) -> dict[str, Any]:
+    # ServerReflectionRequest.list_services is field 7 (a string; tag 0x3a); the
+    # response's list_services_response is field 6, holding services (field 1)
+    # named by their field 1.
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    try:
+        [reply] = list(info(iter([b"\x3a\x00"]), metadata=metadata, timeout=TIMEOUT))
+    except grpc.RpcError as e:
+        return {"code": e.code().name}
+    [listing] = _submessages(reply, 6)
+    return {"services": [name.decode() for s in _submessages(listing, 1) for name in _submessages(s, 1)]}
+
+
 def channel_for(args: argparse.Namespace) -> grpc.Channel:
     if args.root_certs is None:
         return grpc.insecure_channel(args.address)
@@ -132,7 +193,7 @@ def channel_for(args: argparse.Namespace) -> grpc.Channel:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("address")
-    parser.add_argument("command", choices=["calls", "ping", "health"])
+    parser.add_argument("command", choices=["calls", "ping", "health", "health-watch", "reflection"])
     parser.add_argument("session_id", nargs="?")
     parser.add_argument("--token")
     parser.add_argument("--root-certs")
@@ -148,6 +209,10 @@ def main() -> int:
             result = {
                 "code": code_of(lambda: stub.Ping(pb.PingRequest(message="probe"), metadata=metadata, timeout=TIMEOUT))
             }
+        elif args.command == "health-watch":
+            result = health_watch(channel)
+        elif args.command == "reflection":
+            result = reflection(channel, metadata)
         else:
             result = health(channel, metadata)
     print(json.dumps(result), flush=True)
