@@ -7,16 +7,18 @@ one with ``SNAKEPIT_BRIDGE_TOKEN`` set, one without), and measures, through the
 
 * **unary**: one ``get_variable`` round trip, client-side latency, and the
   server's CPU per call (its utime + stime from ``/proc``, over the block);
-* **raw unary**: the same ``GetVariable`` through the generated stub, the header
-  passed as call metadata (no client interceptor), so the difference is the
-  server's check plus the header's bytes;
+* **raw unary**: the same ``GetVariable`` through the generated stub on a plain
+  channel, the header passed as call metadata (no client interceptor), so the
+  difference is the server's check plus the header's bytes, and the gap to
+  the package's figure is the package's own cost (the interceptor among it);
 * **watch push**: a write (``update_variable``) to a variable watched on
   another connection of the same process, from just before the write to the
   update's arrival in the watcher's thread. A token is checked once, when the
   stream opens, so pushes should not differ.
 
-Rounds alternate between the two servers (none, token, none, token, ...), so
-drift of a shared machine falls on both; figures are medians over all rounds.
+Rounds alternate between the two servers in ABBA order (none, token, token,
+none, ...), so drift of a shared machine and any advantage of going first
+fall on both; figures are medians over all rounds.
 
 Usage::
 
@@ -46,6 +48,7 @@ _PKG = str(REPO_ROOT / "priv" / "python")
 if _PKG not in sys.path:
     sys.path.insert(0, _PKG)
 
+import grpc  # noqa: E402
 from snakepit_bridge import SessionContext, VariableType, connect  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc  # noqa: E402
@@ -117,8 +120,9 @@ class Client:
 
         threading.Thread(target=receive, daemon=True).start()
         metadata = (("authorization", f"Bearer {server.token}"),) if server.token else ()
-        stub = pb2_grpc.BridgeServiceStub(writer)
-        return cls(server, ctx, stub, metadata, arrivals, [watch, writer, watcher])
+        plain = grpc.insecure_channel(server.address)
+        stub = pb2_grpc.BridgeServiceStub(plain)
+        return cls(server, ctx, stub, metadata, arrivals, [watch, writer, watcher, plain])
 
     def unary(self, n: int) -> tuple[list[float], float]:
         cpu0 = self.server.cpu_seconds()
@@ -170,8 +174,8 @@ def run(rounds: int, calls: int, pushes: int) -> dict[str, Any]:
         for c in clients:  # warm-up, not recorded
             c.unary(200)
             c.raw_unary(200)
-        for _ in range(rounds):
-            for c in clients:
+        for r in range(rounds):
+            for c in clients if r % 2 == 0 else clients[::-1]:
                 d = data[c.server.label]
                 samples, cpu = c.unary(calls)
                 d["unary"] += samples
