@@ -10,7 +10,7 @@ one with ``SNAKEPIT_BRIDGE_TOKEN`` set, one without), and measures, through the
 * **raw unary**: the same ``GetVariable`` through the generated stub on a plain
   channel, the header passed as call metadata (no client interceptor), so the
   difference is the server's check plus the header's bytes, and the gap to
-  the package's figure is the package's own cost (the interceptor among it);
+  the package's figure is the package's own cost (its token channel among it);
 * **watch push**: a write (``update_variable``) to a variable watched on
   another connection of the same process, from just before the write to the
   update's arrival in the watcher's thread. A token is checked once, when the

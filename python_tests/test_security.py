@@ -22,6 +22,7 @@ import json
 import re
 import secrets
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -513,33 +514,92 @@ def _authorization(metadata: list[tuple[str, str | bytes]]) -> list[str | bytes]
     return [value for key, value in metadata if key == "authorization"]
 
 
+def _mine(handler: _Recorder) -> list[list[str | bytes]]:
+    return [[value for key, value in seen if key == "x-mine"] for seen in handler.seen]
+
+
 def test_the_plaintext_token_header_keeps_the_callers_metadata(recorder: tuple[str, _Recorder]) -> None:
+    """Every call kind and way to call carries the header, after the caller's metadata, which is not changed."""
     address, handler = recorder
+    caller_list = [("x-mine", "1")]
     with connect(address, token="t0ken-value") as channel:
-        assert channel.unary_unary("/t.S/Unary")(b"x", metadata=[("x-mine", "1")], timeout=DEADLINE) == b"x"
-        assert channel.unary_unary("/t.S/Unary")(b"x", timeout=DEADLINE) == b"x"
+        unary = channel.unary_unary("/t.S/Unary")
+        assert unary(b"x", metadata=caller_list, timeout=DEADLINE) == b"x"
+        assert unary(b"x", timeout=DEADLINE) == b"x"
         assert list(channel.unary_stream("/t.S/Stream")(b"x", metadata=(("x-mine", "2"),), timeout=DEADLINE)) == [b"a"]
         assert channel.stream_unary("/t.S/StreamIn")(iter([b"x"]), metadata=[("x-mine", "3")], timeout=DEADLINE)
         assert list(channel.stream_stream("/t.S/Both")(iter([b"x"]), timeout=DEADLINE)) == [b"a"]
-    mine = [[value for key, value in seen if key == "x-mine"] for seen in handler.seen]
-    assert mine == [["1"], [], ["2"], ["3"], []]
-    assert [_authorization(seen) for seen in handler.seen] == [["Bearer t0ken-value"]] * 5
+        response, call = unary.with_call(b"w", metadata=[("x-mine", "4")], timeout=DEADLINE)
+        assert response == b"w" and call.code() == C.OK
+        assert unary.future(b"f", timeout=DEADLINE, metadata=[("x-mine", "5")]).result(DEADLINE) == b"f"
+        assert unary.future(b"f", timeout=DEADLINE).result(DEADLINE) == b"f"
+        assert unary(b"p", DEADLINE, [("x-mine", "6")]) == b"p"  # metadata given positionally
+        stream_in = channel.stream_unary("/t.S/StreamIn")
+        assert stream_in.with_call(iter([b"x"]), metadata=[("x-mine", "7")], timeout=DEADLINE)[0] == b"s"
+        assert stream_in.future(iter([b"x"]), timeout=DEADLINE).result(DEADLINE) == b"s"
+    assert caller_list == [("x-mine", "1")]  # the caller's object is not changed
+    assert _mine(handler) == [["1"], [], ["2"], ["3"], [], ["4"], ["5"], [], ["6"], ["7"], []]
+    assert [_authorization(seen) for seen in handler.seen] == [["Bearer t0ken-value"]] * 11
 
 
 async def test_the_plaintext_token_header_keeps_the_callers_metadata_aio(recorder: tuple[str, _Recorder]) -> None:
     address, handler = recorder
     caller_metadata = grpc.aio.Metadata(("x-mine", "1"))
+    caller_list = [("x-mine", "2")]
     async with connect_async(address, token="t0ken-value") as channel:
         assert await channel.unary_unary("/t.S/Unary")(b"x", metadata=caller_metadata, timeout=DEADLINE) == b"x"
         assert await channel.unary_unary("/t.S/Unary")(b"x", timeout=DEADLINE) == b"x"
-        got = [m async for m in channel.unary_stream("/t.S/Stream")(b"x", metadata=[("x-mine", "2")])]
+        got = [m async for m in channel.unary_stream("/t.S/Stream")(b"x", metadata=caller_list)]
         assert got == [b"a"]
         assert await channel.stream_unary("/t.S/StreamIn")(iter([b"x"]), metadata=[("x-mine", "3")])
         assert [m async for m in channel.stream_stream("/t.S/Both")(iter([b"x"]))] == [b"a"]
-    assert list(caller_metadata) == [("x-mine", "1")]  # the caller's object is not changed
-    mine = [[value for key, value in seen if key == "x-mine"] for seen in handler.seen]
-    assert mine == [["1"], [], ["2"], ["3"], []]
-    assert [_authorization(seen) for seen in handler.seen] == [["Bearer t0ken-value"]] * 5
+        both = channel.stream_stream("/t.S/Both")(iter([b"x"]), DEADLINE, caller_metadata)  # given positionally
+        assert [m async for m in both] == [b"a"]
+    # The caller's objects are not changed.
+    assert list(caller_metadata) == [("x-mine", "1")] and len(caller_metadata) == 1
+    assert caller_list == [("x-mine", "2")]
+    assert _mine(handler) == [["1"], [], ["2"], ["3"], [], ["1"]]
+    assert [_authorization(seen) for seen in handler.seen] == [["Bearer t0ken-value"]] * 6
+
+
+def test_a_token_channel_is_a_grpc_channel(recorder: tuple[str, _Recorder]) -> None:
+    """What SessionContext checks, and what typing promises: grpc's own classes, and a working subscribe."""
+    address, handler = recorder
+    with connect(address, token="t0ken-value") as channel:
+        assert isinstance(channel, grpc.Channel)
+        assert isinstance(channel.unary_unary("/t.S/Unary"), grpc.UnaryUnaryMultiCallable)
+        assert isinstance(channel.unary_stream("/t.S/Stream"), grpc.UnaryStreamMultiCallable)
+        assert isinstance(channel.stream_unary("/t.S/StreamIn"), grpc.StreamUnaryMultiCallable)
+        assert isinstance(channel.stream_stream("/t.S/Both"), grpc.StreamStreamMultiCallable)
+        ready = threading.Event()
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            if state == grpc.ChannelConnectivity.READY:
+                ready.set()
+
+        channel.subscribe(watch, try_to_connect=True)
+        assert ready.wait(DEADLINE)  # the inner channel's states reach the callback
+        channel.unsubscribe(watch)
+        # Generated stubs pass grpc's own keywords through (the recorder echoes a Ping's bytes: a PingResponse).
+        assert SessionContext("s", channel).ping("hi") == "hi"
+    assert _authorization(handler.seen[0]) == ["Bearer t0ken-value"]
+
+
+async def test_a_token_channel_is_a_grpc_aio_channel(recorder: tuple[str, _Recorder]) -> None:
+    address, handler = recorder
+    channel = connect_async(address, token="t0ken-value")
+    assert isinstance(channel, grpc.aio.Channel)
+    assert isinstance(channel.unary_unary("/t.S/Unary"), grpc.aio.UnaryUnaryMultiCallable)
+    assert isinstance(channel.unary_stream("/t.S/Stream"), grpc.aio.UnaryStreamMultiCallable)
+    assert isinstance(channel.stream_unary("/t.S/StreamIn"), grpc.aio.StreamUnaryMultiCallable)
+    assert isinstance(channel.stream_stream("/t.S/Both"), grpc.aio.StreamStreamMultiCallable)
+    assert channel.get_state(try_to_connect=True) in set(grpc.ChannelConnectivity)
+    await asyncio.wait_for(channel.channel_ready(), DEADLINE)
+    assert channel.get_state() == grpc.ChannelConnectivity.READY
+    assert await AsyncSessionContext("s", channel).ping("hi") == "hi"  # the recorder echoes: a PingResponse
+    await channel.close()
+    assert channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.SHUTDOWN
+    assert _authorization(handler.seen[0]) == ["Bearer t0ken-value"]
 
 
 def test_no_token_sends_no_header(recorder: tuple[str, _Recorder]) -> None:

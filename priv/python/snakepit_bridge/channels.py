@@ -18,9 +18,11 @@ and asyncio code ``async with connect_async() as channel: ...``.
 
 How the token travels: over TLS as gRPC call credentials
 (``grpc.access_token_call_credentials``); over plaintext, where grpc refuses
-call credentials, as the same header added by a client interceptor to every
-call (the caller's own metadata is kept). A token sent in plaintext can be
-read by anyone on the path: plaintext is for loopback.
+call credentials, as the same header, which the returned channel (a thin
+wrapper of grpc's own, still a ``grpc.Channel`` / ``grpc.aio.Channel``) adds
+to the metadata of every call, after the caller's own (kept, never modified).
+A token sent in plaintext can be read by anyone on the path: plaintext is for
+loopback.
 
 A refused token makes calls fail with
 :class:`~snakepit_bridge.errors.AuthenticationError` (UNAUTHENTICATED), and a
@@ -31,16 +33,18 @@ session token used outside its session with
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-if TYPE_CHECKING:  # grpc's typing-only names for what a continuation returns
+if TYPE_CHECKING:  # typing-only names: grpc's for what a call returns, and Self (typing has it from 3.11)
     from grpc import _CallFuture, _CallIterator
+    from typing_extensions import Self
 
 __all__ = [
     "ADDRESS_ENV",
@@ -56,9 +60,6 @@ ADDRESS_ENV = "SNAKEPIT_BRIDGE_ADDRESS"
 TOKEN_ENV = "SNAKEPIT_BRIDGE_TOKEN"
 #: Environment variable naming a PEM file of root certificates; when set, TLS is used by default.
 ROOT_CERTIFICATES_ENV = "SNAKEPIT_BRIDGE_ROOT_CERTIFICATES"
-
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
 
 
 def connect(
@@ -110,7 +111,7 @@ def connect(
     channel = grpc.insecure_channel(plan.address, options=options)
     if plan.header is None:
         return channel
-    return grpc.intercept_channel(channel, _Authorize(plan.header))
+    return _AuthorizedChannel(channel, plan.header)
 
 
 def connect_async(
@@ -133,17 +134,10 @@ def connect_async(
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
     if plan.credentials is not None:
         return grpc.aio.secure_channel(plan.address, plan.credentials, options=options)
+    channel = grpc.aio.insecure_channel(plan.address, options=options)
     if plan.header is None:
-        return grpc.aio.insecure_channel(plan.address, options=options)
-    header = plan.header
-    # grpc.aio files each interceptor under the first kind it is, so one object per kind.
-    interceptors: list[grpc.aio.ClientInterceptor] = [
-        _AsyncAuthorizeUnaryUnary(header),
-        _AsyncAuthorizeUnaryStream(header),
-        _AsyncAuthorizeStreamUnary(header),
-        _AsyncAuthorizeStreamStream(header),
-    ]
-    return grpc.aio.insecure_channel(plan.address, options=options, interceptors=interceptors)
+        return channel
+    return _AsyncAuthorizedChannel(channel, plan.header)
 
 
 # --------------------------------------------------------------------------- settings
@@ -202,124 +196,298 @@ def _plan(
 
 
 # --------------------------------------------------------------------------- the header over plaintext
+#
+# Thin wrappers rather than grpc client interceptors: grpc's interceptor
+# machinery costs tens of microseconds per call, these a tuple. Each factory
+# passes every argument through (generated stubs add private keywords such as
+# ``_registered_method`` in newer grpcio), and each call appends the header to
+# a new tuple of the caller's metadata.
+
+if TYPE_CHECKING:  # the stubs make these generic; at runtime (grpcio >= 1.62) they may not be subscriptable
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable[Any, Any]
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable[Any, Any]
+    _StreamStreamBase = grpc.StreamStreamMultiCallable[Any, Any]
+    _AsyncUnaryUnaryBase = grpc.aio.UnaryUnaryMultiCallable[Any, Any]
+    _AsyncUnaryStreamBase = grpc.aio.UnaryStreamMultiCallable[Any, Any]
+    _AsyncStreamUnaryBase = grpc.aio.StreamUnaryMultiCallable[Any, Any]
+    _AsyncStreamStreamBase = grpc.aio.StreamStreamMultiCallable[Any, Any]
+else:
+    _UnaryUnaryBase = grpc.UnaryUnaryMultiCallable
+    _UnaryStreamBase = grpc.UnaryStreamMultiCallable
+    _StreamUnaryBase = grpc.StreamUnaryMultiCallable
+    _StreamStreamBase = grpc.StreamStreamMultiCallable
+    _AsyncUnaryUnaryBase = grpc.aio.UnaryUnaryMultiCallable
+    _AsyncUnaryStreamBase = grpc.aio.UnaryStreamMultiCallable
+    _AsyncStreamUnaryBase = grpc.aio.StreamUnaryMultiCallable
+    _AsyncStreamStreamBase = grpc.aio.StreamStreamMultiCallable
+
+_Metadatum = tuple[str, str | bytes]
+_Metadata = tuple[_Metadatum, ...]
 
 
-class _CallDetails(grpc.ClientCallDetails):
-    """A ``grpc.ClientCallDetails`` with other metadata (grpc's own class is private)."""
+class _Header:
+    """The header, and the metadata of a call: a new tuple, the caller's entries first, the header last."""
 
-    def __init__(self, details: grpc.ClientCallDetails, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
-        self.method = details.method
-        self.timeout = details.timeout
-        self.metadata = metadata
-        self.credentials = details.credentials
-        self.wait_for_ready = details.wait_for_ready
-        self.compression = details.compression
-
-
-class _Authorize(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds the ``authorization`` header to every call of a blocking channel, after the caller's metadata."""
-
-    def __init__(self, header: tuple[str, str]) -> None:
-        self._header = header
-        self._alone: tuple[tuple[str, str | bytes], ...] = (header,)
-
-    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = details.metadata
-        return _CallDetails(details, (*metadata, self._header) if metadata else self._alone)
-
-    def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, _Req], _CallFuture[_Resp]],
-        client_call_details: grpc.ClientCallDetails,
-        request: _Req,
-    ) -> _CallFuture[_Resp]:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, _Req], _CallIterator[_Resp]],
-        client_call_details: grpc.ClientCallDetails,
-        request: _Req,
-    ) -> _CallIterator[_Resp]:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Iterator[_Req]], _CallFuture[_Resp]],
-        client_call_details: grpc.ClientCallDetails,
-        request_iterator: Iterator[_Req],
-    ) -> _CallFuture[_Resp]:
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(
-        self,
-        continuation: Callable[[grpc.ClientCallDetails, Iterator[_Req]], _CallIterator[_Resp]],
-        client_call_details: grpc.ClientCallDetails,
-        request_iterator: Iterator[_Req],
-    ) -> _CallIterator[_Resp]:
-        return continuation(self._details(client_call_details), request_iterator)
-
-
-class _AsyncAuthorize:
-    """The ``authorization`` header for a ``grpc.aio`` channel: a copy of the call's metadata plus the header."""
+    __slots__ = ("_alone", "_header")
 
     def __init__(self, header: tuple[str, str]) -> None:
+        self._header: _Metadatum = header
+        self._alone: _Metadata = (header,)
+
+    def metadata(self, metadata: Iterable[_Metadatum] | None) -> _Metadata:
+        # Never mutates the caller's object (a list, a tuple, a grpc.aio.Metadata): builds a new tuple.
+        return (*metadata, self._header) if metadata else self._alone
+
+
+class _AuthorizedChannel(grpc.Channel):
+    """A blocking channel that adds the ``authorization`` header to every call, after the caller's metadata."""
+
+    def __init__(self, channel: grpc.Channel, header: tuple[str, str]) -> None:
+        self._channel = channel
+        self._header = _Header(header)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _UnaryUnary:
+        return _UnaryUnary(self._channel.unary_unary(method, *args, **kwargs), self._header)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _UnaryStream:
+        return _UnaryStream(self._channel.unary_stream(method, *args, **kwargs), self._header)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _StreamUnary:
+        return _StreamUnary(self._channel.stream_unary(method, *args, **kwargs), self._header)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _StreamStream:
+        return _StreamStream(self._channel.stream_stream(method, *args, **kwargs), self._header)
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        self._channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        self._channel.__enter__()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        return self._channel.__exit__(exc_type, exc_val, exc_tb)
+
+
+class _UnaryUnary(_UnaryUnaryBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.UnaryUnaryMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
         self._header = header
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        # grpc.aio gives the caller's own Metadata object when it passed one: copy, never mutate it.
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
-        return grpc.aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
-
-
-class _AsyncAuthorizeUnaryUnary(_AsyncAuthorize, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(
+    def __call__(
         self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, _Req], Awaitable[grpc.aio.UnaryUnaryCall[_Req, _Resp]]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: _Req,
-    ) -> _Resp | grpc.aio.UnaryUnaryCall[_Req, _Resp]:
-        return await continuation(self._details(client_call_details), request)
+        request: Any,
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        return self._call(request, timeout, self._header.metadata(metadata), *args, **kwargs)
 
-
-class _AsyncAuthorizeUnaryStream(_AsyncAuthorize, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(
+    def with_call(
         self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, _Req], Awaitable[grpc.aio.UnaryStreamCall[_Req, _Resp]]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: _Req,
-    ) -> grpc.aio.UnaryStreamCall[_Req, _Resp]:
-        return await continuation(self._details(client_call_details), request)
+        request: Any,
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Any, grpc.Call]:
+        return self._call.with_call(request, timeout, self._header.metadata(metadata), *args, **kwargs)
 
-
-class _AsyncAuthorizeStreamUnary(_AsyncAuthorize, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(
+    def future(
         self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, AsyncIterable[_Req] | Iterable[_Req]],
-            Awaitable[grpc.aio.StreamUnaryCall[_Req, _Resp]],
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[_Req] | Iterable[_Req],
-    ) -> _Resp | grpc.aio.StreamUnaryCall[_Req, _Resp]:
-        return await continuation(self._details(client_call_details), request_iterator)
+        request: Any,
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> _CallFuture[Any]:
+        return self._call.future(request, timeout, self._header.metadata(metadata), *args, **kwargs)
 
 
-class _AsyncAuthorizeStreamStream(_AsyncAuthorize, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(
+class _UnaryStream(_UnaryStreamBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.UnaryStreamMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
         self,
-        continuation: Callable[
-            [grpc.aio.ClientCallDetails, AsyncIterable[_Req] | Iterable[_Req]],
-            Awaitable[grpc.aio.StreamStreamCall[_Req, _Resp]],
-        ],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[_Req] | Iterable[_Req],
-    ) -> grpc.aio.StreamStreamCall[_Req, _Resp]:
-        return await continuation(self._details(client_call_details), request_iterator)
+        request: Any,
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> _CallIterator[Any]:
+        return self._call(request, timeout, self._header.metadata(metadata), *args, **kwargs)
+
+
+class _StreamUnary(_StreamUnaryBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.StreamUnaryMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        return self._call(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
+
+    def with_call(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Any, grpc.Call]:
+        return self._call.with_call(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
+
+    def future(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> _CallFuture[Any]:
+        return self._call.future(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
+
+
+class _StreamStream(_StreamStreamBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.StreamStreamMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
+        self,
+        request_iterator: Iterator[Any],
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> _CallIterator[Any]:
+        return self._call(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
+
+
+class _AsyncAuthorizedChannel(grpc.aio.Channel):
+    """A ``grpc.aio`` channel that adds the ``authorization`` header to every call, after the caller's metadata."""
+
+    def __init__(self, channel: grpc.aio.Channel, header: tuple[str, str]) -> None:
+        self._channel = channel
+        self._header = _Header(header)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _AsyncUnaryUnary:
+        return _AsyncUnaryUnary(self._channel.unary_unary(method, *args, **kwargs), self._header)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> _AsyncUnaryStream:
+        return _AsyncUnaryStream(self._channel.unary_stream(method, *args, **kwargs), self._header)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> _AsyncStreamUnary:
+        return _AsyncStreamUnary(self._channel.stream_unary(method, *args, **kwargs), self._header)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> _AsyncStreamStream:
+        return _AsyncStreamStream(self._channel.stream_stream(method, *args, **kwargs), self._header)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> Self:
+        await self._channel.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> bool | None:
+        return await self._channel.__aexit__(exc_type, exc_val, exc_tb)
+
+
+class _AsyncUnaryUnary(_AsyncUnaryUnaryBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.aio.UnaryUnaryMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
+        self, request: Any, *, metadata: Iterable[_Metadatum] | None = None, **kwargs: Any
+    ) -> grpc.aio.UnaryUnaryCall[Any, Any]:
+        return self._call(request, metadata=self._header.metadata(metadata), **kwargs)
+
+
+class _AsyncUnaryStream(_AsyncUnaryStreamBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.aio.UnaryStreamMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
+        self, request: Any, *, metadata: Iterable[_Metadatum] | None = None, **kwargs: Any
+    ) -> grpc.aio.UnaryStreamCall[Any, Any]:
+        return self._call(request, metadata=self._header.metadata(metadata), **kwargs)
+
+
+class _AsyncStreamUnary(_AsyncStreamUnaryBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.aio.StreamUnaryMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
+        self,
+        request_iterator: AsyncIterator[Any] | Iterator[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> grpc.aio.StreamUnaryCall[Any, Any]:
+        return self._call(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
+
+
+class _AsyncStreamStream(_AsyncStreamStreamBase):
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: grpc.aio.StreamStreamMultiCallable[Any, Any], header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+    def __call__(
+        self,
+        request_iterator: AsyncIterator[Any] | Iterator[Any] | None = None,
+        timeout: float | None = None,
+        metadata: Iterable[_Metadatum] | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> grpc.aio.StreamStreamCall[Any, Any]:
+        return self._call(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
