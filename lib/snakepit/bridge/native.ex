@@ -53,7 +53,7 @@ defmodule Snakepit.Bridge.Native do
   def delete_variable(_session_id, _identifier), do: err()
 
   # Snakepit.Bridge.SessionStore: watching
-  def watch_variables(_session_id, _identifiers, _pid, _include_initial, _since_versions),
+  def watch_variables(_session_id, _identifiers, _patterns, _pid, _include_initial, _since),
     do: err()
 
   def unwatch_variables(_ref), do: err()

@@ -38,6 +38,8 @@ defmodule Snakepit.Bridge.SessionStore do
 
   Changes from any source (Elixir, or Python over gRPC) are pushed to the
   watching process; see `Snakepit.Bridge.VariableUpdate` for the guarantees.
+  With `patterns: ["temp_*"]` a watch also covers variables registered
+  later whose names match; they arrive as `:registered`.
 
   ## Errors
 
@@ -444,16 +446,33 @@ defmodule Snakepit.Bridge.SessionStore do
   The process (the caller, or `opts[:pid]`) receives
   `t:Snakepit.Bridge.VariableUpdate.message/0` messages tagged with the
   returned `ref`. The subscription ends with `unwatch_variables/1`, when the
-  process exits (it is monitored), or after the `:session_closed` update.
+  process exits (it is monitored), or after the `:session_closed` update;
+  deleting every watched variable does not end it.
 
   Options:
     * `:pid` — who receives the updates (default `self()`)
     * `:include_initial` — start with each variable's current value (default `false`)
     * `:since_versions` — `%{identifier => version}` the process already has;
       a variable's current value is sent first only if it is newer
+    * `:patterns` — a list of glob patterns (as in `list_variables/2`: `*` any
+      run, `?` one character, matched against the whole name), e.g.
+      `["temp_*"]`. Every variable whose name matches is watched: those that
+      exist now (their current value comes first with `:include_initial`)
+      and those registered later, which arrive once as `:registered` with
+      their first value, then their changes as usual. With `:since_versions`
+      (a resume), a matching variable not listed there is sent with its
+      current value as `:initial_value`, since it may have been registered
+      while the process was away. A variable named and matched is delivered
+      once.
 
-  Every identifier must exist: `{:error, :not_found}` otherwise, and nothing
-  is subscribed.
+      {:ok, ref} = SessionStore.watch_variables("run-1", [], patterns: ["temp_*"])
+
+  A watch names identifiers, patterns or both: with neither,
+  `{:error, {:invalid_argument, message}}`; an empty pattern is refused the
+  same way (use `"*"` for all). Identifiers and patterns together count
+  against the batch limit and the patterns' total bytes against the pattern
+  limit (`{:error, {:resource_exhausted, message}}`). Every identifier must
+  exist: `{:error, :not_found}` otherwise, and nothing is subscribed.
   """
   @spec watch_variables(session_id(), [identifier_t()], keyword()) ::
           {:ok, reference()} | {:error, reason()}
@@ -492,7 +511,16 @@ defmodule Snakepit.Bridge.SessionStore do
                 "the :since_versions option maps identifiers to versions, got entry: #{inspect(other)}"
       end)
 
-    Native.watch_variables(session_id, identifiers, pid, include_initial, since)
+    patterns = Keyword.get(opts, :patterns, [])
+
+    unless is_list(patterns) and Enum.all?(patterns, &is_binary/1),
+      do:
+        raise(
+          ArgumentError,
+          "the :patterns option must be a list of strings, got: #{inspect(patterns)}"
+        )
+
+    Native.watch_variables(session_id, identifiers, patterns, pid, include_initial, since)
   end
 
   @doc """

@@ -6,8 +6,12 @@ defmodule Snakepit.Bridge.VariableUpdate do
       {:snakepit_variable_update, ref, %Snakepit.Bridge.VariableUpdate{}}
 
   `update_type` is `:initial_value` (the value when the watch started),
-  `:value_change`, `:deleted` (the last update for that variable) or
-  `:session_closed` (the last update of the watch; variable fields are `nil`).
+  `:value_change`, `:registered` (a variable a `:patterns` glob of the watch
+  matches was registered after the watch started; it carries the first value
+  and comes before any change of that variable), `:deleted` (the last update
+  for that variable) or `:session_closed` (the last update of the watch;
+  variable fields are `nil`). A matching variable registered and deleted
+  before the watcher was told of it never arrives.
 
   A watcher that keeps up gets every change; one that falls behind gets the
   latest value of each variable, and the gap in `version` shows what was
@@ -17,7 +21,8 @@ defmodule Snakepit.Bridge.VariableUpdate do
 
   alias Snakepit.Bridge.Variable
 
-  @type update_type :: :initial_value | :value_change | :deleted | :session_closed
+  @type update_type ::
+          :initial_value | :value_change | :registered | :deleted | :session_closed
 
   @type t :: %__MODULE__{
           variable_id: String.t() | nil,

@@ -102,6 +102,15 @@ impl Limits {
         Ok(())
     }
 
+    /// Refuses a glob pattern (or a watch's patterns together) longer than
+    /// `max_pattern_bytes`: matching costs time linear in the pattern.
+    pub fn check_pattern_bytes(&self, what: &str, len: usize) -> Result<()> {
+        if len > self.max_pattern_bytes {
+            return Err(exceeded(format_args!("{what} {len} bytes long"), "max_pattern_bytes", self.max_pattern_bytes));
+        }
+        Ok(())
+    }
+
     /// Refuses a value of more than `max_value_bytes` as JSON.
     pub fn check_value_size(&self, bytes: usize) -> Result<()> {
         if bytes > self.max_value_bytes {

@@ -52,6 +52,9 @@ pub enum UpdateKind {
     InitialValue,
     /// A change made after the watch started.
     ValueChange,
+    /// A variable a pattern of the watch matches was registered after the
+    /// watch started; carries its first value.
+    Registered,
     /// The variable was deleted; nothing more comes for it.
     Deleted,
     /// The session was cleaned up or expired; this is the last update.
@@ -59,11 +62,12 @@ pub enum UpdateKind {
 }
 
 impl UpdateKind {
-    /// The wire name: `initial_value`, `value_change`, `deleted`, `session_closed`.
+    /// The wire name: `initial_value`, `value_change`, `registered`, `deleted`, `session_closed`.
     pub fn as_str(self) -> &'static str {
         match self {
             UpdateKind::InitialValue => "initial_value",
             UpdateKind::ValueChange => "value_change",
+            UpdateKind::Registered => "registered",
             UpdateKind::Deleted => "deleted",
             UpdateKind::SessionClosed => "session_closed",
         }

@@ -256,10 +256,11 @@ impl BridgeService for Service {
         &self,
         request: Request<GetVariableRequest>,
     ) -> Result<Response<GetVariableResponse>, Status> {
+        let encoding = wire::Encoding::of(request.metadata());
         let req = authorized(request)?;
         let var = self.store.get_variable(&req.session_id, &req.variable_identifier)?;
         self.fits(
-            GetVariableResponse { variable: Some(wire::variable(&var)), from_cache: false },
+            GetVariableResponse { variable: Some(wire::variable(&var, encoding)), from_cache: false },
             "the variable",
             "raise max_message_bytes",
         )
@@ -281,14 +282,17 @@ impl BridgeService for Service {
         &self,
         request: Request<BatchGetVariablesRequest>,
     ) -> Result<Response<BatchGetVariablesResponse>, Status> {
+        // The compact form follows the same rule: without the header, big
+        // arrays are elements of values_json like any other value.
+        let encoding = wire::Encoding::of(request.metadata());
         let req = authorized(request)?;
         let BatchGet { found, missing } = self.store.get_variables(&req.session_id, req.variable_identifiers)?;
         let response = if req.values_only {
-            let (values, variables) = wire::batch_values(found, req.include_metadata);
+            let (values, variables) = wire::batch_values(found, req.include_metadata, encoding);
             BatchGetVariablesResponse { variables, missing_variables: missing, values: Some(values) }
         } else {
             let variables =
-                found.into_iter().map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata))).collect();
+                found.into_iter().map(|(k, v)| (k, wire::variable_with(&v, req.include_metadata, encoding))).collect();
             BatchGetVariablesResponse { variables, missing_variables: missing, values: None }
         };
         self.fits(response, "the batch read's response", "read fewer variables at once")
@@ -367,12 +371,14 @@ impl BridgeService for Service {
         &self,
         request: Request<ListVariablesRequest>,
     ) -> Result<Response<ListVariablesResponse>, Status> {
+        let encoding = wire::Encoding::of(request.metadata());
         let req = authorized(request)?;
         let _turn = self.scans.acquire().await.map_err(|_| Status::unavailable("the server is shutting down"))?;
         let store = self.store.clone();
         let response = tokio::task::spawn_blocking(move || {
             let vars = store.list_variables(&req.session_id, Some(&req.pattern))?;
-            Ok::<_, StoreError>(ListVariablesResponse { variables: vars.iter().map(wire::variable).collect() })
+            let variables = vars.iter().map(|v| wire::variable(v, encoding)).collect();
+            Ok::<_, StoreError>(ListVariablesResponse { variables })
         })
         .await
         .map_err(|e| Status::internal(format!("listing the variables failed: {e}")))??;
@@ -396,9 +402,11 @@ impl BridgeService for Service {
     ) -> Result<Response<Self::WatchVariablesStream>, Status> {
         authorize(&request, &request.get_ref().session_id)?;
         let slots = self.watcher_slots(net::conn_info(request.extensions()))?;
+        let encoding = wire::Encoding::of(request.metadata());
         let req = request.into_inner();
         let watch = WatchRequest {
             identifiers: req.variable_identifiers,
+            patterns: req.patterns,
             include_initial: req.include_initial_values,
             since_versions: req.since_versions,
         };
@@ -416,10 +424,10 @@ impl BridgeService for Service {
         // Polled by the connection when it can send: a slow client simply polls
         // less often, and its updates coalesce in the subscription meanwhile.
         // Dropping the stream (client gone, any reason) drops the subscription.
-        let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let stream = futures_util::stream::unfold(state, move |mut st| async move {
             loop {
                 if let Some(u) = st.buffered.pop_front() {
-                    return Some((Ok(wire::update(&u)), st));
+                    return Some((Ok(wire::update(&u, encoding)), st));
                 }
                 if st.stopped {
                     return None;

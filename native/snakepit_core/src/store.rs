@@ -68,8 +68,11 @@ pub struct StoreStats {
 /// What to watch and how to start.
 #[derive(Debug, Clone, Default)]
 pub struct WatchRequest {
-    /// Ids or names; at least one.
+    /// Ids or names. A watch names identifiers, patterns or both.
     pub identifiers: Vec<String>,
+    /// Glob patterns (as ListVariables): every variable whose name matches
+    /// one, now or registered later, is watched.
+    pub patterns: Vec<String>,
     /// Start with each variable's current value.
     pub include_initial: bool,
     /// Per identifier, the last version the caller saw: its current value is
@@ -145,6 +148,8 @@ enum Committed<'a> {
     Values { ids: &'a [Arc<str>], change: &'a Change, at_us: i64, atomic: bool },
     /// The variable was deleted (it is the last snapshot).
     Deleted { variable: Variable, at_us: i64 },
+    /// The variable was registered; watchers whose patterns match it get it.
+    Registered { variable: Variable },
 }
 
 struct Session {
@@ -356,6 +361,19 @@ impl Store {
                 at_us,
                 batch: None,
             }]),
+            Committed::Registered { variable } => {
+                // Matching happens here, once per registration, so writes never scan patterns.
+                if session.watch.bind_registered(&variable.id, &variable.name) {
+                    session.watch.publish([Update {
+                        kind: UpdateKind::Registered,
+                        source: variable.source,
+                        at_us: variable.created_at_us,
+                        variable: Some(variable),
+                        metadata: Arc::default(),
+                        batch: None,
+                    }]);
+                }
+            }
         }
     }
 
@@ -446,10 +464,18 @@ impl Store {
     /// identifiers, an empty list or an unknown session refuse the whole watch.
     /// The subscription ends when dropped, cancelled, or the session closes.
     pub fn watch(&self, session_id: &str, request: &WatchRequest, owner: Owner) -> Result<Subscription> {
-        if request.identifiers.is_empty() {
-            return Err(StoreError::InvalidArgument("watch at least one variable".into()));
+        if request.identifiers.is_empty() && request.patterns.is_empty() {
+            return Err(StoreError::InvalidArgument("watch at least one variable or pattern".into()));
         }
-        self.limits().check_batch("a watch", request.identifiers.len())?;
+        let limits = self.limits();
+        limits.check_batch("a watch", request.identifiers.len() + request.patterns.len())?;
+        // Together, so matching one name costs at most max_pattern_bytes of pattern.
+        let pattern_bytes = request.patterns.iter().map(String::len).sum();
+        limits.check_pattern_bytes("the watch's patterns are", pattern_bytes)?;
+        if request.patterns.iter().any(String::is_empty) {
+            return Err(StoreError::InvalidArgument("a watch pattern must not be empty (use \"*\" for all)".into()));
+        }
+        let globs: Vec<Glob> = request.patterns.iter().map(|p| Glob::new(p)).collect();
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         // since_versions may name a variable by id or by name, whichever the watch uses.
@@ -461,8 +487,23 @@ impl Store {
         let mut ids = Vec::with_capacity(request.identifiers.len());
         let mut seen = HashMap::new();
         let mut initial = Vec::new();
-        for ident in &request.identifiers {
-            let var = vars.get(ident).ok_or_else(|| not_found(session_id, ident))?;
+        let named = request
+            .identifiers
+            .iter()
+            .map(|ident| vars.get(ident).map(|var| (var, false)).ok_or_else(|| not_found(session_id, ident)));
+        // Matched by a pattern: every variable now; later ones at their registration.
+        let mut matched: Vec<&Variable> = if globs.is_empty() {
+            Vec::new()
+        } else {
+            vars.by_id.values().filter(|v| globs.iter().any(|g| g.matches(&v.name))).collect()
+        };
+        // A fixed order (by name), so initial values come the same way every time.
+        matched.sort_by(|a, b| a.name.cmp(&b.name));
+        // A resuming client lists what it has seen; a matching variable it does
+        // not list may have been registered while it was away, so it gets it.
+        let resuming = !request.since_versions.is_empty();
+        for found in named.chain(matched.into_iter().map(|var| Ok((var, true)))) {
+            let (var, by_pattern) = found?;
             if seen.contains_key(&var.id) {
                 continue;
             }
@@ -470,7 +511,7 @@ impl Store {
             let since = since_by_id.get(&var.id).copied();
             let wants_current = match since {
                 Some(v) => var.version > v,
-                None => request.include_initial,
+                None => request.include_initial || (by_pattern && resuming),
             };
             if wants_current {
                 initial.push(Update {
@@ -487,7 +528,7 @@ impl Store {
             seen.insert(var.id.clone(), var.version);
         }
         // Subscribing under the variable lock: no write can slip in between.
-        let sub = session.watch.subscribe(owner, ids, seen, initial);
+        let sub = session.watch.subscribe(owner, ids, seen, initial, globs);
         drop(vars);
         Ok(sub)
     }
@@ -565,6 +606,7 @@ impl Store {
         };
         vars.by_name.insert(name, id.clone());
         vars.by_id.insert(id, variable.clone());
+        self.commit(&session, &vars, Committed::Registered { variable: variable.clone() });
         Ok(variable)
     }
 
@@ -675,14 +717,9 @@ impl Store {
     /// the session's lock (cheap: shared parts are reference-counted) and
     /// matched after it is released, so writers never wait for a scan.
     pub fn list_variables(&self, session_id: &str, pattern: Option<&str>) -> Result<Vec<Variable>> {
-        let limits = self.limits();
         let pattern = pattern.filter(|p| !p.is_empty());
-        if let Some(p) = pattern.filter(|p| p.len() > limits.max_pattern_bytes) {
-            return Err(exceeded(
-                format_args!("the pattern is {} bytes long", p.len()),
-                "max_pattern_bytes",
-                limits.max_pattern_bytes,
-            ));
+        if let Some(p) = pattern {
+            self.limits().check_pattern_bytes("the pattern is", p.len())?;
         }
         let glob = pattern.map(Glob::new);
         let session = self.session(session_id)?;

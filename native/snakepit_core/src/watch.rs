@@ -34,6 +34,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak};
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
+use crate::glob::Glob;
 use crate::model::{Source, Update, UpdateKind};
 
 /// Sessions with at most this many watchers are fanned out by the writer
@@ -43,8 +44,10 @@ pub const INLINE_FANOUT: usize = 4;
 /// Pending updates, at most one per variable, in arrival order. A newer update
 /// for a variable replaces the older one and moves to the end, which keeps the
 /// members of one batch together. A change that replaces a pending initial
-/// value is itself delivered as the initial value, so streams that asked for
-/// initial values always start with them.
+/// value (or registration) is itself delivered as the initial value (or
+/// registration), so streams that asked for initial values always start with
+/// them, and a registered variable always arrives first as `registered`; one
+/// deleted before its registration was taken is dropped altogether.
 #[derive(Default)]
 struct Pending {
     next: u64,
@@ -56,8 +59,16 @@ impl Pending {
     fn push(&mut self, mut update: Arc<Update>) {
         if let Some(old) = self.position.insert(update.key_arc(), self.next) {
             let replaced = self.order.remove(&old);
-            if replaced.is_some_and(|r| r.kind == UpdateKind::InitialValue) && update.kind == UpdateKind::ValueChange {
-                Arc::make_mut(&mut update).kind = UpdateKind::InitialValue;
+            // Registered and deleted before anyone was told: nothing to tell.
+            if update.kind == UpdateKind::Deleted && replaced.as_ref().is_some_and(|r| r.kind == UpdateKind::Registered)
+            {
+                self.position.remove(update.key());
+                return;
+            }
+            let first =
+                replaced.map(|r| r.kind).filter(|k| matches!(k, UpdateKind::InitialValue | UpdateKind::Registered));
+            if let (Some(kind), UpdateKind::ValueChange) = (first, update.kind) {
+                Arc::make_mut(&mut update).kind = kind;
             }
         }
         self.order.insert(self.next, update);
@@ -155,7 +166,7 @@ impl Watcher {
                         added = true;
                     }
                 }
-                UpdateKind::ValueChange | UpdateKind::InitialValue => {
+                UpdateKind::ValueChange | UpdateKind::InitialValue | UpdateKind::Registered => {
                     let (key, version) = (u.key(), u.version());
                     if st.deleted.contains(key) {
                         continue;
@@ -185,6 +196,9 @@ struct Table {
     /// Variable id → ids of the watchers watching it.
     by_variable: HashMap<Arc<str>, Vec<u64>>,
     watchers: HashMap<u64, (Arc<Watcher>, Vec<Arc<str>>)>,
+    /// Watchers with patterns, and their patterns: consulted when a variable
+    /// is registered, never on writes.
+    patterns: Vec<(u64, Arc<[Glob]>)>,
 }
 
 #[derive(Default)]
@@ -286,14 +300,17 @@ impl SessionWatch {
     }
 
     /// Registers a watcher of `variables` (ids) whose pending set starts with
-    /// `initial`, and the versions it already has. The caller holds the
-    /// session's variable lock, so no write slips between snapshot and registration.
+    /// `initial`, and the versions it already has; with `patterns`, variables
+    /// registered later whose names match join it (see [`Self::bind_registered`]).
+    /// The caller holds the session's variable lock, so no write or
+    /// registration slips between snapshot and subscription.
     pub(crate) fn subscribe(
         self: &Arc<Self>,
         owner: Owner,
         variables: Vec<Arc<str>>,
         seen: HashMap<Arc<str>, i64>,
         initial: Vec<Update>,
+        patterns: Vec<Glob>,
     ) -> Subscription {
         let mut state =
             WatcherState { pending: Pending::default(), seen, deleted: HashSet::new(), closed: false, finished: false };
@@ -307,6 +324,9 @@ impl SessionWatch {
             table.by_variable.entry(v.clone()).or_default().push(id);
         }
         table.watchers.insert(id, (watcher.clone(), variables));
+        if !patterns.is_empty() {
+            table.patterns.push((id, patterns.into()));
+        }
         self.count.fetch_add(1, Ordering::AcqRel);
         self.hub.stats.counter(owner).fetch_add(1, Ordering::Relaxed);
         drop(table);
@@ -320,11 +340,35 @@ impl SessionWatch {
         Subscription { watcher, session: Arc::downgrade(self) }
     }
 
+    /// A variable was just registered (the caller holds the session's
+    /// variable lock): the watchers whose patterns match its name start
+    /// watching it. Returns whether any did, i.e. whether to publish it.
+    pub(crate) fn bind_registered(&self, id: &Arc<str>, name: &str) -> bool {
+        let mut table = self.table();
+        let matching: Vec<u64> = table
+            .patterns
+            .iter()
+            .filter(|(_, globs)| globs.iter().any(|g| g.matches(name)))
+            .map(|(watcher, _)| *watcher)
+            .collect();
+        for watcher in &matching {
+            if let Some((_, variables)) = table.watchers.get_mut(watcher) {
+                variables.push(id.clone());
+            }
+        }
+        let any = !matching.is_empty();
+        if any {
+            table.by_variable.insert(id.clone(), matching);
+        }
+        any
+    }
+
     fn unsubscribe(&self, id: u64) {
         let mut table = self.table();
         let Some((watcher, variables)) = table.watchers.remove(&id) else {
             return;
         };
+        table.patterns.retain(|(w, _)| *w != id);
         for v in variables {
             if let Some(ids) = table.by_variable.get_mut(&v) {
                 ids.retain(|w| *w != id);

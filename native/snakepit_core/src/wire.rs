@@ -17,8 +17,48 @@ use crate::value::{element_count, Raw, Tensor, Value, VarType};
 pub const TYPE_URL_PREFIX: &str = "type.googleapis.com/snakepit.";
 
 /// Embeddings and tensors with at least this many elements are sent on the
-/// binary path: 8 bytes a number instead of ~20 characters of JSON.
+/// binary path (to a client that accepts it, see [`Encoding`]): 8 bytes a
+/// number instead of ~20 characters of JSON.
 pub const BINARY_THRESHOLD: usize = 1024;
+
+/// Request metadata key by which a client says it reads the binary path.
+pub const ACCEPT_BINARY_KEY: &str = "snakepit-accept-binary";
+/// The one binary format there is, as named in [`ACCEPT_BINARY_KEY`].
+pub const RAW_LE: &str = "raw_le";
+
+/// How the values of a response are encoded: what the client asked for.
+///
+/// snakepit v0.4 clients do not know the binary path (they try to unpickle
+/// `binary_value`), so a big embedding or tensor goes on the binary path only
+/// to a client that sent the request metadata `snakepit-accept-binary:
+/// raw_le`; everyone else gets every value as JSON, whatever its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// Every value as JSON in the `Any`; `binary_value` stays empty.
+    Json,
+    /// Embeddings and tensors of [`BINARY_THRESHOLD`] elements or more on
+    /// the binary path, the rest as JSON.
+    Binary,
+}
+
+impl Encoding {
+    /// The encoding a request asks for: [`Encoding::Binary`] when one of its
+    /// `snakepit-accept-binary` metadata values, a comma-separated list, has
+    /// the element `raw_le` (surrounding blanks ignored, case sensitive);
+    /// otherwise [`Encoding::Json`].
+    pub fn of(metadata: &tonic::metadata::MetadataMap) -> Encoding {
+        let accepts = metadata
+            .get_all(ACCEPT_BINARY_KEY)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|format| format.trim() == RAW_LE));
+        if accepts {
+            Encoding::Binary
+        } else {
+            Encoding::Json
+        }
+    }
+}
 
 /// Trailing metadata key carrying [`StoreError::kind`], so clients can tell a
 /// missing session from a missing variable without parsing messages.
@@ -260,9 +300,11 @@ fn type_url(ty: VarType) -> &'static str {
     }
 }
 
-/// Whether `value` travels on the binary path rather than as JSON.
-pub fn is_binary(value: &Value) -> bool {
+/// Whether `value` travels on the binary path rather than as JSON, sent with
+/// `encoding`.
+pub fn is_binary(value: &Value, encoding: Encoding) -> bool {
     match value {
+        _ if encoding == Encoding::Json => false,
         Value::Embedding(v) => v.len() >= BINARY_THRESHOLD,
         Value::Tensor(t) => t.data.len() >= BINARY_THRESHOLD,
         _ => false,
@@ -289,8 +331,9 @@ pub fn write_json(value: &Value, out: &mut Vec<u8>) {
     written.expect("JSON values always serialize into a Vec");
 }
 
-/// Encodes a value as an `Any` plus, on the binary path, its raw bytes.
-pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
+/// Encodes a value as an `Any` plus, on the binary path (only ever with
+/// [`Encoding::Binary`]), its raw bytes.
+pub fn encode_value(ty: VarType, value: &Value, encoding: Encoding) -> (Any, Vec<u8>) {
     let binary = |shape: &[usize], data: &[f64]| {
         let meta = serde_json::json!({"shape": shape, "dtype": "float64", "binary_format": "raw_le"});
         let any = Any {
@@ -300,8 +343,8 @@ pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
         (any, data.iter().flat_map(|x| x.to_le_bytes()).collect())
     };
     match value {
-        Value::Embedding(v) if is_binary(value) => binary(&[v.len()], v),
-        Value::Tensor(Tensor { shape, data }) if is_binary(value) => binary(shape, data),
+        Value::Embedding(v) if is_binary(value, encoding) => binary(&[v.len()], v),
+        Value::Tensor(Tensor { shape, data }) if is_binary(value, encoding) => binary(shape, data),
         _ => {
             let mut json = Vec::new();
             write_json(value, &mut json);
@@ -312,11 +355,13 @@ pub fn encode_value(ty: VarType, value: &Value) -> (Any, Vec<u8>) {
 
 /// A batch get's found variables in the compact `values_only` form: into
 /// [`proto::BatchValues`] go the values of floats as packed doubles and the
-/// other JSON-path values as one JSON array; binary-path ones go into the map
-/// as full messages.
+/// other JSON-path values as one JSON array; binary-path ones (only with
+/// [`Encoding::Binary`]) go into the map as full messages. With
+/// [`Encoding::Json`] big arrays are elements of the JSON array like any other.
 pub fn batch_values(
     found: Vec<(String, Variable)>,
     include_metadata: bool,
+    encoding: Encoding,
 ) -> (proto::BatchValues, std::collections::HashMap<String, proto::Variable>) {
     let n = found.len();
     let mut values = proto::BatchValues {
@@ -331,8 +376,8 @@ pub fn batch_values(
     values.values_json.push(b'[');
     let mut binary = std::collections::HashMap::new();
     for (key, v) in found {
-        if is_binary(&v.value) {
-            binary.insert(key, variable_with(&v, include_metadata));
+        if is_binary(&v.value, encoding) {
+            binary.insert(key, variable_with(&v, include_metadata, encoding));
             continue;
         }
         match *v.value {
@@ -363,15 +408,15 @@ pub fn source(s: Source) -> proto::variable::Source {
 }
 
 /// A variable snapshot as its protobuf message.
-pub fn variable(v: &Variable) -> proto::Variable {
-    variable_with(v, true)
+pub fn variable(v: &Variable, encoding: Encoding) -> proto::Variable {
+    variable_with(v, true, encoding)
 }
 
 /// A variable snapshot as its protobuf message; without `include_metadata`,
 /// `constraints_json` and `metadata` stay empty (batch reads that only want
 /// values ask for that, and it halves what is encoded and parsed).
-pub fn variable_with(v: &Variable, include_metadata: bool) -> proto::Variable {
-    let (value, binary_value) = encode_value(v.ty, &v.value);
+pub fn variable_with(v: &Variable, include_metadata: bool, encoding: Encoding) -> proto::Variable {
+    let (value, binary_value) = encode_value(v.ty, &v.value, encoding);
     let (constraints_json, metadata) = if include_metadata {
         (raw_to_json(&v.constraints.to_raw()).to_string(), self::metadata(&v.metadata))
     } else {
@@ -392,10 +437,10 @@ pub fn variable_with(v: &Variable, include_metadata: bool) -> proto::Variable {
 }
 
 /// A watch update as its protobuf message.
-pub fn update(u: &Update) -> proto::VariableUpdate {
+pub fn update(u: &Update, encoding: Encoding) -> proto::VariableUpdate {
     proto::VariableUpdate {
         variable_id: u.variable.as_ref().map(|v| String::from(&*v.id)).unwrap_or_default(),
-        variable: u.variable.as_ref().map(variable),
+        variable: u.variable.as_ref().map(|v| variable(v, encoding)),
         update_source: u.source.as_str().to_string(),
         update_metadata: metadata(&u.metadata),
         timestamp: Some(timestamp(u.at_us)),
@@ -418,7 +463,16 @@ mod tests {
     }
 
     fn round_trip(ty: VarType, value: Value) -> Value {
-        let (a, bin) = encode_value(ty, &value);
+        let (a, bin) = encode_value(ty, &value, Encoding::Binary);
+        let json = round_trip_json(ty, value);
+        let back = normalize(ty, decode_value(ty, Some(&a), &bin).unwrap()).unwrap();
+        assert!(json == back || matches!(json, Value::Float(x) if x.is_nan()), "{json:?} vs {back:?}");
+        back
+    }
+
+    fn round_trip_json(ty: VarType, value: Value) -> Value {
+        let (a, bin) = encode_value(ty, &value, Encoding::Json);
+        assert!(bin.is_empty() && !a.type_url.ends_with(".binary"));
         normalize(ty, decode_value(ty, Some(&a), &bin).unwrap()).unwrap()
     }
 
@@ -449,18 +503,51 @@ mod tests {
 
     #[test]
     fn special_floats_travel_as_json_strings() {
-        let (a, _) = encode_value(VarType::Float, &Value::Float(f64::NAN));
+        let (a, _) = encode_value(VarType::Float, &Value::Float(f64::NAN), Encoding::Binary);
         assert_eq!(a.value, b"\"NaN\"");
         assert_eq!(a.type_url, "type.googleapis.com/snakepit.float");
     }
 
     #[test]
     fn big_arrays_take_the_binary_path() {
-        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![1.0; 1024]));
+        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![1.0; 1024]), Encoding::Binary);
         assert_eq!(a.type_url, "type.googleapis.com/snakepit.embedding.binary");
         assert_eq!(bin.len(), 8 * 1024);
-        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![1.0; 1023]));
+        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![1.0; 1023]), Encoding::Binary);
         assert!(!a.type_url.ends_with(".binary") && bin.is_empty());
+    }
+
+    #[test]
+    fn without_binary_big_arrays_are_json() {
+        let (a, bin) = encode_value(VarType::Embedding, &Value::Embedding(vec![0.5; 5000]), Encoding::Json);
+        assert_eq!(a.type_url, "type.googleapis.com/snakepit.embedding");
+        assert!(bin.is_empty());
+        assert_eq!(serde_json::from_slice::<Vec<f64>>(&a.value).unwrap(), vec![0.5; 5000]);
+        let t = Value::Tensor(Tensor { shape: vec![3, 2000], data: vec![1.0; 6000] });
+        let (a, bin) = encode_value(VarType::Tensor, &t, Encoding::Json);
+        assert_eq!(a.type_url, "type.googleapis.com/snakepit.tensor");
+        assert!(bin.is_empty());
+        let json: Json = serde_json::from_slice(&a.value).unwrap();
+        assert_eq!(json["shape"], serde_json::json!([3, 2000]));
+        assert_eq!(json["data"].as_array().unwrap().len(), 6000);
+    }
+
+    #[test]
+    fn only_the_accept_header_turns_the_binary_path_on() {
+        let with = |values: &[&str]| {
+            let mut md = tonic::metadata::MetadataMap::new();
+            for v in values {
+                md.append(ACCEPT_BINARY_KEY, v.parse().unwrap());
+            }
+            Encoding::of(&md)
+        };
+        assert_eq!(with(&[]), Encoding::Json);
+        assert_eq!(with(&["raw_le"]), Encoding::Binary);
+        assert_eq!(with(&["other, raw_le "]), Encoding::Binary);
+        assert_eq!(with(&["other", "raw_le"]), Encoding::Binary);
+        assert_eq!(with(&["RAW_LE"]), Encoding::Json);
+        assert_eq!(with(&["raw_le_v2", "pickle"]), Encoding::Json);
+        assert_eq!(with(&[""]), Encoding::Json);
     }
 
     #[test]

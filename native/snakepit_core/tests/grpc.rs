@@ -236,7 +236,8 @@ async fn values_only_gets_answer_in_parallel_lists_and_binary_values_in_the_map(
         values_only: true,
         ..Default::default()
     };
-    let got = c.get_variables(request(vec!["n", &t_id, "zzz", "emb", "w", "nan"])).await.unwrap().into_inner();
+    let asked = request(vec!["n", &t_id, "zzz", "emb", "w", "nan"]);
+    let got = c.get_variables(accept_binary(asked)).await.unwrap().into_inner();
     let values = got.values.unwrap();
     assert_eq!(values.identifiers, [&"n".to_string(), &t_id, &"w".into(), &"nan".into()].map(String::clone));
     assert_eq!(values.names, ["n", "t", "w", "nan"]);
@@ -359,7 +360,8 @@ async fn binary_path_round_trips_and_refuses_other_formats() {
     })
     .await
     .unwrap();
-    let v = get(&mut c, "s", "emb").await;
+    let asked = GetVariableRequest { session_id: "s".into(), variable_identifier: "emb".into(), bypass_cache: false };
+    let v = c.get_variable(accept_binary(asked)).await.unwrap().into_inner().variable.unwrap();
     assert_eq!(v.value.unwrap().type_url, "type.googleapis.com/snakepit.embedding.binary");
     assert_eq!(v.binary_value, bytes);
 

@@ -1,7 +1,7 @@
 //! Watch guarantees checked on recorded histories, in the spirit of etcd's
 //! robustness tests: concurrent writers (single and atomic batch updates),
-//! fast, slow and resuming watchers; afterwards every watcher's history is
-//! validated against what the writers recorded.
+//! fast, slow and resuming watchers, by name and by pattern; afterwards every
+//! watcher's history is validated against what the writers recorded.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -69,9 +69,18 @@ fn writer(store: Store, id: u64, ops: usize, written: Written) {
     }
 }
 
+/// How a watcher names what it watches.
+#[derive(Clone, Copy)]
+enum Names {
+    Identifiers,
+    /// The glob `?`, which matches exactly the one-letter VARS.
+    Pattern,
+}
+
 /// Reads until every variable reached `finals`, pausing `pause` per batch.
 async fn watch_until(
     store: &Store,
+    names: Names,
     since: HashMap<String, i64>,
     pause: Duration,
     finals: Arc<Mutex<Option<HashMap<String, i64>>>>,
@@ -79,11 +88,11 @@ async fn watch_until(
 ) -> Vec<Seen> {
     // A resumed watcher already has the versions it passes as `since`.
     let mut last: HashMap<String, i64> = since.clone();
-    let req = WatchRequest {
-        identifiers: VARS.iter().map(|s| s.to_string()).collect(),
-        include_initial: true,
-        since_versions: since,
+    let (identifiers, patterns) = match names {
+        Names::Identifiers => (VARS.iter().map(|s| s.to_string()).collect(), Vec::new()),
+        Names::Pattern => (Vec::new(), vec!["?".to_string()]),
     };
+    let req = WatchRequest { identifiers, patterns, include_initial: true, since_versions: since };
     let sub = store.watch("s", &req, Owner::Grpc).unwrap();
     let mut got: Vec<Seen> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -175,24 +184,31 @@ async fn concurrent_writers_and_watchers_keep_every_promise() {
     let written: Written = Arc::default();
     let finals: Arc<Mutex<Option<HashMap<String, i64>>>> = Arc::default();
 
-    let pauses = [Duration::ZERO, Duration::ZERO, Duration::from_millis(2), Duration::from_millis(15)];
-    let watchers: Vec<_> = pauses
-        .iter()
-        .map(|p| {
-            let (store, finals, p) = (store.clone(), finals.clone(), *p);
-            tokio::spawn(async move { watch_until(&store, HashMap::new(), p, finals, None).await })
-        })
-        .collect();
+    let watchers: Vec<_> = [
+        (Names::Identifiers, Duration::ZERO),
+        (Names::Identifiers, Duration::ZERO),
+        (Names::Identifiers, Duration::from_millis(2)),
+        (Names::Identifiers, Duration::from_millis(15)),
+        (Names::Pattern, Duration::from_millis(2)),
+    ]
+    .iter()
+    .map(|&(names, p)| {
+        let (store, finals) = (store.clone(), finals.clone());
+        tokio::spawn(async move { watch_until(&store, names, HashMap::new(), p, finals, None).await })
+    })
+    .collect();
     // A watcher that leaves early and resumes from the versions it saw.
     let resumer = {
         let (store, finals) = (store.clone(), finals.clone());
         tokio::spawn(async move {
-            let first = watch_until(&store, HashMap::new(), Duration::from_millis(1), finals.clone(), Some(50)).await;
+            let first =
+                watch_until(&store, Names::Pattern, HashMap::new(), Duration::from_millis(1), finals.clone(), Some(50))
+                    .await;
             let mut since = HashMap::new();
             for s in &first {
                 since.insert(s.name.clone(), s.version);
             }
-            let second = watch_until(&store, since, Duration::ZERO, finals, None).await;
+            let second = watch_until(&store, Names::Pattern, since, Duration::ZERO, finals, None).await;
             (first, second)
         })
     };

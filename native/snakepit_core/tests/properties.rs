@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use snakepit_core::constraints::Constraints;
 use snakepit_core::glob::glob_match;
 use snakepit_core::value::{normalize, Raw, Tensor, Value, VarType};
-use snakepit_core::wire::{decode_value, encode_value, raw_from_json, raw_to_json};
+use snakepit_core::wire::{decode_value, encode_value, raw_from_json, raw_to_json, Encoding};
 
 fn finite() -> impl Strategy<Value = f64> {
     prop::num::f64::NORMAL | prop::num::f64::ZERO | prop::num::f64::SUBNORMAL
@@ -47,15 +47,17 @@ proptest! {
     fn every_value_round_trips_through_the_wire(
         (ty, v) in prop::sample::select(VarType::ALL.to_vec()).prop_flat_map(|t| (Just(t), value_of(t)))
     ) {
-        let (any, binary) = encode_value(ty, &v);
-        let back = normalize(ty, decode_value(ty, Some(&any), &binary).unwrap()).unwrap();
-        prop_assert!(same(&back, &v), "{v:?} came back as {back:?}");
+        for encoding in [Encoding::Binary, Encoding::Json] {
+            let (any, binary) = encode_value(ty, &v, encoding);
+            let back = normalize(ty, decode_value(ty, Some(&any), &binary).unwrap()).unwrap();
+            prop_assert!(same(&back, &v), "{v:?} came back as {back:?} ({encoding:?})");
+        }
     }
 
     /// Normalising a normalised value changes nothing (through JSON, as gRPC does).
     #[test]
     fn normalisation_is_idempotent(v in value_of(VarType::Integer)) {
-        let (any, _) = encode_value(VarType::Integer, &v);
+        let (any, _) = encode_value(VarType::Integer, &v, Encoding::Json);
         let raw = raw_from_json(serde_json::from_slice(&any.value).unwrap());
         let once = normalize(VarType::Integer, raw.clone()).unwrap();
         let twice = normalize(VarType::Integer, raw_from_json(raw_to_json(&raw))).unwrap();

@@ -16,7 +16,7 @@ fn watch_req(sid: &str, ids: &[&str], initial: bool) -> WatchVariablesRequest {
         session_id: sid.into(),
         variable_identifiers: ids.iter().map(|s| s.to_string()).collect(),
         include_initial_values: initial,
-        since_versions: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -228,5 +228,32 @@ async fn atomic_batches_arrive_adjacent_on_the_wire() {
     let a = names.iter().position(|n| n == "a").unwrap();
     let b = names.iter().position(|n| n == "b").unwrap();
     assert_eq!(a.abs_diff(b), 1, "{names:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pattern_watch_over_grpc_gets_matching_registrations() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    register(&mut c, "s", "temp_a", "integer", "1", "").await;
+    let req = WatchVariablesRequest {
+        session_id: "s".into(),
+        patterns: vec!["temp_*".into()],
+        include_initial_values: true,
+        ..Default::default()
+    };
+    let mut stream = open(&mut c, req).await;
+    let first = next(&mut stream).await.unwrap();
+    assert_eq!((first.update_type.as_str(), first.variable.unwrap().name.as_str()), ("initial_value", "temp_a"));
+    register(&mut c, "s", "other", "integer", "2", "").await;
+    register(&mut c, "s", "temp_b", "integer", "3", "").await;
+    let registered = next(&mut stream).await.unwrap();
+    assert_eq!(registered.update_type, "registered");
+    let var = registered.variable.unwrap();
+    assert_eq!((var.name.as_str(), var.version, var.value.unwrap().value), ("temp_b", 1, b"3".to_vec()));
+    // Neither identifiers nor patterns: INVALID_ARGUMENT, as an empty list was.
+    let none = c.watch_variables(watch_req("s", &[], true)).await.unwrap_err();
+    assert_eq!(none.code(), Code::InvalidArgument);
     server.shutdown().await;
 }

@@ -89,12 +89,14 @@ fn watch_variables<'a>(
     env: Env<'a>,
     session_id: &str,
     identifiers: Vec<Term<'a>>,
+    patterns: Vec<Term<'a>>,
     pid: LocalPid,
     include_initial: bool,
     since_versions: HashMap<String, i64>,
 ) -> NifResult<Term<'a>> {
     let identifiers =
         identifiers.into_iter().map(|t| text(t).map(|s| s.into_owned())).collect::<NifResult<Vec<String>>>()?;
+    let patterns = patterns.into_iter().map(|t| text(t).map(|s| s.into_owned())).collect::<NifResult<Vec<String>>>()?;
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -102,7 +104,7 @@ fn watch_variables<'a>(
             return Ok(convert::error(env, &e));
         }
     };
-    let request = WatchRequest { identifiers, include_initial, since_versions };
+    let request = WatchRequest { identifiers, patterns, include_initial, since_versions };
     let sub = match STORE.watch(session_id, &request, Owner::Elixir) {
         Ok(sub) => sub,
         Err(e) => return Ok(convert::error(env, &e)),

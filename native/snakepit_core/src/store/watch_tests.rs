@@ -1,7 +1,6 @@
 //! The watch guarantees, end to end through the store: what writers commit
 //! is what watchers get.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ fn watch(store: &Store, names: &[&str], initial: bool) -> Subscription {
     let req = WatchRequest {
         identifiers: names.iter().map(|s| s.to_string()).collect(),
         include_initial: initial,
-        since_versions: HashMap::new(),
+        ..Default::default()
     };
     store.watch("s", &req, Owner::Grpc).unwrap()
 }
@@ -265,6 +264,7 @@ async fn resuming_with_since_versions_sends_only_what_is_newer() {
         identifiers: vec!["a".into(), "b".into()],
         include_initial: true,
         since_versions: [("a".to_string(), 2), ("b".to_string(), 0)].into(),
+        ..Default::default()
     };
     let sub = store.watch("s", &req, Owner::Grpc).unwrap();
     set(&store, "a", 2);
@@ -280,7 +280,12 @@ async fn since_versions_may_name_the_variable_by_id_or_name() {
     let store = store_with(&["a"]);
     set(&store, "a", 1);
     let id = store.get_variable("s", "a").unwrap().id.to_string();
-    let req = WatchRequest { identifiers: vec!["a".into()], include_initial: true, since_versions: [(id, 2)].into() };
+    let req = WatchRequest {
+        identifiers: vec!["a".into()],
+        include_initial: true,
+        since_versions: [(id, 2)].into(),
+        ..Default::default()
+    };
     let sub = store.watch("s", &req, Owner::Grpc).unwrap();
     set(&store, "a", 2);
     let got = collect(&sub, |g| !g.is_empty()).await;
@@ -338,4 +343,128 @@ async fn update_metadata_and_source_travel_with_the_change() {
     let got = collect(&sub, |g| !g.is_empty()).await;
     assert_eq!(got[0].source, Source::Python);
     assert_eq!(got[0].metadata.get("why").map(String::as_str), Some("tuning"));
+}
+
+fn register(store: &Store, name: &str, v: i64) {
+    let new = NewVariable {
+        name: name.into(),
+        ty: VarType::Integer,
+        value: Raw::Int(v),
+        constraints: Raw::Nil,
+        metadata: Metadata::new(),
+    };
+    store.register_variable("s", new, Source::Python).unwrap();
+}
+
+fn watch_patterns(store: &Store, patterns: &[&str], initial: bool, since: &[(&str, i64)]) -> Subscription {
+    let req = WatchRequest {
+        patterns: patterns.iter().map(|s| s.to_string()).collect(),
+        include_initial: initial,
+        since_versions: since.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    };
+    store.watch("s", &req, Owner::Grpc).unwrap()
+}
+
+#[tokio::test]
+async fn a_pattern_watch_covers_matching_variables_now_and_registered_later() {
+    let store = store_with(&["temp_a", "other"]);
+    let sub = watch_patterns(&store, &["temp_*"], true, &[]);
+    let initial = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&initial), vec![("temp_a".into(), UpdateKind::InitialValue, 1)]);
+    register(&store, "unrelated", 1);
+    set(&store, "other", 5);
+    register(&store, "temp_b", 7);
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("temp_b".into(), UpdateKind::Registered, 1)]);
+    assert_eq!(int(&got[0]), 7);
+    set(&store, "temp_b", 8);
+    assert_eq!(summary(&collect(&sub, |g| !g.is_empty()).await), vec![("temp_b".into(), UpdateKind::ValueChange, 2)]);
+    store.delete_variable("s", "temp_b").unwrap();
+    assert_eq!(summary(&collect(&sub, |g| !g.is_empty()).await), vec![("temp_b".into(), UpdateKind::Deleted, 2)]);
+    set(&store, "temp_a", 9);
+    assert_eq!(summary(&collect(&sub, |g| !g.is_empty()).await), vec![("temp_a".into(), UpdateKind::ValueChange, 2)]);
+}
+
+#[tokio::test]
+async fn a_variable_registered_and_deleted_before_delivery_never_arrives() {
+    let store = store_with(&[]);
+    let sub = watch_patterns(&store, &["*"], false, &[]);
+    register(&store, "brief", 1);
+    store.delete_variable("s", "brief").unwrap();
+    register(&store, "kept", 2);
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("kept".into(), UpdateKind::Registered, 1)]);
+}
+
+#[tokio::test]
+async fn a_registration_and_its_next_change_coalesce_into_registered() {
+    let store = store_with(&[]);
+    let sub = watch_patterns(&store, &["*"], false, &[]);
+    register(&store, "x", 1);
+    set(&store, "x", 2);
+    set(&store, "x", 3);
+    // Nothing was taken yet: one pending update, the registration with the newest value.
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("x".into(), UpdateKind::Registered, 3)]);
+    assert_eq!(int(&got[0]), 3);
+}
+
+#[tokio::test]
+async fn identifiers_and_patterns_together_each_variable_once() {
+    let store = store_with(&["temp_a", "b"]);
+    let req = WatchRequest {
+        identifiers: vec!["temp_a".into(), "b".into()],
+        patterns: vec!["temp_*".into(), "*_a".into()],
+        include_initial: true,
+        ..Default::default()
+    };
+    let sub = store.watch("s", &req, Owner::Grpc).unwrap();
+    let got = collect(&sub, |g| g.len() >= 2).await;
+    let mut names: Vec<String> = summary(&got).into_iter().map(|x| x.0).collect();
+    names.sort();
+    assert_eq!(names, ["b", "temp_a"]);
+}
+
+#[tokio::test]
+async fn a_resumed_pattern_watch_gets_what_was_registered_while_away() {
+    let store = store_with(&["temp_a"]);
+    set(&store, "temp_a", 4); // version 2
+                              // The client saw temp_a at version 2, then went away; temp_b came meanwhile.
+    register(&store, "temp_b", 1);
+    let sub = watch_patterns(&store, &["temp_*"], false, &[("temp_a", 2)]);
+    set(&store, "temp_a", 5);
+    let got = collect(&sub, |g| g.len() >= 2).await;
+    assert_eq!(
+        summary(&got),
+        vec![("temp_b".into(), UpdateKind::InitialValue, 1), ("temp_a".into(), UpdateKind::ValueChange, 3)]
+    );
+}
+
+#[test]
+fn a_watch_needs_an_identifier_or_a_pattern_within_the_limits() {
+    let store = store_with(&["a"]);
+    let none = store.watch("s", &WatchRequest::default(), Owner::Grpc).unwrap_err();
+    assert!(matches!(none, crate::StoreError::InvalidArgument(_)), "{none:?}");
+    let empty = WatchRequest { patterns: vec![String::new()], ..Default::default() };
+    assert!(matches!(store.watch("s", &empty, Owner::Grpc).unwrap_err(), crate::StoreError::InvalidArgument(_)));
+    let long = WatchRequest { patterns: vec!["a".repeat(600), "b".repeat(600)], ..Default::default() };
+    let err = store.watch("s", &long, Owner::Grpc).unwrap_err();
+    assert!(err.to_string().contains("max_pattern_bytes"), "{err}");
+    // No watcher was left behind by the refusals.
+    assert_eq!(store.get_session("s").unwrap().watcher_count, 0);
+}
+
+#[tokio::test]
+async fn writes_to_variables_no_pattern_matches_reach_no_pattern_watcher() {
+    let store = store_with(&["other"]);
+    let sub = watch_patterns(&store, &["temp_*"], false, &[]);
+    for v in 1..=50 {
+        set(&store, "other", v);
+    }
+    register(&store, "temp_x", 1);
+    // The registration comes after the 50 writes: had any of them reached
+    // this watcher, it would come first.
+    let got = collect(&sub, |g| !g.is_empty()).await;
+    assert_eq!(summary(&got), vec![("temp_x".into(), UpdateKind::Registered, 1)]);
 }

@@ -47,7 +47,7 @@ fn versions(updates: &[Update]) -> Vec<(String, i64)> {
 fn published_changes_reach_the_watchers_of_their_variable_coalesced() {
     let (_hub, watch) = session();
     let seen = HashMap::from([(Arc::from("a"), 1)]);
-    let sub = watch.subscribe(Owner::Grpc, vec![Arc::from("a")], seen, Vec::new());
+    let sub = watch.subscribe(Owner::Grpc, vec![Arc::from("a")], seen, Vec::new(), Vec::new());
     watch.publish([change("a", 1), change("b", 2), change("a", 2)]);
     watch.publish([change("a", 3)]);
     // Version 1 was already seen, "b" is not watched, and 2 is replaced by 3.
@@ -58,8 +58,8 @@ fn published_changes_reach_the_watchers_of_their_variable_coalesced() {
 #[tokio::test]
 async fn the_counters_follow_subscriptions_and_closing_ends_them() {
     let (hub, watch) = session();
-    let grpc = watch.subscribe(Owner::Grpc, vec![Arc::from("a")], HashMap::new(), Vec::new());
-    let elixir = watch.subscribe(Owner::Elixir, vec![Arc::from("a")], HashMap::new(), Vec::new());
+    let grpc = watch.subscribe(Owner::Grpc, vec![Arc::from("a")], HashMap::new(), Vec::new(), Vec::new());
+    let elixir = watch.subscribe(Owner::Elixir, vec![Arc::from("a")], HashMap::new(), Vec::new(), Vec::new());
     assert_eq!(hub.counts(), WatchCounts { grpc: 1, elixir: 1, opened: 2 });
     assert_eq!(watch.count(), 2);
     watch.close(7, Source::Elixir);

@@ -46,6 +46,14 @@ impl TestServer {
     }
 }
 
+/// `message` as a request that accepts the binary path (metadata
+/// `snakepit-accept-binary: raw_le`), as snakepit_bridge sends every call.
+pub fn accept_binary<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("snakepit-accept-binary", tonic::metadata::MetadataValue::from_static("raw_le"));
+    request
+}
+
 pub fn any(ty: &str, json: &str) -> Option<Any> {
     Some(Any { type_url: format!("type.googleapis.com/snakepit.{ty}"), value: json.as_bytes().to_vec() })
 }
