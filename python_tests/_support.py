@@ -583,3 +583,12 @@ def list_services(channel: grpc.Channel, method: str = REFLECTION_V1, timeout: f
     return [
         name.decode() for service in services for n, name in pb_fields(service) if n == 1 and isinstance(name, bytes)
     ]
+
+
+def is_repeated_field(fd: Any) -> bool:
+    """Whether a protobuf field descriptor is repeated: ``is_repeated`` on newer protobuf (7.x has no ``label``),
+    ``label`` on 4.25 (the floor of the supported range)."""
+    is_repeated = getattr(fd, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return bool(fd.label == fd.LABEL_REPEATED)

@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 import pytest
-from _support import ServerProcess, start_server
+from _support import ServerProcess, is_repeated_field, start_server
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
@@ -689,7 +689,7 @@ def _tamper(msg: Message, rng: random.Random, strings: list[str], depth: int = 0
             else:
                 container[key] = _pick_value(value_fd, rng, strings)
         return
-    if fd.is_repeated:
+    if is_repeated_field(fd):
         if rng.random() < 0.2:
             del container[:]
         elif fd.message_type is None:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian machine, idempotently:
 # Debian's elixir, erlang-dev and openssl (the Python TLS tests make their
-# certificates with it), and a Python venv (.venv) with the pinned
-# development packages and snakepit_bridge installed from priv/python.
+# certificates with it), a Python venv (.venv) with the pinned
+# development packages and snakepit_bridge installed from priv/python, and
+# the stubs' generator in a venv of its own (.venv-tools, see
+# priv/python/generate_proto.py).
 # The Rust toolchain is expected to be there already (cargo on PATH).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,4 +31,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 bash scripts/ensure_venv.sh "$root/.venv" priv/python/requirements-dev.txt
+bash scripts/ensure_venv.sh --no-package "$root/.venv-tools" priv/python/requirements-tools.txt
 say "ready"

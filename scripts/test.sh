@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Runs every test: the format and lint gates, cargo (Rust core), ExUnit
 # (Elixir + NIF + real Python processes) and pytest (Python package against
-# the standalone server).
+# the standalone server), twice: on the newest pins (.venv,
+# requirements-dev.txt) and on the floor of the range pyproject.toml declares
+# (.venv-floor, requirements-floor.txt).
 # Exits non-zero if any suite fails; all suites run either way.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 bash scripts/setup.sh || exit 1
+# The oldest grpcio and protobuf snakepit_bridge supports (no lint tools here:
+# the gates run once, on .venv).
+bash scripts/ensure_venv.sh "$root/.venv-floor" priv/python/requirements-floor.txt || exit 1
 
 # One release build of the whole workspace (NIF, server binary); cargo test,
 # mix compile and pytest all reuse it.
@@ -37,8 +42,12 @@ cargo test --release --workspace || failed+=(cargo)
 echo "[test] mix test"
 MIX_ENV=test mix test || failed+=(mix)
 
-echo "[test] pytest"
+echo "[test] pytest (newest pins: .venv)"
 "$SNAKEPIT_PYTHON" -m pytest python_tests -q || failed+=(pytest)
+
+echo "[test] pytest (floor pins: .venv-floor)"
+SNAKEPIT_PYTHON="$root/.venv-floor/bin/python" \
+  "$root/.venv-floor/bin/python" -m pytest python_tests -q || failed+=(pytest-floor)
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "[test] FAILED: ${failed[*]}"

@@ -6,25 +6,34 @@ This is the one command that produces the committed files in
 
     .venv/bin/python priv/python/generate_proto.py
 
-It needs ``grpcio-tools`` (pinned in ``requirements-dev.txt``, at the same
-version as ``grpcio``: stubs from a newer grpcio-tools refuse to import under an
-older grpcio). It writes three files:
+Run it with any Python >= 3.10 (the dev venv's is fine): it does not use the
+grpcio-tools of the interpreter running it. Stubs carry the version of their
+generator (stubs from a newer grpcio-tools refuse to import under an older
+grpcio, and a newer protoc's ``_pb2.py`` refuses an older protobuf), so they
+are made by the OLDEST generator of the supported range, pinned in
+``requirements-tools.txt`` and installed in a venv of its own, ``.venv-tools``
+at the repository root (made or updated by ``scripts/ensure_venv.sh``, which
+this script runs first; it is a no-op when the venv is current). It writes
+three files:
 
 - ``snakepit_bridge_pb2.py``       messages
 - ``snakepit_bridge_pb2.pyi``      type stubs for the messages
 - ``snakepit_bridge_pb2_grpc.py``  the service stub, with its import of
   ``snakepit_bridge_pb2`` rewritten to a package-relative import
 
-The output depends only on the proto and the grpcio-tools version: the same
-inputs give the same bytes. ``--out DIR`` writes to another directory (the test
-suite uses it to prove the committed stubs match the proto); ``--check`` writes
-nothing and exits 1 when the committed stubs are out of date.
+The output depends only on the proto and the pinned grpcio-tools version (the
+script refuses a tools venv holding another version): the same inputs give
+the same bytes. ``--out DIR`` writes to another directory (the test suite uses
+it to prove the committed stubs match the proto); ``--check`` writes nothing
+and exits 1 when the committed stubs are out of date.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,27 +45,67 @@ DEFAULT_OUT = HERE / "snakepit_bridge" / "_proto"
 STEM = "snakepit_bridge"
 GENERATED = (f"{STEM}_pb2.py", f"{STEM}_pb2.pyi", f"{STEM}_pb2_grpc.py")
 
+# The generator: its pins, and the venv they are installed in.
+TOOLS_REQUIREMENTS = HERE / "requirements-tools.txt"
+TOOLS_VENV = REPO_ROOT / ".venv-tools"
+ENSURE_VENV = REPO_ROOT / "scripts" / "ensure_venv.sh"
+
+# Runs inside the tools venv: refuses another grpcio-tools than the pinned one
+# (argv[1]), then runs protoc with the remaining arguments plus the include
+# directory of the well-known protos bundled with that grpcio-tools.
+_PROTOC_RUNNER = """
+import importlib.metadata, pathlib, sys
+want, args = sys.argv[1], sys.argv[2:]
+have = importlib.metadata.version("grpcio-tools")
+if have != want:
+    sys.exit(f"{sys.executable}: grpcio-tools {have} installed, {want} pinned")
+import grpc_tools
+from grpc_tools import protoc
+well_known = pathlib.Path(grpc_tools.__file__).resolve().parent / "_proto"
+sys.exit(protoc.main(["grpc_tools.protoc", *args, f"-I{well_known}"]))
+"""
+
 _ABSOLUTE_IMPORT = f"import {STEM}_pb2 as snakepit__bridge__pb2\n"
 _RELATIVE_IMPORT = f"from . import {STEM}_pb2 as snakepit__bridge__pb2\n"
+
+
+def pinned_tools_version(requirements: Path = TOOLS_REQUIREMENTS) -> str:
+    """The grpcio-tools version pinned in ``requirements-tools.txt``."""
+    found = re.search(r"^grpcio-tools==(\S+)\s*$", requirements.read_text(), re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"{requirements}: no grpcio-tools==VERSION line")
+    return found.group(1)
+
+
+def tools_python() -> Path:
+    """The interpreter of the tools venv, made or brought up to date first (idempotent)."""
+    done = subprocess.run(
+        ["bash", str(ENSURE_VENV), "--no-package", str(TOOLS_VENV), str(TOOLS_REQUIREMENTS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # Progress lines ("[setup] ...") go to stderr: --check's answer stays on its own.
+    if done.stdout:
+        sys.stderr.write(done.stdout)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not make the tools venv {TOOLS_VENV} (exit code {done.returncode})")
+    return TOOLS_VENV / "bin" / "python"
 
 
 def generate(out_dir: Path, proto_file: Path = PROTO_FILE) -> list[Path]:
     """Generate the stubs for ``proto_file`` into ``out_dir``; return the written paths.
 
-    Raises ``RuntimeError`` when protoc fails or its output is not what this
+    Raises ``RuntimeError`` when protoc fails, when the tools venv holds another
+    grpcio-tools than the pinned one, or when protoc's output is not what this
     script knows how to post-process (for example a grpcio-tools that changed
     the import line it emits).
     """
-    import grpc_tools
-    from grpc_tools import protoc  # imported here so --help works without grpcio-tools
-
-    well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
+    python = tools_python()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="snakepit-protoc-") as tmp:
         args = [
-            "grpc_tools.protoc",
             f"-I{proto_file.parent}",
-            f"-I{well_known}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
@@ -64,7 +113,9 @@ def generate(out_dir: Path, proto_file: Path = PROTO_FILE) -> list[Path]:
             # descriptor's file name never contain a machine-specific path.
             proto_file.name,
         ]
-        code = protoc.main(args)
+        # -I: isolated, so no PYTHONPATH or user site can swap in another grpc_tools.
+        command = [str(python), "-I", "-c", _PROTOC_RUNNER, pinned_tools_version(), *args]
+        code = subprocess.run(command).returncode
         if code != 0:
             raise RuntimeError(f"protoc failed with exit code {code}: {' '.join(args)}")
 

@@ -1,13 +1,10 @@
-import datetime
-
 from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -23,7 +20,7 @@ class PingResponse(_message.Message):
     SERVER_TIME_FIELD_NUMBER: _ClassVar[int]
     message: str
     server_time: _timestamp_pb2.Timestamp
-    def __init__(self, message: _Optional[str] = ..., server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, message: _Optional[str] = ..., server_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class InitializeSessionRequest(_message.Message):
     __slots__ = ("session_id", "metadata", "config")
@@ -50,7 +47,7 @@ class SessionConfig(_message.Message):
     enable_caching: bool
     cache_ttl_seconds: int
     enable_telemetry: bool
-    def __init__(self, enable_caching: _Optional[bool] = ..., cache_ttl_seconds: _Optional[int] = ..., enable_telemetry: _Optional[bool] = ...) -> None: ...
+    def __init__(self, enable_caching: bool = ..., cache_ttl_seconds: _Optional[int] = ..., enable_telemetry: bool = ...) -> None: ...
 
 class InitializeSessionResponse(_message.Message):
     __slots__ = ("success", "error_message", "initial_variables")
@@ -67,7 +64,7 @@ class InitializeSessionResponse(_message.Message):
     success: bool
     error_message: str
     initial_variables: _containers.MessageMap[str, Variable]
-    def __init__(self, success: _Optional[bool] = ..., error_message: _Optional[str] = ..., initial_variables: _Optional[_Mapping[str, Variable]] = ...) -> None: ...
+    def __init__(self, success: bool = ..., error_message: _Optional[str] = ..., initial_variables: _Optional[_Mapping[str, Variable]] = ...) -> None: ...
 
 class CleanupSessionRequest(_message.Message):
     __slots__ = ("session_id", "force")
@@ -75,7 +72,7 @@ class CleanupSessionRequest(_message.Message):
     FORCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     force: bool
-    def __init__(self, session_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., force: bool = ...) -> None: ...
 
 class CleanupSessionResponse(_message.Message):
     __slots__ = ("success", "resources_cleaned")
@@ -83,7 +80,7 @@ class CleanupSessionResponse(_message.Message):
     RESOURCES_CLEANED_FIELD_NUMBER: _ClassVar[int]
     success: bool
     resources_cleaned: int
-    def __init__(self, success: _Optional[bool] = ..., resources_cleaned: _Optional[int] = ...) -> None: ...
+    def __init__(self, success: bool = ..., resources_cleaned: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -112,7 +109,7 @@ class GetSessionResponse(_message.Message):
     variable_count: int
     tool_count: int
     watcher_count: int
-    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variable_count: _Optional[int] = ..., tool_count: _Optional[int] = ..., watcher_count: _Optional[int] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., variable_count: _Optional[int] = ..., tool_count: _Optional[int] = ..., watcher_count: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id", "client_time")
@@ -120,7 +117,7 @@ class HeartbeatRequest(_message.Message):
     CLIENT_TIME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     client_time: _timestamp_pb2.Timestamp
-    def __init__(self, session_id: _Optional[str] = ..., client_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., client_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("server_time", "session_valid")
@@ -128,7 +125,7 @@ class HeartbeatResponse(_message.Message):
     SESSION_VALID_FIELD_NUMBER: _ClassVar[int]
     server_time: _timestamp_pb2.Timestamp
     session_valid: bool
-    def __init__(self, server_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., session_valid: _Optional[bool] = ...) -> None: ...
+    def __init__(self, server_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., session_valid: bool = ...) -> None: ...
 
 class Variable(_message.Message):
     __slots__ = ("id", "name", "type", "value", "constraints_json", "metadata", "source", "last_updated_at", "version", "binary_value")
@@ -165,7 +162,7 @@ class Variable(_message.Message):
     last_updated_at: _timestamp_pb2.Timestamp
     version: int
     binary_value: bytes
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., constraints_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[Variable.Source, str]] = ..., last_updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., binary_value: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., value: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., constraints_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., source: _Optional[_Union[Variable.Source, str]] = ..., last_updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ..., binary_value: _Optional[bytes] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "name", "type", "initial_value", "constraints_json", "metadata", "initial_binary_value")
@@ -200,7 +197,7 @@ class RegisterVariableResponse(_message.Message):
     success: bool
     variable_id: str
     error_message: str
-    def __init__(self, success: _Optional[bool] = ..., variable_id: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    def __init__(self, success: bool = ..., variable_id: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class GetVariableRequest(_message.Message):
     __slots__ = ("session_id", "variable_identifier", "bypass_cache")
@@ -210,7 +207,7 @@ class GetVariableRequest(_message.Message):
     session_id: str
     variable_identifier: str
     bypass_cache: bool
-    def __init__(self, session_id: _Optional[str] = ..., variable_identifier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., variable_identifier: _Optional[str] = ..., bypass_cache: bool = ...) -> None: ...
 
 class GetVariableResponse(_message.Message):
     __slots__ = ("variable", "from_cache")
@@ -218,7 +215,7 @@ class GetVariableResponse(_message.Message):
     FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     variable: Variable
     from_cache: bool
-    def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., from_cache: _Optional[bool] = ...) -> None: ...
+    def __init__(self, variable: _Optional[_Union[Variable, _Mapping]] = ..., from_cache: bool = ...) -> None: ...
 
 class SetVariableRequest(_message.Message):
     __slots__ = ("session_id", "variable_identifier", "value", "metadata", "expected_version", "binary_value")
@@ -251,7 +248,7 @@ class SetVariableResponse(_message.Message):
     success: bool
     error_message: str
     new_version: int
-    def __init__(self, success: _Optional[bool] = ..., error_message: _Optional[str] = ..., new_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, success: bool = ..., error_message: _Optional[str] = ..., new_version: _Optional[int] = ...) -> None: ...
 
 class BatchGetVariablesRequest(_message.Message):
     __slots__ = ("session_id", "variable_identifiers", "include_metadata", "bypass_cache", "values_only")
@@ -265,7 +262,7 @@ class BatchGetVariablesRequest(_message.Message):
     include_metadata: bool
     bypass_cache: bool
     values_only: bool
-    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_metadata: _Optional[bool] = ..., bypass_cache: _Optional[bool] = ..., values_only: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_metadata: bool = ..., bypass_cache: bool = ..., values_only: bool = ...) -> None: ...
 
 class BatchGetVariablesResponse(_message.Message):
     __slots__ = ("variables", "missing_variables", "values")
@@ -343,7 +340,7 @@ class BatchSetVariablesRequest(_message.Message):
     values_json: bytes
     float_identifiers: _containers.RepeatedScalarFieldContainer[str]
     float_values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., atomic: _Optional[bool] = ..., binary_updates: _Optional[_Mapping[str, bytes]] = ..., value_identifiers: _Optional[_Iterable[str]] = ..., values_json: _Optional[bytes] = ..., float_identifiers: _Optional[_Iterable[str]] = ..., float_values: _Optional[_Iterable[float]] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[_Mapping[str, _any_pb2.Any]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., atomic: bool = ..., binary_updates: _Optional[_Mapping[str, bytes]] = ..., value_identifiers: _Optional[_Iterable[str]] = ..., values_json: _Optional[bytes] = ..., float_identifiers: _Optional[_Iterable[str]] = ..., float_values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class BatchSetVariablesResponse(_message.Message):
     __slots__ = ("success", "errors", "new_versions")
@@ -367,7 +364,7 @@ class BatchSetVariablesResponse(_message.Message):
     success: bool
     errors: _containers.ScalarMap[str, str]
     new_versions: _containers.ScalarMap[str, int]
-    def __init__(self, success: _Optional[bool] = ..., errors: _Optional[_Mapping[str, str]] = ..., new_versions: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    def __init__(self, success: bool = ..., errors: _Optional[_Mapping[str, str]] = ..., new_versions: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ListVariablesRequest(_message.Message):
     __slots__ = ("session_id", "pattern")
@@ -397,10 +394,10 @@ class DeleteVariableResponse(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     success: bool
     error_message: str
-    def __init__(self, success: _Optional[bool] = ..., error_message: _Optional[str] = ...) -> None: ...
+    def __init__(self, success: bool = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class WatchVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "since_versions")
+    __slots__ = ("session_id", "variable_identifiers", "include_initial_values", "since_versions", "patterns")
     class SinceVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -412,11 +409,13 @@ class WatchVariablesRequest(_message.Message):
     VARIABLE_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_INITIAL_VALUES_FIELD_NUMBER: _ClassVar[int]
     SINCE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PATTERNS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     variable_identifiers: _containers.RepeatedScalarFieldContainer[str]
     include_initial_values: bool
     since_versions: _containers.ScalarMap[str, int]
-    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_initial_values: _Optional[bool] = ..., since_versions: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    patterns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., variable_identifiers: _Optional[_Iterable[str]] = ..., include_initial_values: bool = ..., since_versions: _Optional[_Mapping[str, int]] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VariableUpdate(_message.Message):
     __slots__ = ("variable_id", "variable", "update_source", "update_metadata", "timestamp", "update_type")
@@ -439,4 +438,4 @@ class VariableUpdate(_message.Message):
     update_metadata: _containers.ScalarMap[str, str]
     timestamp: _timestamp_pb2.Timestamp
     update_type: str
-    def __init__(self, variable_id: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., update_source: _Optional[str] = ..., update_metadata: _Optional[_Mapping[str, str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_type: _Optional[str] = ...) -> None: ...
+    def __init__(self, variable_id: _Optional[str] = ..., variable: _Optional[_Union[Variable, _Mapping]] = ..., update_source: _Optional[str] = ..., update_metadata: _Optional[_Mapping[str, str]] = ..., timestamp: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., update_type: _Optional[str] = ...) -> None: ...
