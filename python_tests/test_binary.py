@@ -22,8 +22,11 @@ def raw_stub(server_address: str) -> Any:
 
 
 def _raw_variable(stub: Any, session_id: str, name: str) -> pb2.Variable:
+    # Asks for the binary path as snakepit_bridge does; without the header
+    # every value is JSON (test_v04_client.py).
     response: pb2.GetVariableResponse = stub.GetVariable(
-        pb2.GetVariableRequest(session_id=session_id, variable_identifier=name)
+        pb2.GetVariableRequest(session_id=session_id, variable_identifier=name),
+        metadata=(("snakepit-accept-binary", "raw_le"),),
     )
     return response.variable
 

@@ -404,11 +404,15 @@ async def test_unknown_variable_raises_variable_not_found(ctx: AnyMode) -> None:
 
 
 async def test_empty_identifier_list_raises_validation_error(ctx: AnyMode) -> None:
-    watch = watch_of(ctx, [])
-    with pytest.raises(ValidationError) as info:
-        await watch.next()
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert isinstance(info.value, ValueError)
+    """Neither identifiers nor patterns: refused at once, before any call, as the server would."""
+    for args in ([[]], [()], []):
+        with pytest.raises(ValidationError) as info:
+            ctx.ctx.watch_variables(*args)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert isinstance(info.value, ValueError)
+    with pytest.raises(ValidationError):
+        ctx.ctx.watch_variables([], patterns=[])
+    assert await watcher_count(ctx) == 0
 
 
 async def test_start_raises_the_refusal_too(ctx: AnyMode) -> None:

@@ -66,6 +66,7 @@ from .values import (
 )
 
 __all__ = [
+    "CALL_METADATA",
     "DEFAULT_TIMEOUT",
     "MISSING",
     "Plan",
@@ -81,6 +82,12 @@ __all__ = [
 
 #: Seconds a call may take before it fails with BridgeTimeoutError.
 DEFAULT_TIMEOUT = 30.0
+
+#: Metadata of every call this package makes (unary and the watch stream): it
+#: reads the binary path, so the server sends big embeddings and tensors as raw
+#: little-endian float64s; without it (snakepit v0.4 clients) the server sends
+#: every value as JSON (docs/protocol.md, "Values").
+CALL_METADATA: tuple[tuple[str, str], ...] = (("snakepit-accept-binary", "raw_le"),)
 
 _T = TypeVar("_T")
 
@@ -141,7 +148,7 @@ def invoke_blocking(stub: Any, rpc: Rpc, timeout: float | None) -> Any:
     """Make one unary call on a blocking stub; failures become BridgeError."""
     method = getattr(stub, rpc.method)
     try:
-        return method(rpc.request, timeout=timeout)
+        return method(rpc.request, timeout=timeout, metadata=CALL_METADATA)
     except grpc.RpcError as exc:
         raise error_from_rpc_error(exc) from exc
     except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
@@ -154,7 +161,7 @@ async def invoke_async(stub: Any, rpc: Rpc, timeout: float | None) -> Any:
     """Make one unary call on a ``grpc.aio`` stub; failures become BridgeError."""
     method = getattr(stub, rpc.method)
     try:
-        return await method(rpc.request, timeout=timeout)
+        return await method(rpc.request, timeout=timeout, metadata=CALL_METADATA)
     except grpc.RpcError as exc:
         raise error_from_rpc_error(exc) from exc
     except grpc.aio.UsageError as exc:  # e.g. the channel is closed

@@ -17,7 +17,7 @@ from .types import VariableInfo, VariableType
 __all__ = ["Deferred", "UpdateType", "VariableUpdate", "received_update"]
 
 #: What an update says happened.
-UpdateType = Literal["initial_value", "value_change", "deleted", "session_closed"]
+UpdateType = Literal["initial_value", "value_change", "registered", "deleted", "session_closed"]
 
 _KEYS = ("variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp", "update_type")
 _REPR_FIELDS = ("update_type", "variable_id", "name", "value", "version", "type", "metadata", "source", "timestamp")
@@ -70,7 +70,9 @@ class VariableUpdate(Mapping[str, Any]):
     ``metadata`` (what the writer sent with this change; empty for initial
     values), ``source`` (``"elixir"`` or ``"python"``: who made the change),
     ``timestamp`` (timezone-aware UTC datetime of the change) and
-    ``update_type`` (``"initial_value"``, ``"value_change"``, ``"deleted"`` or
+    ``update_type`` (``"initial_value"``, ``"value_change"``, ``"registered"``
+    (a variable a pattern of the watch matches was registered after the watch
+    started; it carries the first value), ``"deleted"`` or
     ``"session_closed"``). A ``deleted`` update carries the variable as it was
     last. For ``session_closed``, ``variable_id``, ``name``, ``value``,
     ``version`` and ``type`` are ``None``.

@@ -20,7 +20,14 @@ from ._cache import WatchCache, WatchHolder
 from ._plans import Plan, Rpc, update_timestamp, variable_info
 from ._proto import snakepit_bridge_pb2 as pb2
 from ._update import Deferred, VariableUpdate, received_update
-from .errors import BridgeError, BridgeUnavailableError, SessionNotFoundError, VariableNotFoundError
+from .errors import (
+    BridgeError,
+    BridgeUnavailableError,
+    ResourceExhaustedError,
+    SessionNotFoundError,
+    ValidationError,
+    VariableNotFoundError,
+)
 from .types import VariableType
 from .values import decode_variable_value
 
@@ -92,7 +99,11 @@ WatchPlan = Generator[Any, Any, None]
 class WatchState:
     """What one watch remembers between streams: versions seen, deletions, backoff.
 
-    Pure bookkeeping, no I/O; :func:`watch_plan` drives it.
+    Pure bookkeeping, no I/O; :func:`watch_plan` drives it. A watch with
+    ``patterns`` also tracks every variable delivered by its name (``by_name``):
+    on a resume those names are listed in ``since_versions`` (the server
+    resolves a name to the variable holding it now), and the variables it
+    matched that are gone are reported deleted.
     """
 
     _UNSET: Any = object()
@@ -104,8 +115,10 @@ class WatchState:
         since_versions: Mapping[str, int],
         reconnect: bool,
         backoff: tuple[float, float],
+        patterns: list[str] | None = None,
     ) -> None:
         self.identifiers = identifiers
+        self.patterns: list[str] = patterns or []
         self._wanted = frozenset(identifiers)
         self.include_initial = include_initial
         self.reconnect = reconnect
@@ -116,6 +129,8 @@ class WatchState:
         self.last: dict[str, VariableUpdate] = {}
         #: identifiers whose variable was deleted: never asked for again.
         self.deleted: set[str] = set()
+        #: with patterns: name -> the last update delivered of the variable holding it.
+        self.by_name: dict[str, VariableUpdate] = {}
         #: a stream of this watch was accepted at least once (later opens resume).
         self.opened = False
         #: the session disappeared or is a new one: wait for it and its variables.
@@ -123,16 +138,33 @@ class WatchState:
         #: the session's created_at when the watch started (reconnect only).
         self.incarnation: Any = self._UNSET
 
+    def live_identifiers(self) -> list[str]:
+        """The identifiers still watched (not deleted)."""
+        return [i for i in self.identifiers if i not in self.deleted]
+
     def request_fields(self) -> tuple[list[str], bool, dict[str, int]]:
-        """Identifiers, include_initial_values and since_versions for the next open."""
-        idents = [i for i in self.identifiers if i not in self.deleted]
+        """Identifiers, include_initial_values and since_versions for the next open.
+
+        With patterns, the caller's ``since_versions`` go as given (the server
+        ignores entries for variables the watch does not cover).
+        """
+        idents = self.live_identifiers()
         wanted = set(idents)
-        since = {i: v for i, v in self.user_since.items() if i in wanted}
+        if self.patterns:
+            since = {i: v for i, v in self.user_since.items() if i not in self.deleted}
+        else:
+            since = {i: v for i, v in self.user_since.items() if i in wanted}
         if not self.opened:
             return idents, self.include_initial, since
         # Resuming: what changed since the last version seen arrives; a variable
-        # never seen on this watch gets its current value (it was never delivered).
+        # never seen on this watch gets its current value (it was never
+        # delivered). include_initial_values is True on every resume: with
+        # patterns, a variable registered while the watch was away is owed (the
+        # server sends a match absent from since_versions its current value
+        # only when since_versions is not empty; a watch that has seen nothing
+        # has an empty one, so it asks for every current value instead).
         since.update((i, u.version) for i, u in self.last.items() if i in wanted and u.version is not None)
+        since.update((n, u.version) for n, u in self.by_name.items() if u.version is not None)
         return idents, True, since
 
     def connected(self) -> None:
@@ -149,12 +181,18 @@ class WatchState:
             return False
         self.incarnation = created_at
         self.last.clear()
+        self.by_name.clear()
         self.user_since.clear()
         self.awaiting_recreation = True
         return True
 
     def note(self, update: VariableUpdate) -> bool:
-        """Track an update; ``True`` when the watch is over (session closed, or every variable deleted)."""
+        """Track an update; ``True`` when the watch is over.
+
+        It is over after ``session_closed``, and, for a watch without
+        patterns, after the ``deleted`` of its last variable (a watch with
+        patterns goes on: a matching variable may be registered).
+        """
         kind = update.update_type
         if kind == "session_closed":
             return True
@@ -168,11 +206,28 @@ class WatchState:
             for ident in matches:
                 self.deleted.add(ident)
                 self.last.pop(ident, None)
+            if self.patterns:
+                if name is not None:
+                    seen = self.by_name.get(name)
+                    if seen is not None and seen.variable_id == var_id:
+                        del self.by_name[name]
+                    self.user_since.pop(name, None)
+                if var_id is not None:
+                    self.user_since.pop(var_id, None)
+                return False
             return all(i in self.deleted for i in self.identifiers)
         if var_id is not None and update.version is not None:
             for ident in matches:
                 self.last[ident] = update
+            if self.patterns and name is not None:
+                self.by_name[name] = update
         return False
+
+    def resume_names(self) -> list[str]:
+        """What a same-session resume checks still exists: live identifiers, then names seen by pattern."""
+        idents = self.live_identifiers()
+        listed = set(idents)
+        return idents + [n for n in self.by_name if n not in listed]
 
     def vanished(self, current_ids: Mapping[str, str]) -> list[VariableUpdate]:
         """On resuming in the same session: the variables deleted while disconnected.
@@ -189,11 +244,14 @@ class WatchState:
         """
         gone: list[VariableUpdate] = []
         reported: set[str] = set()
-        for ident in self.identifiers:
-            if ident in self.deleted:
-                continue
+        # Identifiers first, then the names delivered by a pattern: one deleted
+        # update per variable, whichever way it was seen.
+        seen: list[tuple[str, VariableUpdate | None]] = [
+            (i, self.last.get(i)) for i in self.identifiers if i not in self.deleted
+        ]
+        seen.extend(self.by_name.items())
+        for ident, last in seen:
             now = current_ids.get(ident)
-            last = self.last.get(ident)
             if last is None:
                 if now is None:
                     raise VariableNotFoundError(
@@ -248,11 +306,14 @@ def new_state(
     reconnect: bool,
     since_versions: Mapping[str, int] | None,
     backoff: tuple[float, float],
+    patterns: Iterable[str] | None = None,
 ) -> WatchState:
     """Check a watch's arguments and make its state.
 
     Raises:
-        TypeError: ``identifiers`` is a string, or holds a non-string.
+        TypeError: ``identifiers`` or ``patterns`` is a string, or holds a non-string.
+        ValidationError: neither identifiers nor patterns (a ``ValueError``;
+            code INVALID_ARGUMENT, as the server would say).
         ValueError: ``backoff`` is not two positive numbers, first <= longest.
     """
     if isinstance(identifiers, (str, bytes)):
@@ -261,11 +322,23 @@ def new_state(
     for ident in idents:
         if not isinstance(ident, str):
             raise TypeError(f"identifiers must be strings, not {type(ident).__name__}")
+    if isinstance(patterns, (str, bytes)):
+        raise TypeError("patterns must be a list of glob patterns, not a single string")
+    globs = list(patterns) if patterns is not None else []
+    for glob in globs:
+        if not isinstance(glob, str):
+            raise TypeError(f"patterns must be strings, not {type(glob).__name__}")
+    if not idents and not globs:
+        raise ValidationError(
+            "watch at least one variable or pattern (identifiers and patterns are both empty)",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "invalid_argument",
+        )
     first, longest = (float(x) for x in backoff)
     if not 0 < first <= longest:
         raise ValueError(f"backoff must be (first, longest) with 0 < first <= longest, not {backoff!r}")
     since = {str(k): int(v) for k, v in (since_versions or {}).items()}
-    return WatchState(idents, bool(include_initial), since, bool(reconnect), (first, longest))
+    return WatchState(idents, bool(include_initial), since, bool(reconnect), (first, longest), globs)
 
 
 # --------------------------------------------------------------------------- the plan
@@ -295,6 +368,7 @@ def watch_plan(host: WatchHost, state: WatchState, holder: WatchHolder) -> Watch
                     variable_identifiers=idents,
                     include_initial_values=include,
                     since_versions=since,
+                    patterns=state.patterns,  # again on every resume
                 )
                 if (yield OpenStream(request)):
                     state.connected()
@@ -335,11 +409,32 @@ def _session_check(host: WatchHost, state: WatchState, holder: WatchHolder) -> P
         return []
     if not state.opened or state.awaiting_recreation:
         return []
-    idents = [i for i in state.identifiers if i not in state.deleted]
-    batch = yield Rpc(
-        "GetVariables", pb2.BatchGetVariablesRequest(session_id=host.session_id, variable_identifiers=idents)
-    )
-    return state.vanished({ident: var.id for ident, var in batch.variables.items()})
+    names = state.resume_names()
+    current: dict[str, str] = {}
+    # Names seen by a pattern may be many: asked in chunks. A chunk over the
+    # server's max_batch is asked again in chunks as big as the watch itself
+    # (identifiers and patterns), which the server accepted under max_batch.
+    chunk = _CHECK_CHUNK
+    start = 0
+    while start < len(names):
+        part = names[start : start + chunk]
+        try:
+            batch = yield Rpc(
+                "GetVariables", pb2.BatchGetVariablesRequest(session_id=host.session_id, variable_identifiers=part)
+            )
+        except ResourceExhaustedError:
+            smaller = max(1, len(state.identifiers) + len(state.patterns))
+            if smaller >= chunk:
+                raise
+            chunk = smaller
+            continue
+        current.update((ident, var.id) for ident, var in batch.variables.items())
+        start += len(part)
+    return state.vanished(current)
+
+
+#: Names per GetVariables of the check before a same-session resume.
+_CHECK_CHUNK = 1000
 
 
 def decode_update(host: WatchHost, message: pb2.VariableUpdate, holder: WatchHolder) -> VariableUpdate:

@@ -25,6 +25,7 @@ import grpc
 import grpc.aio
 
 from ._plans import (
+    CALL_METADATA,
     DEFAULT_TIMEOUT,
     MISSING,
     Plan,
@@ -305,8 +306,9 @@ class SessionContext:
 
     def watch_variables(
         self,
-        identifiers: Iterable[str],
+        identifiers: Iterable[str] = (),
         *,
+        patterns: Iterable[str] | None = None,
         include_initial: bool = True,
         reconnect: bool = False,
         since_versions: Mapping[str, int] | None = None,
@@ -325,8 +327,15 @@ class SessionContext:
         Per variable, versions strictly increase and none comes twice; a
         consumer that falls behind gets intermediate changes coalesced, and
         always the latest value. The iterator yields the ``session_closed``
-        update when the session is cleaned up or expires and then stops; it
-        also stops after the ``deleted`` update of the last watched variable.
+        update when the session is cleaned up or expires and then stops;
+        without ``patterns`` it also stops after the ``deleted`` update of the
+        last watched variable (with patterns it goes on: only
+        ``session_closed`` or closing it ends it).
+
+        ``ctx.watch_variables(patterns=["model.*"])`` watches every variable
+        whose name matches, now and later: one registered after the watch
+        started arrives as ``update_type == "registered"`` with its first
+        value, then its changes; a deleted one as ``deleted``.
         Closing it (``close()``/``aclose()``, leaving ``with``, ``break`` and
         garbage collection, cancelling the awaiting task) cancels the RPC.
 
@@ -335,18 +344,31 @@ class SessionContext:
         ``has_variable``, ``in``) without an RPC; see :mod:`snakepit_bridge.watch`.
 
         Args:
-            identifiers: names or ids (a list, not a single string).
+            identifiers: names or ids (a list, not a single string); may be
+                empty when ``patterns`` are given.
+            patterns: glob patterns (``*`` any run, ``?`` one character)
+                matched against whole names, as in ``list_variables``
+                (a list, not a single string). Identifiers and patterns count
+                together against the server's ``max_batch``, the patterns'
+                total length against ``max_pattern_bytes``.
             include_initial: start with each variable's current value
-                (``update_type == "initial_value"``).
+                (``update_type == "initial_value"``); on the first opening
+                only (a ``reconnect`` resume always asks for them, see
+                :mod:`snakepit_bridge.watch`).
             reconnect: on UNAVAILABLE (server restart, dropped connection),
                 reopen the watch after an exponential backoff, forever or until
                 closed, resuming from the last version seen of each variable:
                 nothing is delivered twice and no final value is lost. See
                 :mod:`snakepit_bridge.watch` for restarts, which lose the
-                server's state.
-            since_versions: per identifier, the last version the caller has
-                already seen (e.g. from an earlier watch): its current value is
-                sent first only if newer (this overrides ``include_initial`` for it).
+                server's state. With patterns, the patterns are sent again, and
+                a matching variable registered while away arrives as
+                ``initial_value``.
+            since_versions: per identifier (or, for a pattern, per name), the
+                last version the caller has already seen (e.g. from an earlier
+                watch): its current value is sent first only if newer (this
+                overrides ``include_initial`` for it). Not empty, it makes the
+                opening a resume: a variable a pattern matches that it does not
+                list gets its current value.
             backoff: ``(first, longest)`` delay in seconds between reconnection
                 attempts (doubling, jittered).
 
@@ -355,18 +377,23 @@ class SessionContext:
             VariableNotFoundError: a variable does not exist (on opening: the
                 whole watch is refused), or, with ``reconnect``, a variable never
                 delivered was deleted while the watch was disconnected.
-            ValidationError: ``identifiers`` is empty (INVALID_ARGUMENT).
+            ValidationError: a request the server refused as malformed (INVALID_ARGUMENT),
+                e.g. an empty pattern.
+            ResourceExhaustedError: more identifiers and patterns than ``max_batch``,
+                or patterns longer than ``max_pattern_bytes`` in total.
             BridgeUnavailableError: the server went away and ``reconnect`` is off,
                 or the channel was closed (never retried).
 
         Raises:
-            TypeError: ``identifiers`` is a string, or holds a non-string.
+            TypeError: ``identifiers`` or ``patterns`` is a string, or holds a non-string.
+            ValidationError: neither identifiers nor patterns (a ``ValueError``).
             ValueError: ``backoff`` is not two positive numbers, first <= longest.
         """
         return open_blocking(
             self._core,
             _Link(self._stub, self._invoke, None),
             identifiers,
+            patterns=patterns,
             include_initial=include_initial,
             reconnect=reconnect,
             since_versions=since_versions,
@@ -607,8 +634,9 @@ class AsyncSessionContext:
 
     def watch_variables(
         self,
-        identifiers: Iterable[str],
+        identifiers: Iterable[str] = (),
         *,
+        patterns: Iterable[str] | None = None,
         include_initial: bool = True,
         reconnect: bool = False,
         since_versions: Mapping[str, int] | None = None,
@@ -626,6 +654,7 @@ class AsyncSessionContext:
             self._core,
             _Link(self._stub, self._invoke, self._channel),
             identifiers,
+            patterns=patterns,
             include_initial=include_initial,
             reconnect=reconnect,
             since_versions=since_versions,
@@ -687,7 +716,7 @@ class _Link:
         self.invoke = invoke
 
     def open_stream(self, request: Any) -> Any:
-        return self._stub.WatchVariables(request)
+        return self._stub.WatchVariables(request, metadata=CALL_METADATA)
 
     def channel_closed(self) -> bool:
         if self._channel is None:  # a blocking channel: closing it fails the call itself

@@ -12,6 +12,10 @@ What the server guarantees (``WatchVariables``)
     - the changes of one atomic batch update arrive adjacent;
     - the subscription is live before the first message: with initial values,
       a write racing the start is in the initial value or delivered after it;
+    - with ``patterns`` (globs over whole names, ``*`` and ``?``, as
+      ``list_variables``), the watch covers every variable that matches, now
+      and later: one registered after the watch started first arrives as
+      ``registered`` with its first value, then its changes;
     - ``deleted`` comes once for a deleted variable, then nothing more for it;
       ``session_closed`` is the last message when the session is cleaned up or
       expires (a watch does not keep its session alive: ``heartbeat`` does),
@@ -27,9 +31,13 @@ What this client adds
       which opens the stream and waits until the server has registered it).
       Refusals of the opening (``NOT_FOUND``, ``INVALID_ARGUMENT``) are raised
       there. Iteration ends (``StopIteration`` / ``StopAsyncIteration``)
-      right after the ``session_closed`` update has been yielded, and right
-      after the ``deleted`` update of the last variable still watched (nothing
-      else could come). Closing, leaving the ``with`` block, ``break`` plus
+      right after the ``session_closed`` update has been yielded, and, for a
+      watch without patterns, right after the ``deleted`` update of the last
+      variable still watched (nothing else could come). A watch with patterns
+      goes on after deletions (a matching variable may be registered): only
+      ``session_closed`` (or closing it) ends it. Neither identifiers nor
+      patterns raises :class:`~snakepit_bridge.ValidationError` (a
+      ``ValueError``) at once. Closing, leaving the ``with`` block, ``break`` plus
       garbage collection, or cancelling the task awaiting ``anext`` cancels the
       RPC, so the server drops the subscription at once.
     - ``reconnect=True``: after ``UNAVAILABLE`` (server restarted, connection
@@ -40,7 +48,14 @@ What this client adds
       seen of each variable: what changed meanwhile arrives as an
       ``initial_value`` update of the current value (intermediate versions
       coalesced), nothing is delivered twice, and a variable never delivered
-      yet gets its current value. The iterator reconnects while it is being
+      yet gets its current value. With patterns, the patterns are sent again
+      and ``since_versions`` lists, by name, every variable the watch has
+      delivered; a matching variable registered while the watch was away
+      arrives as ``initial_value`` with its current value. A resume always asks
+      for initial values (``include_initial`` applies to the first opening
+      only): so a pattern watch that has delivered nothing yet, and has no
+      versions to list, still gets what was registered meanwhile — and also
+      the current value of the variables that matched from the start. The iterator reconnects while it is being
       iterated (a ``next``/``anext`` is pending: that call waits through the
       outage). Before the first opening it reads the session (``GetSession``),
       and before each reopening it makes two unary calls:
@@ -58,7 +73,11 @@ What this client adds
         by a ``deleted`` update the client makes from the last update seen
         (``source`` and ``timestamp`` ``None``), then nothing more for it, as
         on a live stream. A watched variable never delivered that is gone
-        raises :class:`VariableNotFoundError`.
+        raises :class:`VariableNotFoundError`. With patterns, every name
+        delivered is checked too (in chunks), and a variable matched by a
+        pattern that is gone, or whose name a new variable now holds, is
+        reported ``deleted`` the same way (the new one then arrives as
+        ``initial_value``).
 
       A closed channel or a cancelled call is never retried. grpc's channel has
       a reconnection backoff of its own (1 s, growing to 120 s): after a long
@@ -90,7 +109,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -154,13 +173,18 @@ def open_blocking(
     link: BlockingLink,
     identifiers: Iterable[str],
     *,
+    patterns: Iterable[str] | None = None,
     include_initial: bool,
     reconnect: bool,
     since_versions: Mapping[str, int] | None,
     backoff: tuple[float, float],
 ) -> VariableWatch:
-    """A :class:`VariableWatch` (nothing sent yet); raises TypeError/ValueError for bad arguments."""
-    state = new_state(identifiers, include_initial, reconnect, since_versions, backoff)
+    """A :class:`VariableWatch` (nothing sent yet); raises TypeError/ValueError for bad arguments.
+
+    ``ValueError`` (a :class:`~snakepit_bridge.ValidationError`) also when
+    neither identifiers nor patterns are given.
+    """
+    state = new_state(identifiers, include_initial, reconnect, since_versions, backoff, patterns)
     return VariableWatch(host, link, state)
 
 
@@ -169,13 +193,14 @@ def open_async(
     link: AsyncLink,
     identifiers: Iterable[str],
     *,
+    patterns: Iterable[str] | None = None,
     include_initial: bool,
     reconnect: bool,
     since_versions: Mapping[str, int] | None,
     backoff: tuple[float, float],
 ) -> AsyncVariableWatch:
     """An :class:`AsyncVariableWatch` (nothing sent yet); raises TypeError/ValueError for bad arguments."""
-    state = new_state(identifiers, include_initial, reconnect, since_versions, backoff)
+    state = new_state(identifiers, include_initial, reconnect, since_versions, backoff, patterns)
     return AsyncVariableWatch(host, link, state)
 
 
@@ -199,6 +224,28 @@ def _stream_error(exc: grpc.RpcError) -> BridgeError:
 
 
 _CLOSED_CHANNEL = "the gRPC channel is closed"
+_CLOSED_CHANNEL_CANCELLED = f"{_CLOSED_CHANNEL}; the watch stream was cancelled"
+
+
+def _grpc_version() -> tuple[int, int]:
+    major, minor = grpc.__version__.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+# Before grpcio 1.83, closing a grpc.aio channel cancels only the calls it finds
+# as the outermost coroutine of a task (it walks asyncio.all_tasks()): a stream
+# awaited from inside a watch, or not awaited at that moment, is not cancelled,
+# and its next read waits forever instead of failing. On those versions the
+# watch looks at the channel before each wait on the stream, and runs the wait
+# in a task of its own whose coroutine is the call's, so a close during the
+# wait finds and cancels it (one task per message; newer grpcio tracks its
+# calls itself and cancels them all).
+_WAIT_IN_OWN_TASK = _grpc_version() < (1, 83)
+
+
+def _seen_by_close(wait: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
+    """``wait`` (a coroutine of a grpc.aio call), as a task of its own where grpc needs that to cancel it."""
+    return asyncio.ensure_future(wait) if _WAIT_IN_OWN_TASK else wait
 
 
 def _step(plan: WatchPlan, value: Any, error: BaseException | None, end: type[Exception]) -> Any:
@@ -217,6 +264,7 @@ class _WatchIterator:
         self._holder = WatchHolder()
         self._plan = watch_plan(host, state, self._holder)
         self._identifiers = state.identifiers
+        self._patterns = state.patterns
         self._call: Any = None
         self._closed = False  # no more updates: closed, finished or failed
         self._finished = False  # the plan is closed
@@ -225,7 +273,8 @@ class _WatchIterator:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"{type(self).__name__}({self._host.session_id!r}, {self._identifiers!r}, {state})"
+        patterns = f", patterns={self._patterns!r}" if self._patterns else ""
+        return f"{type(self).__name__}({self._host.session_id!r}, {self._identifiers!r}{patterns}, {state})"
 
     @property
     def closed(self) -> bool:
@@ -257,16 +306,19 @@ class VariableWatch(_WatchIterator):
     :meth:`close` may be called from any thread and makes a blocked ``next()``
     raise ``StopIteration``.
 
-    The ``session_closed`` update is yielded, then iteration stops; it also
-    stops after the ``deleted`` update of the last variable watched. Not made
-    directly: the context makes it.
+    The ``session_closed`` update is yielded, then iteration stops; without
+    patterns it also stops after the ``deleted`` update of the last variable
+    watched (with patterns it goes on). Not made directly: the context makes it.
 
     Iteration raises (and then ends):
         SessionNotFoundError: the session does not exist (on opening).
         VariableNotFoundError: a watched variable does not exist (on opening),
             or, with ``reconnect``, one never delivered was deleted while the
             watch was disconnected.
-        ValidationError: an empty identifier list (INVALID_ARGUMENT).
+        ValidationError: a request the server refused as malformed
+            (INVALID_ARGUMENT), e.g. an empty pattern.
+        ResourceExhaustedError: over the server's limits (``max_batch``
+            identifiers and patterns together, ``max_pattern_bytes`` of patterns).
         BridgeUnavailableError: the server went away (without ``reconnect``), or
             the channel was closed (always).
         BridgeError: any other failure, e.g. a malformed value from the server.
@@ -286,7 +338,7 @@ class VariableWatch(_WatchIterator):
 
         Raises:
             StopIteration: the watch is closed, or ended (after ``session_closed``,
-                or after the last watched variable's ``deleted``).
+                or, without patterns, after the last watched variable's ``deleted``).
             BridgeError: see the class docs.
         """
         update = self._advance(until_open=False)
@@ -450,16 +502,19 @@ class AsyncVariableWatch(_WatchIterator):
     task awaiting ``anext`` (the cancellation propagates; the watch is over).
     One task iterates at a time.
 
-    The ``session_closed`` update is yielded, then iteration stops; it also
-    stops after the ``deleted`` update of the last variable watched. Not made
-    directly: the context makes it.
+    The ``session_closed`` update is yielded, then iteration stops; without
+    patterns it also stops after the ``deleted`` update of the last variable
+    watched (with patterns it goes on). Not made directly: the context makes it.
 
     Iteration raises (and then ends):
         SessionNotFoundError: the session does not exist (on opening).
         VariableNotFoundError: a watched variable does not exist (on opening),
             or, with ``reconnect``, one never delivered was deleted while the
             watch was disconnected.
-        ValidationError: an empty identifier list (INVALID_ARGUMENT).
+        ValidationError: a request the server refused as malformed
+            (INVALID_ARGUMENT), e.g. an empty pattern.
+        ResourceExhaustedError: over the server's limits (``max_batch``
+            identifiers and patterns together, ``max_pattern_bytes`` of patterns).
         BridgeUnavailableError: the server went away (without ``reconnect``), or
             the channel was closed (always).
         BridgeError: any other failure, e.g. a malformed value from the server.
@@ -478,7 +533,8 @@ class AsyncVariableWatch(_WatchIterator):
 
         Raises:
             StopAsyncIteration: the watch is closed, or ended (after
-                ``session_closed``, or after the last watched variable's ``deleted``).
+                ``session_closed``, or, without patterns, after the last watched
+                variable's ``deleted``).
             asyncio.CancelledError: the awaiting task was cancelled (the RPC is cancelled too).
             BridgeError: see the class docs.
         """
@@ -594,14 +650,18 @@ class AsyncVariableWatch(_WatchIterator):
         if previous is not None:
             previous.cancel()
         try:
-            await call.initial_metadata()  # returns once headers came, or the call ended
+            await _seen_by_close(call.initial_metadata())  # returns once headers came, or the call ended
         except asyncio.CancelledError as exc:
             return None, self._cancelled(exc)
         return not call.done(), None
 
     async def _read(self) -> tuple[Any, BaseException | None]:
+        if _WAIT_IN_OWN_TASK and self._link.channel_closed():  # see _WAIT_IN_OWN_TASK
+            if self._closed:
+                raise StopAsyncIteration
+            return None, BridgeUnavailableError(_CLOSED_CHANNEL_CANCELLED)
         try:
-            message = await self._call.read()
+            message = await _seen_by_close(self._call.read())
         except grpc.RpcError as exc:
             if self._closed:
                 raise StopAsyncIteration from None
@@ -626,7 +686,7 @@ class AsyncVariableWatch(_WatchIterator):
         if self._closed:
             raise StopAsyncIteration from None
         if self._link.channel_closed():
-            return BridgeUnavailableError(f"{_CLOSED_CHANNEL}; the watch stream was cancelled")
+            return BridgeUnavailableError(_CLOSED_CHANNEL_CANCELLED)
         raise exc  # a task cancellation (Python 3.10 has no Task.cancelling())
 
     async def _sleep(self, seconds: float) -> None:
