@@ -68,6 +68,9 @@ impl Glob {
 
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
+        if self.stars.len() == 1 {
+            return self.matches_short(text);
+        }
         let words = self.stars.len();
         let mut state = vec![0u64; words];
         set(&mut state, 0);
@@ -91,6 +94,22 @@ impl Glob {
             }
         }
         get(&state, self.tokens.len())
+    }
+
+    /// [`Self::matches`] for patterns of fewer than 64 tokens (almost all):
+    /// the same automaton in one machine word, with no allocation.
+    fn matches_short(&self, text: &str) -> bool {
+        let (stars, any) = (self.stars[0], self.any[0]);
+        let close = |state: u64| state | ((state & stars) << 1);
+        let mut state = close(1);
+        for c in text.chars() {
+            let takes = any | self.literal.get(&c).map_or(0, |l| l[0]);
+            state = close((state & stars) | ((state & takes) << 1));
+            if state == 0 {
+                return false;
+            }
+        }
+        state & (1 << self.tokens.len()) != 0
     }
 
     /// A `*` may match nothing: reaching it also reaches the position after it.

@@ -339,12 +339,15 @@ impl Store {
         }
         match committed {
             Committed::Values { ids, change, at_us, atomic } => {
+                // Only what someone watches: a session's other variables cost
+                // a lookup, whatever its watchers (pattern watchers included).
+                let ids = session.watch.watched(ids);
                 if ids.is_empty() {
                     return;
                 }
                 let batch = atomic.then(|| self.inner.next_batch.fetch_add(1, Ordering::Relaxed));
                 let metadata = change_metadata(change);
-                session.watch.publish(ids.iter().map(|id| Update {
+                session.watch.publish(ids.into_iter().map(|id| Update {
                     kind: UpdateKind::ValueChange,
                     variable: Some(vars.by_id[id].clone()),
                     source: change.source,
@@ -353,14 +356,19 @@ impl Store {
                     batch,
                 }));
             }
-            Committed::Deleted { variable, at_us } => session.watch.publish([Update {
-                kind: UpdateKind::Deleted,
-                source: variable.source,
-                variable: Some(variable),
-                metadata: Arc::default(),
-                at_us,
-                batch: None,
-            }]),
+            Committed::Deleted { variable, at_us } => {
+                if session.watch.watched(std::slice::from_ref(&variable.id)).is_empty() {
+                    return;
+                }
+                session.watch.publish([Update {
+                    kind: UpdateKind::Deleted,
+                    source: variable.source,
+                    variable: Some(variable),
+                    metadata: Arc::default(),
+                    at_us,
+                    batch: None,
+                }])
+            }
             Committed::Registered { variable } => {
                 // Matching happens here, once per registration, so writes never scan patterns.
                 if session.watch.bind_registered(&variable.id, &variable.name) {
@@ -528,7 +536,7 @@ impl Store {
             seen.insert(var.id.clone(), var.version);
         }
         // Subscribing under the variable lock: no write can slip in between.
-        let sub = session.watch.subscribe(owner, ids, seen, initial, globs);
+        let sub = session.watch.subscribe(owner, ids, seen, initial, request.patterns.clone());
         drop(vars);
         Ok(sub)
     }

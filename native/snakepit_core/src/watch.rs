@@ -195,10 +195,12 @@ impl Watcher {
 struct Table {
     /// Variable id → ids of the watchers watching it.
     by_variable: HashMap<Arc<str>, Vec<u64>>,
-    watchers: HashMap<u64, (Arc<Watcher>, Vec<Arc<str>>)>,
-    /// Watchers with patterns, and their patterns: consulted when a variable
-    /// is registered, never on writes.
-    patterns: Vec<(u64, Arc<[Glob]>)>,
+    /// Watcher id → the watcher, the variable ids it watches, its patterns.
+    watchers: HashMap<u64, (Arc<Watcher>, Vec<Arc<str>>, Vec<Arc<str>>)>,
+    /// The distinct patterns of all watchers, each with the watchers that
+    /// hold it: consulted when a variable is registered (once per distinct
+    /// pattern, however many watchers share it), never on writes.
+    patterns: HashMap<Arc<str>, (Glob, Vec<u64>)>,
 }
 
 #[derive(Default)]
@@ -250,6 +252,15 @@ impl SessionWatch {
 
     fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Of `ids`, those some watcher watches: a write publishes only these, so
+    /// a change nobody watches costs one lookup, not a dispatch. The caller
+    /// holds the session's variable lock, under which watchers subscribe and
+    /// bind new variables, so the answer holds until it releases it.
+    pub(crate) fn watched<'a>(&self, ids: &'a [Arc<str>]) -> Vec<&'a Arc<str>> {
+        let table = self.table();
+        ids.iter().filter(|id| table.by_variable.contains_key(*id)).collect()
     }
 
     /// Records changes for the watchers. The caller holds the session's variable
@@ -310,7 +321,7 @@ impl SessionWatch {
         variables: Vec<Arc<str>>,
         seen: HashMap<Arc<str>, i64>,
         initial: Vec<Update>,
-        patterns: Vec<Glob>,
+        patterns: Vec<String>,
     ) -> Subscription {
         let mut state =
             WatcherState { pending: Pending::default(), seen, deleted: HashSet::new(), closed: false, finished: false };
@@ -323,10 +334,16 @@ impl SessionWatch {
         for v in &variables {
             table.by_variable.entry(v.clone()).or_default().push(id);
         }
-        table.watchers.insert(id, (watcher.clone(), variables));
-        if !patterns.is_empty() {
-            table.patterns.push((id, patterns.into()));
+        let mut held: Vec<Arc<str>> = Vec::with_capacity(patterns.len());
+        for pattern in patterns {
+            let key: Arc<str> = Arc::from(pattern);
+            let entry = table.patterns.entry(key.clone()).or_insert_with(|| (Glob::new(&key), Vec::new()));
+            if !entry.1.contains(&id) {
+                entry.1.push(id);
+                held.push(key);
+            }
         }
+        table.watchers.insert(id, (watcher.clone(), variables, held));
         self.count.fetch_add(1, Ordering::AcqRel);
         self.hub.stats.counter(owner).fetch_add(1, Ordering::Relaxed);
         drop(table);
@@ -345,14 +362,17 @@ impl SessionWatch {
     /// watching it. Returns whether any did, i.e. whether to publish it.
     pub(crate) fn bind_registered(&self, id: &Arc<str>, name: &str) -> bool {
         let mut table = self.table();
-        let matching: Vec<u64> = table
+        let mut matching: Vec<u64> = table
             .patterns
-            .iter()
-            .filter(|(_, globs)| globs.iter().any(|g| g.matches(name)))
-            .map(|(watcher, _)| *watcher)
+            .values()
+            .filter(|(glob, _)| glob.matches(name))
+            .flat_map(|(_, watchers)| watchers.iter().copied())
             .collect();
+        // A watcher with two matching patterns watches the variable once.
+        matching.sort_unstable();
+        matching.dedup();
         for watcher in &matching {
-            if let Some((_, variables)) = table.watchers.get_mut(watcher) {
+            if let Some((_, variables, _)) = table.watchers.get_mut(watcher) {
                 variables.push(id.clone());
             }
         }
@@ -365,10 +385,17 @@ impl SessionWatch {
 
     fn unsubscribe(&self, id: u64) {
         let mut table = self.table();
-        let Some((watcher, variables)) = table.watchers.remove(&id) else {
+        let Some((watcher, variables, patterns)) = table.watchers.remove(&id) else {
             return;
         };
-        table.patterns.retain(|(w, _)| *w != id);
+        for pattern in patterns {
+            if let Some((_, ids)) = table.patterns.get_mut(&pattern) {
+                ids.retain(|w| *w != id);
+                if ids.is_empty() {
+                    table.patterns.remove(&pattern);
+                }
+            }
+        }
         for v in variables {
             if let Some(ids) = table.by_variable.get_mut(&v) {
                 ids.retain(|w| *w != id);
@@ -399,7 +426,7 @@ impl SessionWatch {
         if let [u] = updates.as_slice() {
             if u.kind != UpdateKind::SessionClosed {
                 for id in table.by_variable.get(u.key()).into_iter().flatten() {
-                    if let Some((w, _)) = table.watchers.get(id) {
+                    if let Some((w, _, _)) = table.watchers.get(id) {
                         w.offer(std::slice::from_ref(u));
                     }
                 }
@@ -421,7 +448,7 @@ impl SessionWatch {
             }
         }
         for (id, list) in per_watcher {
-            if let Some((w, _)) = table.watchers.get(&id) {
+            if let Some((w, _, _)) = table.watchers.get(&id) {
                 w.offer(&list);
             }
         }

@@ -139,4 +139,26 @@ proptest! {
         let one_each = "?".repeat(name.chars().count());
         prop_assert!(glob_match(&one_each, &name));
     }
+
+    /// The bit-parallel matcher agrees with the textbook backtracking one, on
+    /// short patterns (one machine word) and on long ones (several).
+    #[test]
+    fn glob_agrees_with_backtracking(pattern in "[ab*?]{0,10}", name in "[ab]{0,12}", pad in 0usize..80) {
+        prop_assert_eq!(glob_match(&pattern, &name), backtracking(&pattern, &name));
+        let (long_pattern, long_name) = (format!("{}{pattern}", "a".repeat(pad)), format!("{}{name}", "a".repeat(pad)));
+        prop_assert_eq!(glob_match(&long_pattern, &long_name), backtracking(&long_pattern, &long_name));
+    }
+}
+
+/// Glob matching by recursion: exponential in the worst case, obviously right.
+fn backtracking(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some(('?', rest)) => !n.is_empty() && go(rest, &n[1..]),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    go(&pattern.chars().collect::<Vec<_>>(), &name.chars().collect::<Vec<_>>())
 }
