@@ -191,12 +191,20 @@ impl Watcher {
     }
 }
 
+/// A watcher as the table knows it.
+struct Entry {
+    watcher: Arc<Watcher>,
+    /// Ids of the variables it watches.
+    variables: Vec<Arc<str>>,
+    /// Its patterns (keys of `Table::patterns`).
+    patterns: Vec<Arc<str>>,
+}
+
 #[derive(Default)]
 struct Table {
     /// Variable id → ids of the watchers watching it.
     by_variable: HashMap<Arc<str>, Vec<u64>>,
-    /// Watcher id → the watcher, the variable ids it watches, its patterns.
-    watchers: HashMap<u64, (Arc<Watcher>, Vec<Arc<str>>, Vec<Arc<str>>)>,
+    watchers: HashMap<u64, Entry>,
     /// The distinct patterns of all watchers, each with the watchers that
     /// hold it: consulted when a variable is registered (once per distinct
     /// pattern, however many watchers share it), never on writes.
@@ -343,7 +351,7 @@ impl SessionWatch {
                 held.push(key);
             }
         }
-        table.watchers.insert(id, (watcher.clone(), variables, held));
+        table.watchers.insert(id, Entry { watcher: watcher.clone(), variables, patterns: held });
         self.count.fetch_add(1, Ordering::AcqRel);
         self.hub.stats.counter(owner).fetch_add(1, Ordering::Relaxed);
         drop(table);
@@ -372,8 +380,8 @@ impl SessionWatch {
         matching.sort_unstable();
         matching.dedup();
         for watcher in &matching {
-            if let Some((_, variables, _)) = table.watchers.get_mut(watcher) {
-                variables.push(id.clone());
+            if let Some(entry) = table.watchers.get_mut(watcher) {
+                entry.variables.push(id.clone());
             }
         }
         let any = !matching.is_empty();
@@ -385,7 +393,7 @@ impl SessionWatch {
 
     fn unsubscribe(&self, id: u64) {
         let mut table = self.table();
-        let Some((watcher, variables, patterns)) = table.watchers.remove(&id) else {
+        let Some(Entry { watcher, variables, patterns }) = table.watchers.remove(&id) else {
             return;
         };
         for pattern in patterns {
@@ -426,8 +434,8 @@ impl SessionWatch {
         if let [u] = updates.as_slice() {
             if u.kind != UpdateKind::SessionClosed {
                 for id in table.by_variable.get(u.key()).into_iter().flatten() {
-                    if let Some((w, _, _)) = table.watchers.get(id) {
-                        w.offer(std::slice::from_ref(u));
+                    if let Some(entry) = table.watchers.get(id) {
+                        entry.watcher.offer(std::slice::from_ref(u));
                     }
                 }
                 return;
@@ -448,8 +456,8 @@ impl SessionWatch {
             }
         }
         for (id, list) in per_watcher {
-            if let Some((w, _, _)) = table.watchers.get(&id) {
-                w.offer(&list);
+            if let Some(entry) = table.watchers.get(&id) {
+                entry.watcher.offer(&list);
             }
         }
     }
