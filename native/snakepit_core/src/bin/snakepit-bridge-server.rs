@@ -247,12 +247,19 @@ fn number(flag: &str, text: &str) -> Result<u64, String> {
     text.parse().map_err(|_| format!("{flag} takes a whole number, got {text:?}"))
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (not when the future is
+/// first polled, which may come after the first connection is served: a
+/// SIGTERM in between would kill the process instead of stopping it), and
+/// returns a future that completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
@@ -299,6 +306,7 @@ async fn main() -> ExitCode {
     if let Err(e) = snakepit_core::net::raise_fd_limit() {
         eprintln!("snakepit-bridge-server: could not raise the descriptor limit: {e}");
     }
+    let shutdown = shutdown_signal();
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -315,7 +323,7 @@ async fn main() -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let args = *args;
-    match serve(Store::new(), listener, args.config, shutdown_signal()).await {
+    match serve(Store::new(), listener, args.config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("snakepit-bridge-server: {e}");
