@@ -240,6 +240,16 @@ class _Header:
         return (*metadata, self._header) if metadata else self._alone
 
 
+class _Wrapped:
+    """What every wrapped multicallable holds: grpc's own multicallable, and the header to add."""
+
+    __slots__ = ("_call", "_header")
+
+    def __init__(self, call: Any, header: _Header) -> None:
+        self._call = call
+        self._header = header
+
+
 class _AuthorizedChannel(grpc.Channel):
     """A blocking channel that adds the ``authorization`` header to every call, after the caller's metadata."""
 
@@ -278,12 +288,8 @@ class _AuthorizedChannel(grpc.Channel):
         return self._channel.__exit__(exc_type, exc_val, exc_tb)
 
 
-class _UnaryUnary(_UnaryUnaryBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.UnaryUnaryMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _UnaryUnary(_Wrapped, _UnaryUnaryBase):
+    _call: grpc.UnaryUnaryMultiCallable[Any, Any]
 
     def __call__(
         self,
@@ -316,12 +322,8 @@ class _UnaryUnary(_UnaryUnaryBase):
         return self._call.future(request, timeout, self._header.metadata(metadata), *args, **kwargs)
 
 
-class _UnaryStream(_UnaryStreamBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.UnaryStreamMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _UnaryStream(_Wrapped, _UnaryStreamBase):
+    _call: grpc.UnaryStreamMultiCallable[Any, Any]
 
     def __call__(
         self,
@@ -334,12 +336,8 @@ class _UnaryStream(_UnaryStreamBase):
         return self._call(request, timeout, self._header.metadata(metadata), *args, **kwargs)
 
 
-class _StreamUnary(_StreamUnaryBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.StreamUnaryMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _StreamUnary(_Wrapped, _StreamUnaryBase):
+    _call: grpc.StreamUnaryMultiCallable[Any, Any]
 
     def __call__(
         self,
@@ -372,12 +370,8 @@ class _StreamUnary(_StreamUnaryBase):
         return self._call.future(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
 
 
-class _StreamStream(_StreamStreamBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.StreamStreamMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _StreamStream(_Wrapped, _StreamStreamBase):
+    _call: grpc.StreamStreamMultiCallable[Any, Any]
 
     def __call__(
         self,
@@ -431,12 +425,8 @@ class _AsyncAuthorizedChannel(grpc.aio.Channel):
         return await self._channel.__aexit__(exc_type, exc_val, exc_tb)
 
 
-class _AsyncUnaryUnary(_AsyncUnaryUnaryBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.aio.UnaryUnaryMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _AsyncUnaryUnary(_Wrapped, _AsyncUnaryUnaryBase):
+    _call: grpc.aio.UnaryUnaryMultiCallable[Any, Any]
 
     def __call__(
         self, request: Any, *, metadata: Iterable[_Metadatum] | None = None, **kwargs: Any
@@ -444,12 +434,8 @@ class _AsyncUnaryUnary(_AsyncUnaryUnaryBase):
         return self._call(request, metadata=self._header.metadata(metadata), **kwargs)
 
 
-class _AsyncUnaryStream(_AsyncUnaryStreamBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.aio.UnaryStreamMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _AsyncUnaryStream(_Wrapped, _AsyncUnaryStreamBase):
+    _call: grpc.aio.UnaryStreamMultiCallable[Any, Any]
 
     def __call__(
         self, request: Any, *, metadata: Iterable[_Metadatum] | None = None, **kwargs: Any
@@ -457,12 +443,8 @@ class _AsyncUnaryStream(_AsyncUnaryStreamBase):
         return self._call(request, metadata=self._header.metadata(metadata), **kwargs)
 
 
-class _AsyncStreamUnary(_AsyncStreamUnaryBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.aio.StreamUnaryMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _AsyncStreamUnary(_Wrapped, _AsyncStreamUnaryBase):
+    _call: grpc.aio.StreamUnaryMultiCallable[Any, Any]
 
     def __call__(
         self,
@@ -475,12 +457,8 @@ class _AsyncStreamUnary(_AsyncStreamUnaryBase):
         return self._call(request_iterator, timeout, self._header.metadata(metadata), *args, **kwargs)
 
 
-class _AsyncStreamStream(_AsyncStreamStreamBase):
-    __slots__ = ("_call", "_header")
-
-    def __init__(self, call: grpc.aio.StreamStreamMultiCallable[Any, Any], header: _Header) -> None:
-        self._call = call
-        self._header = header
+class _AsyncStreamStream(_Wrapped, _AsyncStreamStreamBase):
+    _call: grpc.aio.StreamStreamMultiCallable[Any, Any]
 
     def __call__(
         self,
