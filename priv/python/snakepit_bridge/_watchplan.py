@@ -83,11 +83,13 @@ class Sleep:
     seconds: float
 
 
-@dataclass(frozen=True)
 class Emit:
     """Hand one update to the consumer."""
 
-    update: VariableUpdate
+    __slots__ = ("update",)
+
+    def __init__(self, update: VariableUpdate) -> None:
+        self.update = update
 
 
 WatchPlan = Generator[Any, Any, None]
@@ -377,8 +379,9 @@ def watch_plan(host: WatchHost, state: WatchState, holder: WatchHolder) -> Watch
                     message = yield READ
                     if message is None:  # ended with OK (after session_closed)
                         return
-                    state.connected()
-                    cache.set_live(holder, True)
+                    if not holder.live:  # live implies connected() since the last failure
+                        state.connected()
+                        cache.set_live(holder, True)
                     update = decode_update(host, message, holder)
                     over = state.note(update)
                     if over:
@@ -437,6 +440,12 @@ def _session_check(host: WatchHost, state: WatchState, holder: WatchHolder) -> P
 _CHECK_CHUNK = 1000
 
 
+_new_update = object.__new__
+_set_dict = object.__setattr__
+#: Wire name -> member: what ``VariableType.coerce`` gives for a ``str`` (a name it does not know stays a str).
+_TYPE_MEMBERS: dict[str, VariableType | str] = {member.value: member for member in VariableType}
+
+
 def decode_update(host: WatchHost, message: pb2.VariableUpdate, holder: WatchHolder) -> VariableUpdate:
     """Decode one message, and refresh the type cache and the watch cache with it.
 
@@ -460,18 +469,26 @@ def decode_update(host: WatchHost, message: pb2.VariableUpdate, holder: WatchHol
                 if kind != "session_closed":
                     host.cache.refresh(holder, var_id, name, version, var)
             update_metadata = message.update_metadata
-            return received_update(
-                kind,
-                message.variable_id or var_id,
-                name,
-                value,
-                version,
-                VariableType.coerce(var_type),
-                dict(update_metadata) if update_metadata else {},
-                message.update_source or None,
-                Deferred(update_timestamp, message),
-                Deferred(variable_info, var),
+            # What received_update() makes, inline (the hot path of a watch).
+            update = _new_update(VariableUpdate)
+            _set_dict(
+                update,
+                "__dict__",
+                {
+                    "update_type": kind,
+                    "variable_id": message.variable_id or var_id,
+                    "name": name,
+                    "value": value,
+                    "version": version,
+                    "type": _TYPE_MEMBERS.get(var_type, var_type),
+                    # {k: m[k] for k in m}: the dict(m) of a protobuf map, in half the time
+                    "metadata": {k: update_metadata[k] for k in update_metadata} if update_metadata else {},
+                    "source": message.update_source or None,
+                    "_lazy_timestamp": Deferred(update_timestamp, message),
+                    "_lazy_variable": Deferred(variable_info, var),
+                },
             )
+            return update
     return received_update(
         kind,
         message.variable_id or None,

@@ -617,7 +617,16 @@ class AsyncVariableWatch(_WatchIterator):
                 if isinstance(op, Emit):
                     return op.update
                 if op is READ:
-                    value, error = await self._read()
+                    if _WAIT_IN_OWN_TASK:
+                        value, error = await self._read()
+                    else:  # _read() inline: one coroutine less per message
+                        try:
+                            value, error = await self._call.read(), None
+                        except (grpc.RpcError, asyncio.CancelledError, grpc.aio.UsageError) as exc:
+                            value, error = None, self._read_failed(exc)
+                        else:
+                            if value is grpc.aio.EOF:
+                                value = None
                 elif isinstance(op, OpenStream):
                     value, error = await self._open(op.request)
                     if until_open and value:
@@ -662,17 +671,21 @@ class AsyncVariableWatch(_WatchIterator):
             return None, BridgeUnavailableError(_CLOSED_CHANNEL_CANCELLED)
         try:
             message = await _seen_by_close(self._call.read())
-        except grpc.RpcError as exc:
-            if self._closed:
-                raise StopAsyncIteration from None
-            return None, _stream_error(exc)
-        except asyncio.CancelledError as exc:
-            return None, self._cancelled(exc)
-        except grpc.aio.UsageError as exc:
-            return None, BridgeUnavailableError(f"{_CLOSED_CHANNEL} ({exc})")
+        except (grpc.RpcError, asyncio.CancelledError, grpc.aio.UsageError) as exc:
+            return None, self._read_failed(exc)
         if message is grpc.aio.EOF:
             return None, None
         return message, None
+
+    def _read_failed(self, exc: BaseException) -> BaseException:
+        """The error a failed read hands the plan (or raises StopAsyncIteration / re-raises, see _cancelled)."""
+        if isinstance(exc, grpc.RpcError):
+            if self._closed:
+                raise StopAsyncIteration from None
+            return _stream_error(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            return self._cancelled(exc)
+        return BridgeUnavailableError(f"{_CLOSED_CHANNEL} ({exc})")
 
     def _cancelled(self, exc: asyncio.CancelledError) -> BaseException:
         """Sort out a CancelledError from grpc: a task cancellation, a close, or a closed channel.
