@@ -88,6 +88,9 @@ pub struct ServiceConfig {
     pub max_watchers_per_connection: usize,
 }
 
+/// Response header of a WatchVariables stream the server registered (value "open").
+pub const WATCH_OPEN_KEY: &str = "snakepit-watch";
+
 /// Scans of whole sessions (ListVariables) running at once; more wait their turn.
 const CONCURRENT_SCANS: usize = 2;
 
@@ -448,6 +451,11 @@ impl BridgeService for Service {
                 }
             }
         });
-        Ok(Response::new(Box::pin(stream)))
+        // The response headers say the watch is registered, so a client can
+        // tell it apart from a refusal (a trailers-only response) before any
+        // update arrives, whatever order its library reports the two in.
+        let mut response = Response::new(Box::pin(stream) as UpdateStream);
+        response.metadata_mut().insert(WATCH_OPEN_KEY, tonic::metadata::MetadataValue::from_static("open"));
+        Ok(response)
     }
 }

@@ -257,3 +257,18 @@ async fn a_pattern_watch_over_grpc_gets_matching_registrations() {
     assert_eq!(none.code(), Code::InvalidArgument);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_registered_watch_says_so_in_its_headers_and_a_refusal_does_not() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    let mut c = server.client().await;
+    session(&mut c, "s").await;
+    register(&mut c, "s", "x", "integer", "1", "").await;
+    let open = c.watch_variables(watch_req("s", &["x"], false)).await.unwrap();
+    assert_eq!(open.metadata().get(snakepit_core::service::WATCH_OPEN_KEY).unwrap(), "open");
+    // A refusal is trailers-only: an error status, no such header to be seen.
+    let refused = c.watch_variables(watch_req("s", &["missing"], false)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    assert!(refused.metadata().get(snakepit_core::service::WATCH_OPEN_KEY).is_none());
+    server.shutdown().await;
+}

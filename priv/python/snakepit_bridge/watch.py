@@ -248,6 +248,20 @@ def _seen_by_close(wait: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
     return asyncio.ensure_future(wait) if _WAIT_IN_OWN_TASK else wait
 
 
+#: Response header of a watch the server registered (the server's WATCH_OPEN_KEY).
+_WATCH_OPEN = "snakepit-watch"
+
+
+def _registered(metadata: Iterable[tuple[str, Any]] | None) -> bool:
+    """Whether a stream's initial metadata says the server registered the watch.
+
+    A refusal is a trailers-only response without the header: depending on the
+    grpcio version, its status may only be reported after the (empty) initial
+    metadata, so ``call.done()`` cannot tell the two apart yet.
+    """
+    return metadata is not None and any(key == _WATCH_OPEN for key, _ in metadata)
+
+
 def _step(plan: WatchPlan, value: Any, error: BaseException | None, end: type[Exception]) -> Any:
     """Resume the plan with a result (or an error); its next operation. Raises ``end`` when it is over."""
     try:
@@ -459,8 +473,8 @@ class VariableWatch(_WatchIterator):
             previous, self._call = self._call, call
         if previous is not None:
             previous.cancel()
-        call.initial_metadata()  # returns once headers came, or the call ended
-        return not call.done(), None
+        # Returns once headers came, or the call ended (then without the header).
+        return _registered(call.initial_metadata()), None
 
     def _read(self) -> tuple[Any, BaseException | None]:
         try:
@@ -659,10 +673,11 @@ class AsyncVariableWatch(_WatchIterator):
         if previous is not None:
             previous.cancel()
         try:
-            await _seen_by_close(call.initial_metadata())  # returns once headers came, or the call ended
+            # Returns once headers came, or the call ended (then without the header).
+            metadata = await _seen_by_close(call.initial_metadata())
         except asyncio.CancelledError as exc:
             return None, self._cancelled(exc)
-        return not call.done(), None
+        return _registered(metadata), None
 
     async def _read(self) -> tuple[Any, BaseException | None]:
         if _WAIT_IN_OWN_TASK and self._link.channel_closed():  # see _WAIT_IN_OWN_TASK

@@ -209,7 +209,10 @@ class BridgeServiceServicer(object):
         moves behind later changes); the changes of one atomic SetVariables
         arrive adjacent;
         - the subscription is live before the first message, so a write racing
-        the start is in the initial value or delivered after it;
+        the start is in the initial value or delivered after it; (ours) the
+        response headers of a registered watch carry "snakepit-watch: open",
+        so a client knows it is live before any update (a refusal is a
+        trailers-only response without it);
         - an empty identifier list is INVALID_ARGUMENT, an unknown session or
         variable NOT_FOUND, more than max_batch identifiers RESOURCE_EXHAUSTED,
         all before anything is streamed;
