@@ -1,8 +1,17 @@
 defmodule Snakepit.Test.Watchers do
-  @moduledoc "Waiting on a session's watcher count, with a deadline instead of blind sleeps."
+  @moduledoc "Waiting on a session's watcher count and on watch updates, with deadlines instead of blind sleeps."
 
   import ExUnit.Assertions, only: [flunk: 1]
   alias Snakepit.Bridge.SessionStore
+
+  @doc "The next update of the watch `ref`; fails the test after `timeout` ms."
+  def next_update(ref, timeout \\ 5000) do
+    receive do
+      {:snakepit_variable_update, ^ref, %Snakepit.Bridge.VariableUpdate{} = u} -> u
+    after
+      timeout -> flunk("no update within #{timeout} ms")
+    end
+  end
 
   @doc "The session's live watcher count."
   def count(sid) do

@@ -6,6 +6,8 @@ defmodule Snakepit.Bridge.PatternWatchTest do
   alias Snakepit.Bridge.{SessionStore, VariableUpdate}
   alias Snakepit.Test.Watchers
 
+  import Snakepit.Test.Watchers, only: [next_update: 1, next_update: 2]
+
   setup do
     sid = "pattern-watch-#{System.unique_integer([:positive])}"
     {:ok, _} = SessionStore.create_session(sid)
@@ -15,14 +17,6 @@ defmodule Snakepit.Bridge.PatternWatchTest do
 
     on_exit(fn -> SessionStore.delete_session(sid) end)
     %{sid: sid}
-  end
-
-  defp next_update(ref, timeout \\ 5000) do
-    receive do
-      {:snakepit_variable_update, ^ref, %VariableUpdate{} = u} -> u
-    after
-      timeout -> flunk("no update within #{timeout} ms")
-    end
   end
 
   # Every update that arrives within `quiet` ms of the previous one.
