@@ -6,7 +6,7 @@ defmodule Snakepit.Bridge.PatternWatchTest do
   alias Snakepit.Bridge.{SessionStore, VariableUpdate}
   alias Snakepit.Test.Watchers
 
-  import Snakepit.Test.Watchers, only: [next_update: 1, next_update: 2]
+  import Snakepit.Test.Watchers, only: [next_update: 1]
 
   setup do
     sid = "pattern-watch-#{System.unique_integer([:positive])}"

@@ -4,7 +4,7 @@ defmodule Snakepit.Bridge.WatchTest do
   alias Snakepit.Bridge.{SessionStore, VariableUpdate}
   alias Snakepit.Test.Watchers
 
-  import Snakepit.Test.Watchers, only: [next_update: 1, next_update: 2]
+  import Snakepit.Test.Watchers, only: [next_update: 1]
 
   setup do
     sid = "watch-test-#{System.unique_integer([:positive])}"
