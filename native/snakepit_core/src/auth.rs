@@ -88,6 +88,15 @@ impl Grant {
     }
 }
 
+/// For a call about no one session (Ping, reflection): what its request's
+/// extensions grant must be the server's. A request with no grant came
+/// through no authenticating interceptor (only in-process tests build such a
+/// service) and is allowed.
+#[allow(clippy::result_large_err)]
+pub fn check_server_call(extensions: &tonic::Extensions) -> Result<(), Status> {
+    extensions.get::<Grant>().map_or(Ok(()), Grant::allows_server_calls)
+}
+
 impl Secret {
     /// The secret of a token a user chose: at least [`MIN_TOKEN_CHARS`]
     /// visible ASCII characters (it travels in an HTTP/2 header).

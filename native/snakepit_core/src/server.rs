@@ -254,7 +254,7 @@ pub async fn serve(
     };
     let to_reflection = move |request| {
         let request = authenticate(secret.as_deref(), request)?;
-        request.extensions().get::<Grant>().map_or(Ok(()), Grant::allows_server_calls)?;
+        auth::check_server_call(request.extensions())?;
         Ok(request)
     };
     let service = LogRefusals(InterceptedService::new(service, to_bridge));

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::auth::Grant;
+use crate::auth::{self, Grant};
 use crate::error::clip;
 use crate::error::StoreError;
 use crate::limits::exceeded;
@@ -209,7 +209,7 @@ pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<VariableUpdate, Status>
 #[tonic::async_trait]
 impl BridgeService for Service {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        request.extensions().get::<Grant>().map_or(Ok(()), Grant::allows_server_calls)?;
+        auth::check_server_call(request.extensions())?;
         let message = request.into_inner().message;
         Ok(Response::new(PingResponse { message, server_time: Some(now()) }))
     }
@@ -403,7 +403,7 @@ impl BridgeService for Service {
         &self,
         request: Request<WatchVariablesRequest>,
     ) -> Result<Response<Self::WatchVariablesStream>, Status> {
-        authorize(&request, &request.get_ref().session_id)?;
+        authorize(&request, request.get_ref().session_id())?;
         let slots = self.watcher_slots(net::conn_info(request.extensions()))?;
         let encoding = wire::Encoding::of(request.metadata());
         let req = request.into_inner();

@@ -483,7 +483,9 @@ impl Store {
         if request.patterns.iter().any(String::is_empty) {
             return Err(StoreError::InvalidArgument("a watch pattern must not be empty (use \"*\" for all)".into()));
         }
-        let globs: Vec<Glob> = request.patterns.iter().map(|p| Glob::new(p)).collect();
+        // Compiled once: matched against the variables now, then kept by the hub for later ones.
+        let globs: Vec<(Arc<str>, Glob)> =
+            request.patterns.iter().map(|p| (Arc::from(p.as_str()), Glob::new(p))).collect();
         let session = self.session(session_id)?;
         let vars = lock(&session.vars);
         // since_versions may name a variable by id or by name, whichever the watch uses.
@@ -503,7 +505,7 @@ impl Store {
         let mut matched: Vec<&Variable> = if globs.is_empty() {
             Vec::new()
         } else {
-            vars.by_id.values().filter(|v| globs.iter().any(|g| g.matches(&v.name))).collect()
+            vars.by_id.values().filter(|v| globs.iter().any(|(_, g)| g.matches(&v.name))).collect()
         };
         // A fixed order (by name), so initial values come the same way every time.
         matched.sort_by(|a, b| a.name.cmp(&b.name));
@@ -536,7 +538,7 @@ impl Store {
             seen.insert(var.id.clone(), var.version);
         }
         // Subscribing under the variable lock: no write can slip in between.
-        let sub = session.watch.subscribe(owner, ids, seen, initial, request.patterns.clone());
+        let sub = session.watch.subscribe(owner, ids, seen, initial, globs);
         drop(vars);
         Ok(sub)
     }

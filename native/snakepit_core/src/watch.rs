@@ -329,7 +329,7 @@ impl SessionWatch {
         variables: Vec<Arc<str>>,
         seen: HashMap<Arc<str>, i64>,
         initial: Vec<Update>,
-        patterns: Vec<String>,
+        patterns: Vec<(Arc<str>, Glob)>,
     ) -> Subscription {
         let mut state =
             WatcherState { pending: Pending::default(), seen, deleted: HashSet::new(), closed: false, finished: false };
@@ -343,9 +343,8 @@ impl SessionWatch {
             table.by_variable.entry(v.clone()).or_default().push(id);
         }
         let mut held: Vec<Arc<str>> = Vec::with_capacity(patterns.len());
-        for pattern in patterns {
-            let key: Arc<str> = Arc::from(pattern);
-            let entry = table.patterns.entry(key.clone()).or_insert_with(|| (Glob::new(&key), Vec::new()));
+        for (key, glob) in patterns {
+            let entry = table.patterns.entry(key.clone()).or_insert_with(|| (glob, Vec::new()));
             if !entry.1.contains(&id) {
                 entry.1.push(id);
                 held.push(key);
