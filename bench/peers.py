@@ -2,8 +2,10 @@
 
 Starts, on loopback and with no persistence, ``redis-server`` (``--save ''
 --appendonly no``), ``nats-server`` (``-js``; the KV bucket has
-``storage=memory``) and the standalone ``snakepit-bridge-server`` (``--listen
-127.0.0.1:0``, no token), drives each with its standard Python client
+``storage=memory``), the standalone ``snakepit-bridge-server`` (``--listen
+127.0.0.1:0``, no token) and, for W1a, a BEAM that embeds the bridge's server
+(``mix run bench/peers_w1a.exs``: ``auth: false``, port 0, driven over its
+stdin), drives each with its standard Python client
 (redis-py asyncio, nats-py, and ``snakepit_bridge``'s ``AsyncSessionContext``
 on ``connect_async``; the generated stub beside it as "bridge raw stub"), and
 writes the comparison: ``peers.md`` (every row with its target and MET /
@@ -13,8 +15,10 @@ Workloads, identical for every system:
 
 * **W1**: 2,000 updates 1 ms apart to one watcher (another process); latency =
   receipt ``time.time_ns()`` − the ``time.time_ns()`` the writer put in the
-  value just before the write. Bridge: a Python ``update_variable`` (W1b; a
-  write from Elixir, W1a, is ``bench/push_latency.exs``); Redis PUBLISH →
+  value just before the write. Bridge: W1a, ``SessionStore.update_variable/3``
+  in the BEAM (through the NIF; the BEAM reads ``:os.system_time(:nanosecond)``,
+  the same CLOCK_REALTIME), and W1b, a Python ``update_variable``, both
+  watched through ``snakepit_bridge`` exactly alike; Redis PUBLISH →
   SUBSCRIBE; NATS core publish → subscribe; NATS KV put → watch. 3 runs.
 * **W2**: 100 watchers on their own connections, from 4 processes of 25
   (asyncio), 200 updates 5 ms apart: per-delivery and last-watcher latency,
@@ -40,7 +44,9 @@ Usage::
 Normally run by ``bash scripts/bench.sh --peers``, which installs the servers
 and the clients first. ``redis-server`` / ``nats-server`` are found on PATH
 (or ``$REDIS_SERVER_BIN`` / ``$NATS_SERVER_BIN``), the bridge as
-``$SNAKEPIT_SERVER_BIN`` or ``target/release/snakepit-bridge-server``.
+``$SNAKEPIT_SERVER_BIN`` or ``target/release/snakepit-bridge-server``, and
+``mix`` on PATH runs W1a's BEAM (in the inherited ``MIX_ENV``; ``mix run``
+compiles the project and its NIF first if ``mix compile`` has not).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import shutil
 import signal
 import socket
@@ -58,9 +65,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -95,6 +104,7 @@ KV_BUCKET = "peers"
 WORKERS = 4
 
 SYSTEMS = {
+    "bridge_elixir": "bridge, Elixir writer (NIF)",
     "bridge": "bridge (snakepit_bridge)",
     "bridge_raw": "bridge raw stub",
     "redis": "Redis pub/sub",
@@ -102,6 +112,12 @@ SYSTEMS = {
     "nats_kv": "NATS KV",
 }
 PEERS = ("redis", "nats", "nats_kv")
+W1_SYSTEMS = ("bridge_elixir", "bridge", "bridge_raw", "redis", "nats", "nats_kv")
+W1_LABELS = {
+    "bridge_elixir": "W1a: Elixir write through the NIF → Python watcher",
+    "bridge": "W1b: " + SYSTEMS["bridge"],
+    "bridge_raw": "W1b: " + SYSTEMS["bridge_raw"],
+}
 
 
 def say(line: str) -> None:
@@ -257,6 +273,111 @@ def start_bridge() -> Server:
         server.stop()
         raise
     return server
+
+
+class ElixirWriter:
+    """W1a's writer: a BEAM (``mix run bench/peers_w1a.exs``) embedding the bridge's server, writing through the NIF.
+
+    One per run of this script, driven by line commands on its stdin (the protocol is in that file). A thread
+    reads its stdout into a queue, so a wait for a reply has a deadline and the event loop is never blocked.
+    ``mix run`` compiles first when needed (``scripts/bench.sh --peers`` has already run ``mix compile``).
+    """
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "SNAKEPIT_BRIDGE_TOKEN"}
+        self.process = subprocess.Popen(
+            ["mix", "run", "bench/peers_w1a.exs"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.log: deque[str] = deque(maxlen=40)
+        self.address = ""
+        self.version = ""
+        threading.Thread(target=self._read, daemon=True).start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for raw in self.process.stdout:
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self.lines.put(None)
+
+    async def expect(self, reply: str, timeout_s: float) -> str:
+        """The rest of the next ``W1A <reply> …`` line; other output is kept for error messages."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no 'W1A {reply}' from the BEAM within {timeout_s:.0f} s: {self.tail()}")
+            try:
+                # Short waits: a thread blocked in get() would hold up asyncio.run's exit after a failure.
+                line = await asyncio.to_thread(self.lines.get, True, min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                code = self.process.wait(10)
+                raise RuntimeError(f"the BEAM (pid {self.pid}) exited with {code}: {self.tail()}")
+            if line.startswith("W1A ERROR"):
+                raise RuntimeError(f"the BEAM failed: {line.removeprefix('W1A ERROR ')}")
+            if line.startswith(f"W1A {reply}"):
+                return line.removeprefix(f"W1A {reply}").strip()
+            self.log.append(line[:500])
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command.encode() + b"\n")
+        self.process.stdin.flush()
+
+    async def start(self, timeout_s: float = 300.0) -> None:
+        fields = dict(kv.split("=", 1) for kv in (await self.expect("READY", timeout_s)).split())
+        self.address = fields["address"]
+        self.version = f"Erlang/OTP {fields['otp']}, Elixir {fields['elixir']}, {fields['schedulers']} schedulers"
+
+    async def session(self) -> str:
+        sid = f"peers-w1a-{uuid.uuid4().hex[:10]}"
+        self.send(f"session {sid}")
+        await self.expect(f"SESSION {sid}", 30)
+        return sid
+
+    async def write(self, sid: str, warmup: int, updates: int, interval_ms: int) -> dict[str, Any]:
+        """Like ``scheduled_writes``, done by the BEAM: the timed updates' stamps and their mean gap."""
+        self.send(f"write {sid} {warmup} {updates} {interval_ms}")
+        n, *rest = (await self.expect("STAMPS", 60 + 10 * (warmup + updates) * interval_ms / 1000)).split()
+        stamps = [int(x) for x in rest]
+        if len(stamps) != int(n) or len(stamps) != updates:
+            raise RuntimeError(f"the BEAM reported {len(stamps)} stamps (said {n}) for {updates} updates")
+        gaps = [(b - a) / 1e6 for a, b in zip(stamps, stamps[1:], strict=False)]
+        return {"stamps": stamps, "gap_ms": statistics.fmean(gaps) if gaps else None}
+
+    async def delete(self, sid: str) -> None:
+        self.send(f"delete {sid}")
+        await self.expect(f"DELETED {sid}", 30)
+
+    def tail(self) -> str:
+        return "\n".join(self.log)[-1500:]
+
+    def stop(self) -> None:
+        """``quit`` (the server stops, the VM halts); SIGTERM, then SIGKILL, by PID if it does not."""
+        if self.process.poll() is None:
+            try:
+                self.send("quit")
+                self.process.stdin.close()  # type: ignore[union-attr]
+                self.process.wait(15)
+            except (OSError, subprocess.TimeoutExpired):
+                if self.process.poll() is None:
+                    os.kill(self.pid, signal.SIGTERM)
+                    try:
+                        self.process.wait(10)
+                    except subprocess.TimeoutExpired:
+                        os.kill(self.pid, signal.SIGKILL)
+                        self.process.wait(10)
 
 
 # --------------------------------------------------------------------------- clients: watchers and writers
@@ -605,6 +726,7 @@ class Env:
     nats: Server
     pool: Pool
     quick: bool
+    beam: ElixirWriter
 
     def server(self, system: str) -> Server:
         return {"bridge": self.bridge, "bridge_raw": self.bridge, "redis": self.redis}.get(system, self.nats)
@@ -626,6 +748,8 @@ class Env:
 
 
 async def run_w1(env: Env, system: str, updates: int) -> dict[str, Any]:
+    if system == "bridge_elixir":
+        return await run_w1a(env, updates)
     spec = await env.target(system, "w1")
     write, close = await open_writer(spec)
     try:
@@ -636,6 +760,25 @@ async def run_w1(env: Env, system: str, updates: int) -> dict[str, Any]:
         driven, results = await with_watchers(env.pool, spec, [1], drive, timeout_s=30 + updates * 0.01)
     finally:
         await close()
+    return w1_figures(driven, results)
+
+
+async def run_w1a(env: Env, updates: int) -> dict[str, Any]:
+    """W1 with the BEAM as the writer (SessionStore.update_variable/3) and its embedded server; same watcher code."""
+    sid = await env.beam.session()
+    spec = {"system": "bridge", "address": env.beam.address, "session": sid, "key": "stamp"}
+    try:
+
+        async def drive() -> dict[str, Any]:
+            return await env.beam.write(sid, 100, updates, 1)
+
+        driven, results = await with_watchers(env.pool, spec, [1], drive, timeout_s=30 + updates * 0.01)
+    finally:
+        await env.beam.delete(sid)
+    return w1_figures(driven, results)
+
+
+def w1_figures(driven: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
     got = results[0]["samples"][0]
     at, exact = receipts(driven["stamps"], got)
     lat = [(t - s) / 1000 for s, t in zip(driven["stamps"], at, strict=True) if t is not None]
@@ -912,7 +1055,7 @@ async def run_all(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await nc.close()
 
-    w1_systems = ["bridge", "bridge_raw", "redis", "nats", "nats_kv"]
+    w1_systems = list(W1_SYSTEMS)
     w1: dict[str, list[dict[str, Any]]] = {s: [] for s in w1_systems}
     for r in range(runs):
         order = w1_systems[r % len(w1_systems) :] + w1_systems[: r % len(w1_systems)]
@@ -970,7 +1113,7 @@ async def run_all(env: Env, args: argparse.Namespace) -> dict[str, Any]:
         }
 
     w3: dict[str, Any] = {}
-    for s in w1_systems:
+    for s in ("bridge", "bridge_raw", "redis", "nats", "nats_kv"):
         res = await run_w3(env, s, w3_seconds)
         w3[s] = res
         say(
@@ -1021,6 +1164,7 @@ def machine(env: Env) -> dict[str, Any]:
         "redis_server": env.redis.version,
         "nats_server": env.nats.version,
         "bridge_server": env.bridge.version,
+        "beam": env.beam.version,
         "commit": commit,
         "load_before": None,
         "load_after": None,
@@ -1044,6 +1188,22 @@ def targets(d: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"row": row, "measured": measured, "limit": limit, "unit": unit, "rule": rule, "met": met})
 
     s, v = best("w1", "p50_us")
+    # W1a's target has two conditions, against the same best peer (by p50) as W1b's: a row each, both counted.
+    w1a = d["w1"]["bridge_elixir"]
+    add(
+        "W1a p50, Elixir update_variable/3 → Python watcher",
+        w1a["p50_us"],
+        0.8 * v,
+        "µs",
+        f"≤ 0.8 × best peer ({SYSTEMS[s]})",
+    )
+    add(
+        "W1a p99, Elixir update_variable/3 → Python watcher",
+        w1a["p99_us"],
+        d["w1"][s]["p99_us"],
+        "µs",
+        f"≤ the best peer's p99 ({SYSTEMS[s]})",
+    )
     add(
         "W1b p50, Python update_variable → watcher", d["w1"]["bridge"]["p50_us"], v, "µs", f"≤ best peer ({SYSTEMS[s]})"
     )
@@ -1115,14 +1275,16 @@ def render(d: dict[str, Any], plot_note: str) -> str:
         "",
         f"Servers on 127.0.0.1, started by the bench and stopped by PID: {m['bridge_server']} (standalone binary, "
         f"`--listen 127.0.0.1:0`, no token); {m['redis_server']} (`--save '' --appendonly no`); "
-        f"{m['nats_server']} (`-js`, KV bucket `{KV_BUCKET}` with storage=memory, history 1). "
+        f"{m['nats_server']} (`-js`, KV bucket `{KV_BUCKET}` with storage=memory, history 1); for W1a, the "
+        f"bridge's server embedded in a BEAM (`mix run bench/peers_w1a.exs`, {m['beam']}; `auth: false`, port 0). "
         f"Clients: snakepit_bridge ({'AsyncSessionContext'} on `connect_async`, grpcio {m['grpcio']}), "
         f"redis-py {m['redis_py']} asyncio (no hiredis), nats-py {m['nats_py']}; Python {m['python']}. "
-        "Everything (servers, writer, watcher processes) shares the same cores.",
+        "Everything (servers, the BEAM, writer, watcher processes) shares the same cores.",
         "",
         "## Targets",
         "",
-        "Ratios within this run; best peer = the fastest of Redis, NATS core and NATS KV on that row.",
+        "Ratios within this run; best peer = the fastest of Redis, NATS core and NATS KV on that row (for the W1 "
+        "rows, by W1 p50: W1a's p99 limit is that peer's p99).",
         "",
     ]
     rows = []
@@ -1149,18 +1311,19 @@ def render(d: dict[str, Any], plot_note: str) -> str:
         f"{c['w1_updates']:,} updates 1 ms apart (absolute schedule, after 100 warm-up updates) to one watcher in "
         "another process; latency = receipt `time.time_ns()` − the `time.time_ns()` the writer put in the value "
         f"just before the write. p50 / p99 are medians of {runs} runs' figures; `got` = updates received one by one "
-        "(of all runs). Writer: bridge `update_variable` (a SetVariable round trip), Redis PUBLISH (a round trip), "
+        "(of all runs). Writer: W1a `Snakepit.Bridge.SessionStore.update_variable/3` in the BEAM that embeds the "
+        "server (a NIF call, no network), W1b bridge `update_variable` (a SetVariable round trip), Redis PUBLISH "
+        "(a round trip), "
         "NATS core publish (no reply: buffered and sent by the client's flusher), NATS KV put (a round trip to "
         "JetStream); watcher: `watch_variables` / the raw WatchVariables stream, SUBSCRIBE, subscribe, KV watch.",
         "",
     ]
-    rows = [["W1a: Elixir write through the NIF → Python watcher", "see bench/push_latency.exs", "", "", ""]]
-    for s in ("bridge", "bridge_raw", "redis", "nats", "nats_kv"):
+    rows = []
+    for s in W1_SYSTEMS:
         e = w1[s]
-        label = "W1b: " + SYSTEMS[s] if s.startswith("bridge") else SYSTEMS[s]
         rows.append(
             [
-                label,
+                W1_LABELS.get(s, SYSTEMS[s]),
                 fmt(e["p50_us"], 0),
                 fmt(e["p99_us"], 0),
                 f"{e['got']:,} / {e['sent']:,}",
@@ -1320,7 +1483,7 @@ def render(d: dict[str, Any], plot_note: str) -> str:
     return "\n".join(lines)
 
 
-COLORS = {"bridge": "C0", "bridge_raw": "C1", "redis": "C3", "nats": "C2", "nats_kv": "C4"}
+COLORS = {"bridge_elixir": "C9", "bridge": "C0", "bridge_raw": "C1", "redis": "C3", "nats": "C2", "nats_kv": "C4"}
 
 
 def plot(d: dict[str, Any], png: Path) -> tuple[bool, str]:
@@ -1336,7 +1499,7 @@ def plot(d: dict[str, Any], png: Path) -> tuple[bool, str]:
         fig, axes = plt.subplots(2, 2, figsize=(15, 10))
         ax = axes[0][0]
         lowest = 1.0
-        for s in ("bridge", "bridge_raw", "redis", "nats", "nats_kv"):
+        for s in W1_SYSTEMS:
             xs = sorted(x for run in d["w1"][s]["runs"] for x in run["samples_us"])
             if not xs:
                 continue
@@ -1348,8 +1511,8 @@ def plot(d: dict[str, Any], png: Path) -> tuple[bool, str]:
                 ys,
                 where="post",
                 color=COLORS[s],
-                linewidth=2.2 if s == "bridge" else 1.2,
-                label=f"{SYSTEMS[s]}: p50 {e['p50_us']:.0f}, p99 {e['p99_us']:.0f} µs",
+                linewidth=2.2 if s in ("bridge_elixir", "bridge") else 1.2,
+                label=f"{W1_LABELS.get(s, SYSTEMS[s])}: p50 {e['p50_us']:.0f}, p99 {e['p99_us']:.0f} µs",
             )
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
@@ -1362,7 +1525,7 @@ def plot(d: dict[str, Any], png: Path) -> tuple[bool, str]:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v * 100:g}%"))
         ax.yaxis.set_minor_locator(NullLocator())
         ax.set_ylim(edge, 1 - edge)
-        ax.set_xlabel("latency, µs (log scale): Python write → watcher receipt")
+        ax.set_xlabel("latency, µs (log scale): write (W1a: Elixir, else Python) → Python watcher receipt")
         ax.set_ylabel("updates received within x (logit scale)")
         ax.set_title(f"(a) W1: {d['config']['w1_updates']:,} updates 1 ms apart, one watcher (all runs)", fontsize=11)
         ax.grid(True, which="major", alpha=0.3)
@@ -1454,8 +1617,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     servers: list[Server] = []
     pool: Pool | None = None
+    beam: ElixirWriter | None = None
     store = tempfile.mkdtemp(prefix="peers-nats-")
     try:
+        # First: the BEAM takes the longest to come up, and starts meanwhile.
+        beam = ElixirWriter()
         say("starting the watcher processes")
         pool = Pool(WORKERS)
         bridge = start_bridge()
@@ -1467,7 +1633,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         ns = start_nats(store)
         servers.append(ns)
         say(f"nats-server: {ns.address} (pid {ns.pid})")
-        env = Env(bridge, rs, ns, pool, args.quick)
+        await beam.start()
+        say(f"BEAM for W1a: {beam.address} (pid {beam.pid}; {beam.version})")
+        env = Env(bridge, rs, ns, pool, args.quick, beam)
         m = machine(env)
         m["load_before"] = round(os.getloadavg()[0], 2)
         data = {
@@ -1476,11 +1644,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         }
         for s in servers:
             s.check()
+        if beam.process.poll() is not None:
+            raise RuntimeError(f"the BEAM (pid {beam.pid}) exited with {beam.process.returncode}: {beam.tail()}")
         m["load_after"] = round(os.getloadavg()[0], 2)
         data["machine"] = m
     finally:
         for s in servers:
             s.stop()
+        if beam is not None:
+            beam.stop()
         if pool is not None:
             pool.stop()
         shutil.rmtree(store, ignore_errors=True)

@@ -9,7 +9,8 @@
 #                                            # bench/results/peers.md and peers.png
 #     bash scripts/bench.sh --peers --quick  # the same, tiny, into a temp directory (or --out DIR)
 #
-# Installs what is missing (scripts/setup.sh), builds the Rust tree once, makes
+# Installs what is missing (scripts/setup.sh), builds the Rust tree once (--peers:
+# only the standalone server and the NIF), makes
 # the bench's own Python environment (bench/.venv: the project's pinned dev
 # packages, snakepit_bridge, and the pinned matplotlib of bench/requirements.txt),
 # then runs bench/report.exs. Exits non-zero if a bench failed or timed out
@@ -51,8 +52,16 @@ if $peers; then
       fi
     done
   fi
-  say "cargo build --release -p snakepit_core --bin snakepit-bridge-server"
-  cargo build --release -p snakepit_core --bin snakepit-bridge-server
+  # The standalone server, and the NIF that W1a's BEAM (mix run
+  # bench/peers_w1a.exs) loads, in one cargo run: built apart, the NIF's
+  # rustler changes the features of shared dependencies (syn, so tokio and
+  # tonic) and they would be compiled twice. mix compile's own
+  # `cargo build -p snakepit_nif` then finds everything fresh, and copies the
+  # library to priv/native/ before the run's timeout starts.
+  say "cargo build --release -p snakepit_core -p snakepit_nif --lib --bin snakepit-bridge-server"
+  cargo build --release -p snakepit_core -p snakepit_nif --lib --bin snakepit-bridge-server
+  say "mix compile"
+  mix compile
 else
   say "cargo build --release --workspace"
   cargo build --release --workspace
