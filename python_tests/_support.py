@@ -498,13 +498,27 @@ def certificate_authority(directory: Path, name: str = "ca") -> Certificate:
 
 def client_certificate(directory: Path, ca: Certificate, name: str = "client") -> Certificate:
     """An end-entity certificate for TLS client authentication, signed by ``ca``, valid one day."""
+    return _signed_certificate(directory, ca, name, "extendedKeyUsage=clientAuth\n")
+
+
+def server_certificate(directory: Path, ca: Certificate, name: str = "server") -> Certificate:
+    """An end-entity server certificate for ``localhost`` and 127.0.0.1, signed by ``ca``, valid one day.
+
+    What a CA-run deployment has; rustls (the native transport's TLS) accepts
+    it, where it refuses :func:`self_signed_certificate` (a CA certificate used
+    as the server's own).
+    """
+    return _signed_certificate(
+        directory, ca, name, "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+    )
+
+
+def _signed_certificate(directory: Path, ca: Certificate, name: str, extensions_text: str) -> Certificate:
     directory.mkdir(parents=True, exist_ok=True)
     made = Certificate(directory / f"{name}.pem", directory / f"{name}.key")
     csr = directory / f"{name}.csr"
     extensions = directory / f"{name}.ext"
-    extensions.write_text(
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
-    )
+    extensions.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n" + extensions_text)
     openssl(
         "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
         "-keyout", str(made.key), "-out", str(csr),

@@ -2,6 +2,11 @@
 
 The server is ``$SNAKEPIT_SERVER_BIN`` or ``<repo>/target/release/snakepit-bridge-server``;
 a missing binary fails the tests that need it (it never skips them).
+
+The channels of the fixtures come from ``connect`` / ``connect_async`` on the
+transport ``$SNAKEPIT_BRIDGE_TRANSPORT`` names (unset: ``auto``, native for
+plaintext), so the whole suite runs on either: scripts/test.sh runs it with
+``auto`` on the newest pins and with ``grpc`` on the floor pins.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from _support import (  # noqa: E402
     free_port,
     start_server,
 )
-from snakepit_bridge import AsyncSessionContext, SessionContext  # noqa: E402
+from snakepit_bridge import AsyncSessionContext, SessionContext, connect, connect_async  # noqa: E402
 
 MODES = ["blocking", "aio"]
 
@@ -55,13 +60,13 @@ def session_id(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def blocking_channel(server_address: str) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server_address) as channel:
+    with connect(server_address, token="") as channel:
         yield channel
 
 
 @pytest.fixture
 async def aio_channel(server_address: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(server_address)
+    channel = connect_async(server_address, token="")
     yield channel
     await channel.close()
 
@@ -97,9 +102,9 @@ async def channel_factory(mode: str, server_address: str) -> AsyncIterator[Any]:
     def make(address: str | None = None, options: list[tuple[str, Any]] | None = None) -> Any:
         target = address or server_address
         if mode == "aio":
-            ch = grpc.aio.insecure_channel(target, options=options)
+            ch = connect_async(target, token="", options=options)
         else:
-            ch = grpc.insecure_channel(target, options=options)
+            ch = connect(target, token="", options=options)
         opened.append(ch)
         return ch
 

@@ -2,8 +2,11 @@
 # Runs every test: the format and lint gates, cargo (Rust core), ExUnit
 # (Elixir + NIF + real Python processes) and pytest (Python package against
 # the standalone server), twice: on the newest pins (.venv,
-# requirements-dev.txt) and on the floor of the range pyproject.toml declares
-# (.venv-floor, requirements-floor.txt).
+# requirements-dev.txt) with the default transport choice (native, the
+# snakepit_bridge_native extension, for plaintext; grpcio for TLS), and on
+# the floor of the range pyproject.toml declares (.venv-floor,
+# requirements-floor.txt) with grpcio for everything, so both transports
+# pass the whole suite. test_native.py asks for the native one by name.
 # Exits non-zero if any suite fails; all suites run either way.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,11 +45,11 @@ cargo test --release --workspace || failed+=(cargo)
 echo "[test] mix test"
 MIX_ENV=test mix test || failed+=(mix)
 
-echo "[test] pytest (newest pins: .venv)"
-"$SNAKEPIT_PYTHON" -m pytest python_tests -q || failed+=(pytest)
+echo "[test] pytest (newest pins: .venv; transport auto: native for plaintext)"
+SNAKEPIT_BRIDGE_TRANSPORT=auto "$SNAKEPIT_PYTHON" -m pytest python_tests -q || failed+=(pytest)
 
-echo "[test] pytest (floor pins: .venv-floor)"
-SNAKEPIT_PYTHON="$root/.venv-floor/bin/python" \
+echo "[test] pytest (floor pins: .venv-floor; grpcio transport)"
+SNAKEPIT_PYTHON="$root/.venv-floor/bin/python" SNAKEPIT_BRIDGE_TRANSPORT=grpc \
   "$root/.venv-floor/bin/python" -m pytest python_tests -q || failed+=(pytest-floor)
 
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -24,6 +24,20 @@ to the metadata of every call, after the caller's own (kept, never modified).
 A token sent in plaintext can be read by anyone on the path: plaintext is for
 loopback.
 
+Two transports carry the calls. ``transport="native"`` is the
+``snakepit_bridge_native`` extension (tonic, in Rust; ``pip install
+native/snakepit_py``): the same calls at a fraction of grpcio's client cost,
+most of all for watches. ``transport="grpc"`` is grpcio, the portable
+fallback. ``"auto"`` (the default, or ``$SNAKEPIT_BRIDGE_TRANSPORT``) takes the
+native one for plaintext when it is installed and no channel option but the
+message size limits is given, else grpcio. TLS goes native only with
+``transport="native"`` and given root certificates: its TLS (rustls) is
+stricter than grpcio's and refuses, for one, a self-signed CA certificate
+used as the server's own. Both return a ``grpc.Channel`` /
+``grpc.aio.Channel``; a native one hands what the extension does not do
+(client streaming, connectivity) to a grpcio channel it opens when first
+needed (see :mod:`snakepit_bridge._native`).
+
 A refused token makes calls fail with
 :class:`~snakepit_bridge.errors.AuthenticationError` (UNAUTHENTICATED), and a
 session token used outside its session with
@@ -42,6 +56,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from ._native import AVAILABLE as NATIVE_AVAILABLE
+from ._native import SUPPORTED_OPTIONS as NATIVE_OPTIONS
+from ._native import open_async as open_native_async
+from ._native import open_blocking as open_native_blocking
+
 if TYPE_CHECKING:  # typing-only names: grpc's for what a call returns, and Self (typing has it from 3.11)
     from grpc import _CallFuture, _CallIterator
     from typing_extensions import Self
@@ -50,6 +69,7 @@ __all__ = [
     "ADDRESS_ENV",
     "ROOT_CERTIFICATES_ENV",
     "TOKEN_ENV",
+    "TRANSPORT_ENV",
     "connect",
     "connect_async",
 ]
@@ -60,6 +80,9 @@ ADDRESS_ENV = "SNAKEPIT_BRIDGE_ADDRESS"
 TOKEN_ENV = "SNAKEPIT_BRIDGE_TOKEN"
 #: Environment variable naming a PEM file of root certificates; when set, TLS is used by default.
 ROOT_CERTIFICATES_ENV = "SNAKEPIT_BRIDGE_ROOT_CERTIFICATES"
+#: Environment variable choosing the transport when ``transport`` is not given: ``auto``, ``native`` or ``grpc``.
+TRANSPORT_ENV = "SNAKEPIT_BRIDGE_TRANSPORT"
+_TRANSPORTS = ("auto", "native", "grpc")
 
 
 def connect(
@@ -71,6 +94,7 @@ def connect(
     certificate_chain: bytes | None = None,
     tls: bool | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
+    transport: str | None = None,
 ) -> grpc.Channel:
     """A blocking ``grpc.Channel`` to the bridge server, for :class:`~snakepit_bridge.SessionContext`.
 
@@ -97,15 +121,38 @@ def connect(
             means TLS exactly when root certificates (given or from the
             environment) or a client certificate are given.
         options: grpc channel options, e.g. ``[("grpc.max_receive_message_length", n)]``.
+            The native transport honours the two message size limits only;
+            with any other option ``"auto"`` picks grpcio.
+        transport: ``"native"`` (the ``snakepit_bridge_native`` extension),
+            ``"grpc"`` (grpcio) or ``"auto"``; default
+            ``$SNAKEPIT_BRIDGE_TRANSPORT``, else ``"auto"``: native when it is
+            installed, the channel is plaintext and no option but the message
+            size limits is given.
 
     Raises:
         ValueError: no address (neither given nor ``$SNAKEPIT_BRIDGE_ADDRESS``),
             a token with characters other than visible ASCII, only one of
-            ``private_key`` and ``certificate_chain``, or certificates given
-            with ``tls=False``.
+            ``private_key`` and ``certificate_chain``, certificates given
+            with ``tls=False``, an unknown ``transport``, or
+            ``transport="native"`` where it cannot serve: the extension is not
+            installed, TLS without root certificates (it does not read the
+            system's), or a channel option it does not support.
         OSError: the file ``$SNAKEPIT_BRIDGE_ROOT_CERTIFICATES`` names cannot be read.
     """
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
+    if _native_fits(plan, options, transport):
+        grpc_options = _grpc_options(options)
+        return open_native_blocking(
+            plan.address,
+            plan.token_header,
+            lambda: _grpc_channel(plan, grpc_options),
+            options=options,
+            **plan.tls_args(),
+        )
+    return _grpc_channel(plan, options)
+
+
+def _grpc_channel(plan: _Plan, options: Sequence[tuple[str, Any]] | None) -> grpc.Channel:
     if plan.credentials is not None:
         return grpc.secure_channel(plan.address, plan.credentials, options=options)
     channel = grpc.insecure_channel(plan.address, options=options)
@@ -123,6 +170,7 @@ def connect_async(
     certificate_chain: bytes | None = None,
     tls: bool | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
+    transport: str | None = None,
 ) -> grpc.aio.Channel:
     """:func:`connect` for asyncio: a ``grpc.aio.Channel``, for :class:`~snakepit_bridge.AsyncSessionContext`.
 
@@ -132,12 +180,30 @@ def connect_async(
     :func:`connect`.
     """
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
+    if _native_fits(plan, options, transport):
+        grpc_options = _grpc_options(options)
+        return open_native_async(
+            plan.address,
+            plan.token_header,
+            lambda: _grpc_aio_channel(plan, grpc_options),
+            options=options,
+            **plan.tls_args(),
+        )
+    return _grpc_aio_channel(plan, options)
+
+
+def _grpc_aio_channel(plan: _Plan, options: Sequence[tuple[str, Any]] | None) -> grpc.aio.Channel:
     if plan.credentials is not None:
         return grpc.aio.secure_channel(plan.address, plan.credentials, options=options)
     channel = grpc.aio.insecure_channel(plan.address, options=options)
     if plan.header is None:
         return channel
     return _AsyncAuthorizedChannel(channel, plan.header)
+
+
+def _grpc_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """A copy for the grpcio channel a native one may open later (the caller may change theirs meanwhile)."""
+    return list(options or ())
 
 
 # --------------------------------------------------------------------------- settings
@@ -150,6 +216,48 @@ class _Plan:
     address: str
     credentials: grpc.ChannelCredentials | None
     header: tuple[str, str] | None  # only for plaintext with a token
+    # What the native transport takes instead: the header always, and the PEM inputs.
+    token_header: tuple[str, str] | None
+    tls: bool
+    root_certificates: bytes | None
+    private_key: bytes | None
+    certificate_chain: bytes | None
+
+    def tls_args(self) -> dict[str, Any]:
+        return {
+            "tls": self.tls,
+            "root_certificates": self.root_certificates,
+            "private_key": self.private_key,
+            "certificate_chain": self.certificate_chain,
+        }
+
+
+def _native_fits(plan: _Plan, options: Sequence[tuple[str, Any]] | None, transport: str | None) -> bool:
+    """Whether to use the native transport (the ValueErrors of ``transport="native"`` when it cannot serve)."""
+    if transport is None:
+        transport = os.environ.get(TRANSPORT_ENV) or "auto"
+    if transport not in _TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(_TRANSPORTS)}; got {transport!r}")
+    if transport == "grpc":
+        return False
+    problem = None
+    if not NATIVE_AVAILABLE:
+        problem = "the snakepit_bridge_native extension is not installed (pip install native/snakepit_py)"
+    elif plan.tls and plan.root_certificates is None:
+        problem = "TLS needs root_certificates (or $SNAKEPIT_BRIDGE_ROOT_CERTIFICATES): it does not read the system's"
+    elif plan.tls and transport == "auto":
+        # rustls is stricter than grpcio's BoringSSL (it refuses, e.g., a
+        # self-signed CA certificate used as the server's own): TLS is opt-in.
+        problem = "TLS goes native only when asked for"
+    else:
+        unsupported = sorted({key for key, _ in options or () if key not in NATIVE_OPTIONS})
+        if unsupported:
+            problem = f"channel options {unsupported} are grpcio's only"
+    if problem is None:
+        return True
+    if transport == "native":
+        raise ValueError(f"transport='native' cannot serve this channel: {problem}")
+    return False
 
 
 def _plan(
@@ -187,12 +295,14 @@ def _plan(
     if tls is None:
         tls = root_certificates is not None or certificate_chain is not None
 
+    header = ("authorization", f"Bearer {token}") if token else None
+    pem = (root_certificates, private_key, certificate_chain)
     if not tls:
-        return _Plan(address, None, ("authorization", f"Bearer {token}") if token else None)
+        return _Plan(address, None, header, header, False, *pem)
     credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
     if token:
         credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-    return _Plan(address, credentials, None)
+    return _Plan(address, credentials, None, header, True, *pem)
 
 
 # --------------------------------------------------------------------------- the header over plaintext
