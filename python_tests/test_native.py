@@ -97,7 +97,11 @@ def test_options_native_does_not_know_go_to_grpc_or_are_refused(server_address: 
         assert SessionContext("opts", channel).ping("hi") == "hi"
     with pytest.raises(ValueError, match="grpc.keepalive_time_ms"):
         connect(server_address, options=keepalive, transport="native")
-    sizes = [("grpc.max_receive_message_length", 1 << 20), ("grpc.max_send_message_length", -1)]
+    sizes = [
+        ("grpc.max_receive_message_length", 1 << 20),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
     with connect(server_address, options=sizes) as channel:
         assert isinstance(channel, NativeChannel)
 

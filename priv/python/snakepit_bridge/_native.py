@@ -41,8 +41,13 @@ __all__ = ["AVAILABLE", "SUPPORTED_OPTIONS", "AsyncNativeChannel", "NativeChanne
 
 #: Whether the extension is installed (``pip install native/snakepit_py``).
 AVAILABLE = _ext is not None
-#: The grpc channel options the native transport honours.
-SUPPORTED_OPTIONS = frozenset({"grpc.max_receive_message_length", "grpc.max_send_message_length"})
+#: The grpc channel options the native transport honours. Every native channel
+#: has a connection of its own, so ``grpc.use_local_subchannel_pool`` (asking
+#: grpcio for that) is already true there.
+SUPPORTED_OPTIONS = frozenset(
+    {"grpc.max_receive_message_length", "grpc.max_send_message_length", "grpc.use_local_subchannel_pool"}
+)
+_SIZE_OPTIONS = ("grpc.max_receive_message_length", "grpc.max_send_message_length")
 
 _HEADERS, _MESSAGE, _END = 0, 1, 2
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -117,7 +122,7 @@ def _options(options: Sequence[tuple[str, Any]] | None) -> dict[str, int]:
             raise ValueError(
                 f"channel option {key!r} is not supported by the native transport (transport='grpc' has it)"
             )
-        if int(value) >= 0:  # grpc's -1: no limit
+        if key in _SIZE_OPTIONS and int(value) >= 0:  # grpc's -1: no limit
             limits[key.removeprefix("grpc.")] = int(value)
     return limits
 

@@ -30,7 +30,7 @@ native/snakepit_py``): the same calls at a fraction of grpcio's client cost,
 most of all for watches. ``transport="grpc"`` is grpcio, the portable
 fallback. ``"auto"`` (the default, or ``$SNAKEPIT_BRIDGE_TRANSPORT``) takes the
 native one for plaintext when it is installed and no channel option but the
-message size limits is given, else grpcio. TLS goes native only with
+message size limits (and ``grpc.use_local_subchannel_pool``) is given, else grpcio. TLS goes native only with
 ``transport="native"`` and given root certificates: its TLS (rustls) is
 stricter than grpcio's and refuses, for one, a self-signed CA certificate
 used as the server's own. Both return a ``grpc.Channel`` /
@@ -121,13 +121,14 @@ def connect(
             means TLS exactly when root certificates (given or from the
             environment) or a client certificate are given.
         options: grpc channel options, e.g. ``[("grpc.max_receive_message_length", n)]``.
-            The native transport honours the two message size limits only;
-            with any other option ``"auto"`` picks grpcio.
+            The native transport honours the two message size limits (and
+            ``grpc.use_local_subchannel_pool``: each native channel has its own
+            connection); with any other option ``"auto"`` picks grpcio.
         transport: ``"native"`` (the ``snakepit_bridge_native`` extension),
             ``"grpc"`` (grpcio) or ``"auto"``; default
             ``$SNAKEPIT_BRIDGE_TRANSPORT``, else ``"auto"``: native when it is
-            installed, the channel is plaintext and no option but the message
-            size limits is given.
+            installed, the channel is plaintext and no option but those it
+            honours is given.
 
     Raises:
         ValueError: no address (neither given nor ``$SNAKEPIT_BRIDGE_ADDRESS``),
