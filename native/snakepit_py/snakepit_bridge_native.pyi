@@ -25,7 +25,9 @@ class Call:
     def end(self) -> tuple[int, str, list[tuple[str, str]]] | None:
         """``(code, details, trailers)`` once the call ended and every message was taken."""
     def arm(self, waker: Waker, token: int, what: int) -> bool:
-        """Post ``token`` to ``waker`` at the next news of ``what`` (0 headers, 1 message, 2 end); False if already there."""
+        """Post ``token`` to ``waker`` once ``what`` is there (0 headers, 1 message, 2 end); False if already there."""
+    def disarm(self, token: int) -> None:
+        """Forget the waiter ``token`` (its wait was cancelled)."""
     def wait(self, what: int, timeout: float | None = None) -> bool:
         """Block, without the GIL, until ``what`` is there or ``timeout`` passed."""
     def cancel(self) -> None:

@@ -190,10 +190,15 @@ struct End {
 impl End {
     fn from_status(status: &Status) -> Self {
         // A status tonic made from a broken connection (it keeps the cause as
-        // its source) is UNAVAILABLE, as grpcio reports it: the server is gone,
-        // and a retrying client should treat it so.
+        // its source: an I/O or HTTP/2 error, or hyper's "operation was
+        // canceled" when the connection closed under the call, as after a
+        // refused client certificate) is UNAVAILABLE, as grpcio reports it: the
+        // server is gone, and a retrying client should treat it so. A status
+        // the server sent has no source.
         let code = match status.code() {
-            Code::Unknown | Code::Internal if std::error::Error::source(status).is_some() => Code::Unavailable,
+            Code::Unknown | Code::Internal | Code::Cancelled if std::error::Error::source(status).is_some() => {
+                Code::Unavailable
+            }
             // tonic's answer to a response over max_receive_message_length; grpcio's is this code.
             Code::OutOfRange if status.message().starts_with(TONIC_TOO_LARGE) => Code::ResourceExhausted,
             code => code,
@@ -211,7 +216,8 @@ struct Inner {
     headers: Option<Pairs>,
     messages: VecDeque<bytes::Bytes>,
     end: Option<End>,
-    waiter: Option<(Arc<WakerShared>, u64, Want)>,
+    /// Asyncio waiters (a task reading while another awaits the headers or the end).
+    waiters: Vec<(Arc<WakerShared>, u64, Want)>,
     task: Option<tokio::task::AbortHandle>,
 }
 
@@ -256,16 +262,20 @@ struct CallState {
 impl CallState {
     /// Apply `f` under the lock, then wake whoever waits for news.
     fn update(&self, f: impl FnOnce(&mut Inner)) {
-        let waiter = {
+        let due: Vec<_> = {
             let mut inner = lock(&self.inner);
             f(&mut inner);
-            match inner.waiter {
-                Some((_, _, want)) if inner.ready(want) => inner.waiter.take(),
-                _ => None,
+            if inner.waiters.is_empty() {
+                Vec::new()
+            } else {
+                let waiters = std::mem::take(&mut inner.waiters);
+                let (due, waiting) = waiters.into_iter().partition(|(_, _, want)| inner.ready(*want));
+                inner.waiters = waiting;
+                due
             }
         };
         self.changed.notify_all();
-        if let Some((waker, token, _)) = waiter {
+        for (waker, token, _) in due {
             waker.post(token);
         }
     }
@@ -329,17 +339,22 @@ impl Call {
         inner.end.clone().map(|e| (e.code, e.details, e.trailers))
     }
 
-    /// Ask `waker` to post `token` at the next news: for `what` 0 the headers,
-    /// for 1 a message, for 2 only the end; always the end. Returns `False` (and arms nothing)
-    /// when that is already there.
+    /// Ask `waker` to post `token` (once) when `what` is there: for 0 the
+    /// headers, for 1 a message, for 2 the end; the end satisfies all three.
+    /// Returns `False` (and arms nothing) when it is already there.
     fn arm(&self, waker: &Waker, token: u64, what: u8) -> PyResult<bool> {
         let what = Want::try_from(what)?;
         let mut inner = lock(&self.state.inner);
         if inner.ready(what) {
             return Ok(false);
         }
-        inner.waiter = Some((waker.shared.clone(), token, what));
+        inner.waiters.push((waker.shared.clone(), token, what));
         Ok(true)
+    }
+
+    /// Forget the waiter `token` (its wait was cancelled before the news came).
+    fn disarm(&self, token: u64) {
+        lock(&self.state.inner).waiters.retain(|(_, t, _)| *t != token);
     }
 
     /// Block (without the GIL) until `what` (as for [`Call::arm`]) or the end is

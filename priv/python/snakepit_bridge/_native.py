@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -37,7 +37,7 @@ try:
 except ImportError:  # the portable fallback: grpcio only
     _ext = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "SUPPORTED_OPTIONS", "AsyncNativeChannel", "NativeChannel", "NativeRpcError"]
+__all__ = ["AVAILABLE", "SUPPORTED_OPTIONS", "AsyncNativeChannel", "NativeChannel", "NativeRpcError", "open_native"]
 
 #: Whether the extension is installed (``pip install native/snakepit_py``).
 AVAILABLE = _ext is not None
@@ -147,13 +147,81 @@ def _open(
     )
 
 
+# --------------------------------------------------------------------------- what both channels share
+
+
+class _Multicallable:
+    """A method of a channel: its path, how its messages are (de)serialized, and the channel."""
+
+    def __init__(self, owner: Any, method: str, serialize: Serializer, deserialize: Deserializer) -> None:
+        self._owner, self._method, self._serialize, self._deserialize = owner, method, serialize, deserialize
+
+    def _start(self, request: Any, metadata: Sequence[tuple[str, Any]] | None, timeout: float | None) -> Any:
+        return self._owner._start(self._method, self._serialize(request), metadata, timeout)
+
+
+class _NativeBase:
+    """The extension's channel, the token header, and the grpcio channel opened for what the extension does not do.
+
+    Subclasses name the error a closed channel raises and their multicallable classes.
+    """
+
+    _closed_error: type[Exception]
+    _unary: type[_Multicallable]
+    _stream: type[_Multicallable]
+
+    def __init__(self, native: Any, header: tuple[str, str] | None, fallback: Callable[[], Any]) -> None:
+        self._native = native
+        self._header = header
+        self._open_fallback = fallback
+        self._fallback: Any = None
+
+    def _grpc(self) -> Any:
+        """The grpcio channel for what the extension does not do (opened now if not yet)."""
+        if self._native.is_closed():
+            raise self._closed_error("Cannot invoke RPC on closed channel!")
+        if self._fallback is None:
+            self._fallback = self._open_fallback()
+        return self._fallback
+
+    def _start(
+        self, method: str, request: bytes, metadata: Sequence[tuple[str, Any]] | None, timeout: float | None
+    ) -> Any:
+        if self._native.is_closed():
+            raise self._closed_error("Cannot invoke RPC on closed channel!")  # grpcio's words for the same mistake
+        return self._native.call(method, request, _metadata(self._header, metadata), timeout)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        *_: Any,
+        **__: Any,
+    ) -> Any:
+        return self._unary(self, method, request_serializer or bytes, response_deserializer or bytes)
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Serializer | None = None,
+        response_deserializer: Deserializer | None = None,
+        *_: Any,
+        **__: Any,
+    ) -> Any:
+        return self._stream(self, method, request_serializer or bytes, response_deserializer or bytes)
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return self._grpc().stream_unary(*args, **kwargs)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._grpc().stream_stream(*args, **kwargs)
+
+
 # --------------------------------------------------------------------------- blocking
 
 
-class _BlockingUnary(_UnaryUnaryBase):
-    def __init__(self, owner: NativeChannel, method: str, serialize: Serializer, deserialize: Deserializer) -> None:
-        self._owner, self._method, self._serialize, self._deserialize = owner, method, serialize, deserialize
-
+class _BlockingUnary(_Multicallable, _UnaryUnaryBase):
     def __call__(  # type: ignore[override]
         self, request: Any, timeout: float | None = None, metadata: Sequence[tuple[str, Any]] | None = None, **_: Any
     ) -> Any:
@@ -162,7 +230,7 @@ class _BlockingUnary(_UnaryUnaryBase):
     def with_call(  # type: ignore[override]
         self, request: Any, timeout: float | None = None, metadata: Sequence[tuple[str, Any]] | None = None, **_: Any
     ) -> tuple[Any, NativeStreamCall]:
-        call = self._owner._start(self._method, self._serialize(request), metadata, timeout)
+        call = self._start(request, metadata, timeout)
         call.wait(_END)
         return _unary_result(call, self._deserialize, _blocking_error), NativeStreamCall(call, self._deserialize)
 
@@ -170,15 +238,11 @@ class _BlockingUnary(_UnaryUnaryBase):
         return self._owner._grpc().unary_unary(self._method, self._serialize, self._deserialize).future(*args, **kwargs)
 
 
-class _BlockingStream(_UnaryStreamBase):
-    def __init__(self, owner: NativeChannel, method: str, serialize: Serializer, deserialize: Deserializer) -> None:
-        self._owner, self._method, self._serialize, self._deserialize = owner, method, serialize, deserialize
-
+class _BlockingStream(_Multicallable, _UnaryStreamBase):
     def __call__(  # type: ignore[override]
         self, request: Any, timeout: float | None = None, metadata: Sequence[tuple[str, Any]] | None = None, **_: Any
     ) -> NativeStreamCall:
-        call = self._owner._start(self._method, self._serialize(request), metadata, timeout)
-        return NativeStreamCall(call, self._deserialize)
+        return NativeStreamCall(self._start(request, metadata, timeout), self._deserialize)
 
 
 def _blocking_error(call: Any, end: tuple[int, str, Pairs]) -> BaseException:
@@ -253,55 +317,12 @@ class NativeStreamCall(Iterator[Any]):
         return True
 
 
-class NativeChannel(grpc.Channel):
+class NativeChannel(_NativeBase, grpc.Channel):
     """A blocking channel on the native transport (see the module docs); made by :func:`~snakepit_bridge.connect`."""
 
-    def __init__(self, native: Any, header: tuple[str, str] | None, fallback: Callable[[], grpc.Channel]) -> None:
-        self._native = native
-        self._header = header
-        self._open_fallback = fallback
-        self._fallback: grpc.Channel | None = None
-
-    def _grpc(self) -> grpc.Channel:
-        """The grpcio channel for what the extension does not do (opened now if not yet)."""
-        if self._native.is_closed():
-            raise ValueError("Cannot invoke RPC on closed channel!")
-        if self._fallback is None:
-            self._fallback = self._open_fallback()
-        return self._fallback
-
-    def _start(
-        self, method: str, request: bytes, metadata: Sequence[tuple[str, Any]] | None, timeout: float | None
-    ) -> Any:
-        if self._native.is_closed():
-            raise ValueError("Cannot invoke RPC on closed channel!")  # grpcio's words for the same mistake
-        return self._native.call(method, request, _metadata(self._header, metadata), timeout)
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Serializer | None = None,
-        response_deserializer: Deserializer | None = None,
-        *_: Any,
-        **__: Any,
-    ) -> _BlockingUnary:
-        return _BlockingUnary(self, method, request_serializer or bytes, response_deserializer or bytes)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Serializer | None = None,
-        response_deserializer: Deserializer | None = None,
-        *_: Any,
-        **__: Any,
-    ) -> _BlockingStream:
-        return _BlockingStream(self, method, request_serializer or bytes, response_deserializer or bytes)
-
-    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return self._grpc().stream_unary(*args, **kwargs)
-
-    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._grpc().stream_stream(*args, **kwargs)
+    _closed_error = ValueError
+    _unary = _BlockingUnary
+    _stream = _BlockingStream
 
     def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False) -> None:
         self._grpc().subscribe(callback, try_to_connect)
@@ -351,7 +372,8 @@ class _LoopWaker:
         try:
             await future
         finally:
-            self._futures.pop(token, None)
+            if self._futures.pop(token, None) is not None:  # cancelled before the news came
+                call.disarm(token)
 
 
 # Weak keys: a closed, forgotten loop takes its waker (and socket pair) with it.
@@ -375,17 +397,11 @@ def _aio_error(call: Any, end: tuple[int, str, Pairs]) -> BaseException:
     )
 
 
-class _AsyncUnary(_AsyncUnaryUnaryBase):
-    def __init__(
-        self, owner: AsyncNativeChannel, method: str, serialize: Serializer, deserialize: Deserializer
-    ) -> None:
-        self._owner, self._method, self._serialize, self._deserialize = owner, method, serialize, deserialize
-
+class _AsyncUnary(_Multicallable, _AsyncUnaryUnaryBase):
     def __call__(  # type: ignore[override]
         self, request: Any, *, timeout: float | None = None, metadata: Sequence[tuple[str, Any]] | None = None, **_: Any
     ) -> Any:
-        call = self._owner._start(self._method, self._serialize(request), metadata, timeout)
-        return self._result(call)
+        return self._result(self._start(request, metadata, timeout))
 
     async def _result(self, call: Any) -> Any:
         try:
@@ -396,17 +412,11 @@ class _AsyncUnary(_AsyncUnaryUnaryBase):
         return _unary_result(call, self._deserialize, _aio_error)
 
 
-class _AsyncStream(_AsyncUnaryStreamBase):
-    def __init__(
-        self, owner: AsyncNativeChannel, method: str, serialize: Serializer, deserialize: Deserializer
-    ) -> None:
-        self._owner, self._method, self._serialize, self._deserialize = owner, method, serialize, deserialize
-
+class _AsyncStream(_Multicallable, _AsyncUnaryStreamBase):
     def __call__(  # type: ignore[override]
         self, request: Any, *, timeout: float | None = None, metadata: Sequence[tuple[str, Any]] | None = None, **_: Any
     ) -> AsyncNativeStreamCall:
-        call = self._owner._start(self._method, self._serialize(request), metadata, timeout)
-        return AsyncNativeStreamCall(call, self._deserialize, self._owner)
+        return AsyncNativeStreamCall(self._start(request, metadata, timeout), self._deserialize, self._owner)
 
 
 class AsyncNativeStreamCall:
@@ -476,55 +486,12 @@ class AsyncNativeStreamCall:
         return True
 
 
-class AsyncNativeChannel(grpc.aio.Channel):
+class AsyncNativeChannel(_NativeBase, grpc.aio.Channel):
     """An asyncio channel on the native transport (see the module docs); made by :func:`~snakepit_bridge.connect_async`."""
 
-    def __init__(self, native: Any, header: tuple[str, str] | None, fallback: Callable[[], grpc.aio.Channel]) -> None:
-        self._native = native
-        self._header = header
-        self._open_fallback = fallback
-        self._fallback: grpc.aio.Channel | None = None
-
-    def _grpc(self) -> grpc.aio.Channel:
-        """The grpc.aio channel for what the extension does not do (opened now if not yet)."""
-        if self._native.is_closed():
-            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
-        if self._fallback is None:
-            self._fallback = self._open_fallback()
-        return self._fallback
-
-    def _start(
-        self, method: str, request: bytes, metadata: Sequence[tuple[str, Any]] | None, timeout: float | None
-    ) -> Any:
-        if self._native.is_closed():
-            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")  # grpc.aio's error for it
-        return self._native.call(method, request, _metadata(self._header, metadata), timeout)
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Serializer | None = None,
-        response_deserializer: Deserializer | None = None,
-        *_: Any,
-        **__: Any,
-    ) -> _AsyncUnary:
-        return _AsyncUnary(self, method, request_serializer or bytes, response_deserializer or bytes)
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Serializer | None = None,
-        response_deserializer: Deserializer | None = None,
-        *_: Any,
-        **__: Any,
-    ) -> _AsyncStream:
-        return _AsyncStream(self, method, request_serializer or bytes, response_deserializer or bytes)
-
-    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
-        return self._grpc().stream_unary(*args, **kwargs)
-
-    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._grpc().stream_stream(*args, **kwargs)
+    _closed_error = grpc.aio.UsageError
+    _unary = _AsyncUnary
+    _stream = _AsyncStream
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """``SHUTDOWN`` once closed; else the grpc.aio channel's state if it was opened, or ``IDLE``."""
@@ -532,7 +499,8 @@ class AsyncNativeChannel(grpc.aio.Channel):
             return grpc.ChannelConnectivity.SHUTDOWN
         if self._fallback is None and not try_to_connect:
             return grpc.ChannelConnectivity.IDLE
-        return self._grpc().get_state(try_to_connect)
+        state: grpc.ChannelConnectivity = self._grpc().get_state(try_to_connect)
+        return state
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         await self._grpc().wait_for_state_change(last_observed_state)
@@ -553,38 +521,26 @@ class AsyncNativeChannel(grpc.aio.Channel):
         await self.close()
 
 
-def open_blocking(
+_Channel = TypeVar("_Channel", NativeChannel, AsyncNativeChannel)
+
+
+def open_native(
+    channel_class: type[_Channel],
     address: str,
     header: tuple[str, str] | None,
-    fallback: Callable[[], grpc.Channel],
+    fallback: Callable[[], Any],
     *,
     tls: bool,
     root_certificates: bytes | None,
     private_key: bytes | None,
     certificate_chain: bytes | None,
     options: Sequence[tuple[str, Any]] | None,
-) -> NativeChannel:
-    """A :class:`NativeChannel`; ``fallback`` opens the grpcio channel for what it does not do.
+) -> _Channel:
+    """A :class:`NativeChannel` or :class:`AsyncNativeChannel`; ``fallback`` opens the grpcio channel of the
+    same kind for what the extension does not do.
 
     Raises ValueError for an option it does not support.
     """
-    return NativeChannel(
-        _open(address, tls, root_certificates, private_key, certificate_chain, options), header, fallback
-    )
-
-
-def open_async(
-    address: str,
-    header: tuple[str, str] | None,
-    fallback: Callable[[], grpc.aio.Channel],
-    *,
-    tls: bool,
-    root_certificates: bytes | None,
-    private_key: bytes | None,
-    certificate_chain: bytes | None,
-    options: Sequence[tuple[str, Any]] | None,
-) -> AsyncNativeChannel:
-    """An :class:`AsyncNativeChannel`; ``fallback`` as for :func:`open_blocking`."""
-    return AsyncNativeChannel(
+    return channel_class(
         _open(address, tls, root_certificates, private_key, certificate_chain, options), header, fallback
     )
