@@ -61,6 +61,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu_s(pid: int, name: str) -> float:
+    """CPU of the server's threads called `name` (the watch dispatcher: snakepit-watch)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == name:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / TICK
+        except FileNotFoundError:
+            continue
+    return total
+
+
 # ------------------------------------------------------------------ worker: Python watchers
 
 
@@ -195,6 +208,7 @@ async def fan_out(server: Server, args: argparse.Namespace, kind: str) -> dict[s
         await asyncio.sleep(0.3)
         trace = start_trace(server, args, f"{args.label}-{kind}")
         c0 = cpu_s(server.pid)
+        d0 = thread_cpu_s(server.pid, "snakepit-watch")
         t0 = time.monotonic()
         for i in range(args.updates):
             target = t0 + i * args.interval_ms / 1000
@@ -208,6 +222,7 @@ async def fan_out(server: Server, args: argparse.Namespace, kind: str) -> dict[s
         for p in procs:
             await asyncio.get_running_loop().run_in_executor(None, expect, p, "DRAINED")
         c1 = cpu_s(server.pid)
+        d1 = thread_cpu_s(server.pid, "snakepit-watch")
         stop_trace(trace)
         for p in procs:
             assert p.stdin is not None
@@ -216,7 +231,11 @@ async def fan_out(server: Server, args: argparse.Namespace, kind: str) -> dict[s
             p.wait(10)
     cpu = c1 - c0
     n = args.updates + 1
-    return {"us_per_update": cpu / n * 1e6, "us_per_delivery": cpu / (n * watchers) * 1e6}
+    return {
+        "us_per_update": cpu / n * 1e6,
+        "us_per_delivery": cpu / (n * watchers) * 1e6,
+        "dispatcher_us_per_delivery": (d1 - d0) / (n * watchers) * 1e6,
+    }
 
 
 async def flat_out(server: Server, args: argparse.Namespace, kind: str) -> dict[str, float]:
