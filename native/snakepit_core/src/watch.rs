@@ -70,7 +70,10 @@ impl Pending {
             let first =
                 replaced.map(|r| r.kind).filter(|k| matches!(k, UpdateKind::InitialValue | UpdateKind::Registered));
             if let (Some(kind), UpdateKind::ValueChange) = (first, update.kind) {
-                Arc::make_mut(&mut update).kind = kind;
+                let changed = Arc::make_mut(&mut update);
+                changed.kind = kind;
+                // Its encoding, if a stream already made one, is of the old kind.
+                changed.wire = Default::default();
             }
         }
         self.order.insert(self.next, update);
