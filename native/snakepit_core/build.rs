@@ -17,9 +17,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("snakepit_bridge_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)
-        .build_server(true)
+        .build_server(false)
         // A request that does not decode is INVALID_ARGUMENT, not INTERNAL (src/codec.rs).
         .codec_path("crate::codec::ProtoCodec")
+        .compile_fds(fds.clone())?;
+    // The server on its own, over the messages above, except that a watch
+    // stream sends `wire::EncodedUpdate`: a `VariableUpdate` encoded once and
+    // shared by every stream it goes to (same bytes on the wire).
+    let server_dir = out_dir.join("server");
+    std::fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .codec_path("crate::codec::ProtoCodec")
+        .extern_path(".snakepit.bridge", "crate::proto")
+        .extern_path(".snakepit.bridge.VariableUpdate", "crate::wire::EncodedUpdate")
+        .out_dir(&server_dir)
         .compile_fds(fds)?;
     Ok(())
 }

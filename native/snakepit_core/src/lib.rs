@@ -46,6 +46,8 @@ pub mod wire;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("snakepit.bridge");
+    // The service's server side, generated apart (see build.rs).
+    include!(concat!(env!("OUT_DIR"), "/server/snakepit.bridge.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of `proto/snakepit_bridge.proto` and the

@@ -3,7 +3,9 @@
 //! but the value and constraint types a variable holds.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use prost::bytes::Bytes;
 
 use crate::constraints::Constraints;
 use crate::value::{Value, VarType};
@@ -88,6 +90,34 @@ pub struct Update {
     pub at_us: i64,
     /// Changes of one atomic batch share a batch number.
     pub batch: Option<u64>,
+    /// Its gRPC encoding, made by the first stream that sends it.
+    pub wire: WireCache,
+}
+
+/// An update's `VariableUpdate` as encoded bytes, one per encoding (JSON
+/// only, or binary arrays): made once, by the first gRPC stream that sends
+/// the update, and shared by every other stream sending the same one. A
+/// clone starts empty, since a clone may be changed (its kind, say).
+#[derive(Default)]
+pub struct WireCache([OnceLock<Bytes>; 2]);
+
+impl WireCache {
+    /// The bytes for encoding number `slot` (0 or 1), made by `encode` the first time.
+    pub(crate) fn get_or_init(&self, slot: usize, encode: impl FnOnce() -> Bytes) -> Bytes {
+        self.0[slot].get_or_init(encode).clone()
+    }
+}
+
+impl Clone for WireCache {
+    fn clone(&self) -> Self {
+        WireCache::default()
+    }
+}
+
+impl std::fmt::Debug for WireCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireCache")
+    }
 }
 
 impl Update {

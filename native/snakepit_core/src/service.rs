@@ -9,9 +9,11 @@
 //! with a message saying so, instead of failing in the transport).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prost::Message;
@@ -188,23 +190,74 @@ fn from_python(metadata: HashMap<String, String>) -> Change {
     Change { source: Source::Python, metadata: to_metadata(metadata), expected_version: 0 }
 }
 
-struct WatchState {
+/// The response stream of one WatchVariables call. Polled by the connection
+/// when it can send: a slow client simply polls less often, and its updates
+/// coalesce in the subscription meanwhile. Dropping it (client gone, any
+/// reason) drops the subscription. Once shutdown begins it ends with
+/// UNAVAILABLE, before any update not yet taken from the subscription.
+struct WatchStream {
     sub: Subscription,
     /// Held for the life of the stream.
     _slots: WatcherSlots,
-    buffered: VecDeque<Update>,
+    encoding: wire::Encoding,
+    /// Taken from the subscription, not yet sent; shared with the other
+    /// streams that send them, and encoded once for all (`wire::encoded_update`).
+    buffered: VecDeque<Arc<Update>>,
+    /// Whether shutdown began, read without waiting...
     stopping: watch::Receiver<bool>,
+    /// ...and a wait for it, polled when `stopping` changed, or when the
+    /// stream is polled by a task it has not registered with yet.
+    stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    stop_waker: Option<std::task::Waker>,
     stopped: bool,
 }
 
-impl Drop for WatchState {
+impl WatchStream {
+    /// Whether shutdown began; registers the task to be woken when it does.
+    fn poll_stop(&mut self, cx: &mut Context<'_>) -> bool {
+        let changed = !matches!(self.stopping.has_changed(), Ok(false));
+        let registered = self.stop_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !changed && registered {
+            return false;
+        }
+        self.stop_waker = Some(cx.waker().clone());
+        self.stop.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Stream for WatchStream {
+    type Item = Result<wire::EncodedUpdate, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(u) = this.buffered.pop_front() {
+                return Poll::Ready(Some(Ok(wire::encoded_update(&u, this.encoding))));
+            }
+            if this.stopped {
+                return Poll::Ready(None);
+            }
+            if this.poll_stop(cx) {
+                this.stopped = true;
+                return Poll::Ready(Some(Err(Status::unavailable("the server is shutting down"))));
+            }
+            match this.sub.poll_batch(cx) {
+                Poll::Ready(Some(batch)) => this.buffered.extend(batch),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for WatchStream {
     fn drop(&mut self) {
         tracing::debug!("watch stream ended");
     }
 }
 
 /// The stream type of WatchVariables.
-pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<VariableUpdate, Status>> + Send + 'static>>;
+pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<wire::EncodedUpdate, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl BridgeService for Service {
@@ -417,40 +470,19 @@ impl BridgeService for Service {
         // before anything is streamed.
         let sub = self.store.watch(&req.session_id, &watch, Owner::Grpc)?;
         tracing::debug!(session = %clip(&req.session_id), "watch stream started");
-        let state = WatchState {
+        let mut stopping = self.stopping.clone();
+        let stream = WatchStream {
             sub,
             _slots: slots,
+            encoding,
             buffered: VecDeque::new(),
             stopping: self.stopping.clone(),
+            stop: Box::pin(async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
+            }),
+            stop_waker: None,
             stopped: false,
         };
-        // Polled by the connection when it can send: a slow client simply polls
-        // less often, and its updates coalesce in the subscription meanwhile.
-        // Dropping the stream (client gone, any reason) drops the subscription.
-        let stream = futures_util::stream::unfold(state, move |mut st| async move {
-            loop {
-                if let Some(u) = st.buffered.pop_front() {
-                    return Some((Ok(wire::update(&u, encoding)), st));
-                }
-                if st.stopped {
-                    return None;
-                }
-                let stop = tokio::select! {
-                    batch = st.sub.next_batch() => match batch {
-                        Some(batch) => {
-                            st.buffered.extend(batch);
-                            false
-                        }
-                        None => return None,
-                    },
-                    _ = st.stopping.wait_for(|stopping| *stopping) => true,
-                };
-                if stop {
-                    st.stopped = true;
-                    return Some((Err(Status::unavailable("the server is shutting down")), st));
-                }
-            }
-        });
         // The response headers say the watch is registered, so a client can
         // tell it apart from a refusal (a trailers-only response) before any
         // update arrives, whatever order its library reports the two in.

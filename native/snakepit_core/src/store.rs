@@ -354,6 +354,7 @@ impl Store {
                     metadata: metadata.clone(),
                     at_us,
                     batch,
+                    wire: Default::default(),
                 }));
             }
             Committed::Deleted { variable, at_us } => {
@@ -367,6 +368,7 @@ impl Store {
                     metadata: Arc::default(),
                     at_us,
                     batch: None,
+                    wire: Default::default(),
                 }])
             }
             Committed::Registered { variable } => {
@@ -379,6 +381,7 @@ impl Store {
                         variable: Some(variable),
                         metadata: Arc::default(),
                         batch: None,
+                        wire: Default::default(),
                     }]);
                 }
             }
@@ -531,6 +534,7 @@ impl Store {
                     metadata: Arc::default(),
                     at_us: var.updated_at_us,
                     batch: None,
+                    wire: Default::default(),
                 });
             }
             // Changes up to the current version are in the initial value or

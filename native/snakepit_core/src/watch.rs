@@ -22,7 +22,8 @@
 //! # Flow
 //! writer (holds the session's variable lock) → `Store::commit` → `SessionWatch::publish` →
 //! session pending set → dispatcher thread → each watcher's pending set →
-//! `Subscription::next_batch` (gRPC stream, or the NIF's delivery task).
+//! `Subscription::poll_batch` (gRPC stream, whose `WatchStream` encodes each
+//! update once for every stream) or `next_batch` (the NIF's delivery task).
 //!
 //! Lock order: a session's variable lock, then `SessionWatch::table`, then a
 //! watcher's `state`, then `SessionWatch::pending`. None is held across I/O.
@@ -30,6 +31,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -68,7 +70,10 @@ impl Pending {
             let first =
                 replaced.map(|r| r.kind).filter(|k| matches!(k, UpdateKind::InitialValue | UpdateKind::Registered));
             if let (Some(kind), UpdateKind::ValueChange) = (first, update.kind) {
-                Arc::make_mut(&mut update).kind = kind;
+                let changed = Arc::make_mut(&mut update);
+                changed.kind = kind;
+                // Its encoding, if a stream already made one, is of the old kind.
+                changed.wire = Default::default();
             }
         }
         self.order.insert(self.next, update);
@@ -130,6 +135,9 @@ struct WatcherState {
     closed: bool,
     /// The last update was handed out, or the subscription was cancelled.
     finished: bool,
+    /// The task of [`Subscription::poll_batch`], woken (instead of `notify`)
+    /// when updates arrive: no waiter list, one wake per round.
+    waker: Option<Waker>,
 }
 
 pub(crate) struct Watcher {
@@ -184,8 +192,11 @@ impl Watcher {
                 }
             }
         }
+        let waker = if added { st.waker.take() } else { None };
         drop(st);
-        if added {
+        if let Some(waker) = waker {
+            waker.wake();
+        } else if added {
             self.notify.notify_one();
         }
     }
@@ -303,6 +314,7 @@ impl SessionWatch {
             metadata: Arc::default(),
             at_us,
             batch: None,
+            wire: Default::default(),
         };
         // Kept for subscriptions that race the close (see `subscribe`).
         *self.closing.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(closing.clone()));
@@ -331,8 +343,14 @@ impl SessionWatch {
         initial: Vec<Update>,
         patterns: Vec<(Arc<str>, Glob)>,
     ) -> Subscription {
-        let mut state =
-            WatcherState { pending: Pending::default(), seen, deleted: HashSet::new(), closed: false, finished: false };
+        let mut state = WatcherState {
+            pending: Pending::default(),
+            seen,
+            deleted: HashSet::new(),
+            closed: false,
+            finished: false,
+            waker: None,
+        };
         for u in initial {
             state.pending.push(Arc::new(u));
         }
@@ -489,6 +507,28 @@ impl Subscription {
         batch.into_iter().map(|u| (*u).clone()).collect()
     }
 
+    /// Everything pending, shared (not copied), oldest first; `Pending` (and
+    /// the task woken when updates arrive) if nothing is; `None` once the
+    /// subscription is finished. The gRPC stream's way to wait: polled by its
+    /// task, so nothing is allocated per wait.
+    pub(crate) fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<Arc<Update>>>> {
+        let mut st = self.watcher.state();
+        if st.finished {
+            return Poll::Ready(None);
+        }
+        if st.pending.is_empty() {
+            if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                st.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        let batch = st.pending.take();
+        if st.closed {
+            st.finished = true;
+        }
+        Poll::Ready(Some(batch))
+    }
+
     /// Waits for updates; `None` once the subscription is finished.
     pub async fn next_batch(&self) -> Option<Vec<Update>> {
         loop {
@@ -551,7 +591,14 @@ impl Canceller {
     /// pending updates are dropped. Idempotent.
     pub fn cancel(&self) {
         if let Some(w) = self.watcher.upgrade() {
-            w.state().finished = true;
+            let waker = {
+                let mut st = w.state();
+                st.finished = true;
+                st.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
             w.notify.notify_one();
             if let Some(session) = self.session.upgrade() {
                 session.unsubscribe(w.id);

@@ -448,6 +448,48 @@ pub fn update(u: &Update, encoding: Encoding) -> proto::VariableUpdate {
     }
 }
 
+/// A `VariableUpdate` already encoded: what a WatchVariables stream sends
+/// (build.rs maps the message to this type on the server side only). The
+/// bytes are those of [`update`]'s message, so the wire is unchanged; one
+/// update going to many streams is encoded once (see [`encoded_update`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedUpdate(pub prost::bytes::Bytes);
+
+impl prost::Message for EncodedUpdate {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    // The server never decodes one; fields are skipped, as for unknown ones.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = prost::bytes::Bytes::new();
+    }
+}
+
+/// [`update`], encoded: made once per update and encoding, then shared by
+/// every stream that sends the same update.
+pub fn encoded_update(u: &Update, encoding: Encoding) -> EncodedUpdate {
+    let slot = match encoding {
+        Encoding::Json => 0,
+        Encoding::Binary => 1,
+    };
+    EncodedUpdate(u.wire.get_or_init(slot, || prost::Message::encode_to_vec(&update(u, encoding)).into()))
+}
+
 /// Store metadata as a protobuf map.
 pub fn metadata(m: &Metadata) -> std::collections::HashMap<String, String> {
     m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -634,5 +676,45 @@ mod tests {
     fn timestamps_split_seconds_and_nanos() {
         assert_eq!(timestamp(1_500_000), Timestamp { seconds: 1, nanos: 500_000_000 });
         assert_eq!(timestamp(-1), Timestamp { seconds: -1, nanos: 999_999_000 });
+    }
+
+    /// A watch stream sends the same bytes as the message of `update`, once
+    /// encoded per encoding and shared; a clone of the update starts afresh.
+    #[test]
+    fn an_encoded_update_is_the_update_message_made_once() {
+        use crate::model::{Update, UpdateKind, Variable};
+        use prost::Message;
+        let floats: Vec<f64> = (0..2000).map(f64::from).collect();
+        let u = Update {
+            kind: UpdateKind::ValueChange,
+            variable: Some(Variable {
+                id: "v1".into(),
+                name: "emb".into(),
+                ty: VarType::Embedding,
+                value: std::sync::Arc::new(Value::Embedding(floats)),
+                constraints: Default::default(),
+                metadata: Default::default(),
+                version: 3,
+                source: Source::Python,
+                created_at_us: 1,
+                updated_at_us: 2,
+            }),
+            source: Source::Python,
+            metadata: std::sync::Arc::new([("k".to_string(), "v".to_string())].into()),
+            at_us: 2,
+            batch: None,
+            wire: Default::default(),
+        };
+        for encoding in [Encoding::Json, Encoding::Binary] {
+            let first = encoded_update(&u, encoding);
+            assert_eq!(first.0, update(&u, encoding).encode_to_vec());
+            assert_eq!(first.encoded_len(), first.0.len());
+            // The second stream gets the very same bytes, not a new encoding.
+            assert_eq!(encoded_update(&u, encoding).0.as_ptr(), first.0.as_ptr());
+        }
+        assert_ne!(encoded_update(&u, Encoding::Json).0, encoded_update(&u, Encoding::Binary).0);
+        let mut changed = u.clone();
+        changed.kind = UpdateKind::InitialValue;
+        assert_eq!(encoded_update(&changed, Encoding::Json).0, update(&changed, Encoding::Json).encode_to_vec());
     }
 }

@@ -36,6 +36,7 @@ fn change(id: &str, version: i64) -> Update {
         metadata: Arc::default(),
         at_us: version,
         batch: None,
+        wire: Default::default(),
     }
 }
 
