@@ -58,8 +58,7 @@ import grpc.aio
 
 from ._native import AVAILABLE as NATIVE_AVAILABLE
 from ._native import SUPPORTED_OPTIONS as NATIVE_OPTIONS
-from ._native import open_async as open_native_async
-from ._native import open_blocking as open_native_blocking
+from ._native import AsyncNativeChannel, NativeChannel, open_native
 
 if TYPE_CHECKING:  # typing-only names: grpc's for what a call returns, and Self (typing has it from 3.11)
     from grpc import _CallFuture, _CallIterator
@@ -142,8 +141,11 @@ def connect(
     """
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
     if _native_fits(plan, options, transport):
-        grpc_options = _grpc_options(options)
-        return open_native_blocking(
+        grpc_options = list(
+            options or ()
+        )  # for the grpcio channel it may open later, whatever the caller does meanwhile
+        return open_native(
+            NativeChannel,
             plan.address,
             plan.token_header,
             lambda: _grpc_channel(plan, grpc_options),
@@ -182,8 +184,9 @@ def connect_async(
     """
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
     if _native_fits(plan, options, transport):
-        grpc_options = _grpc_options(options)
-        return open_native_async(
+        grpc_options = list(options or ())
+        return open_native(
+            AsyncNativeChannel,
             plan.address,
             plan.token_header,
             lambda: _grpc_aio_channel(plan, grpc_options),
@@ -200,11 +203,6 @@ def _grpc_aio_channel(plan: _Plan, options: Sequence[tuple[str, Any]] | None) ->
     if plan.header is None:
         return channel
     return _AsyncAuthorizedChannel(channel, plan.header)
-
-
-def _grpc_options(options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
-    """A copy for the grpcio channel a native one may open later (the caller may change theirs meanwhile)."""
-    return list(options or ())
 
 
 # --------------------------------------------------------------------------- settings
