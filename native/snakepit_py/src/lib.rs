@@ -166,8 +166,10 @@ impl Waker {
     fn drain(&self) -> Vec<u64> {
         // Empty the socket before taking the tokens: a token posted after the
         // take finds the flag cleared and writes again, so none is stranded.
-        let mut sink = [0u8; 256];
-        while matches!((&self.shared.read_end).read(&mut sink), Ok(n) if n > 0) {}
+        // At most one byte is written per drain (the flag below), so one read
+        // that does not fill the buffer has emptied it.
+        let mut sink = [0u8; 64];
+        while matches!((&self.shared.read_end).read(&mut sink), Ok(n) if n == sink.len()) {}
         let mut guard = lock(&self.shared.tokens);
         guard.1 = false;
         std::mem::take(&mut guard.0)
@@ -218,6 +220,9 @@ struct Inner {
     end: Option<End>,
     /// Asyncio waiters (a task reading while another awaits the headers or the end).
     waiters: Vec<(Arc<WakerShared>, u64, Want)>,
+    /// Threads blocked in [`Call::wait`]: the condvar is signalled only when
+    /// there are some (a signal is a system call even with nobody waiting).
+    blocked: usize,
     task: Option<tokio::task::AbortHandle>,
 }
 
@@ -262,19 +267,23 @@ struct CallState {
 impl CallState {
     /// Apply `f` under the lock, then wake whoever waits for news.
     fn update(&self, f: impl FnOnce(&mut Inner)) {
-        let due: Vec<_> = {
+        let (due, blocked): (Vec<_>, bool) = {
             let mut inner = lock(&self.inner);
             f(&mut inner);
-            if inner.waiters.is_empty() {
+            let blocked = inner.blocked > 0;
+            let due = if inner.waiters.is_empty() {
                 Vec::new()
             } else {
                 let waiters = std::mem::take(&mut inner.waiters);
                 let (due, waiting) = waiters.into_iter().partition(|(_, _, want)| inner.ready(*want));
                 inner.waiters = waiting;
                 due
-            }
+            };
+            (due, blocked)
         };
-        self.changed.notify_all();
+        if blocked {
+            self.changed.notify_all();
+        }
         for (waker, token, _) in due {
             waker.post(token);
         }
@@ -371,11 +380,13 @@ impl Call {
             };
             let state = &self.state;
             let ready = py.detach(|| {
-                let inner = lock(&state.inner);
-                let (inner, _) = state
+                let mut inner = lock(&state.inner);
+                inner.blocked += 1;
+                let (mut inner, _) = state
                     .changed
                     .wait_timeout_while(inner, slice, |i| !i.ready(what))
                     .unwrap_or_else(|e| e.into_inner());
+                inner.blocked -= 1;
                 inner.ready(what)
             });
             if ready || deadline.is_some_and(|d| Instant::now() >= d) {
