@@ -7,7 +7,8 @@ Starts, on loopback and with no persistence, ``redis-server`` (``--save ''
 (``mix run bench/peers_w1a.exs``: ``auth: false``, port 0, driven over its
 stdin), drives each with its standard Python client
 (redis-py asyncio, nats-py, and ``snakepit_bridge``'s ``AsyncSessionContext``
-on ``connect_async``; the generated stub beside it as "bridge raw stub"), and
+on ``connect_async``, on its native transport when installed; the generated
+stub on a grpcio channel beside it as "bridge raw stub"), and
 writes the comparison: ``peers.md`` (every row with its target and MET /
 MISSED) and ``peers.png`` (W1 latency CDFs, bars for W2–W4).
 
@@ -1137,6 +1138,14 @@ async def run_all(env: Env, args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+def _bridge_transport() -> str:
+    """Which transport ``connect_async`` gives the bridge's clients here (the native one when installed)."""
+    channel = connect_async("127.0.0.1:1", token="")
+    if isinstance(channel, grpc.aio.Channel) and type(channel).__name__ == "AsyncNativeChannel":
+        return "native transport (snakepit_bridge_native, tonic)"
+    return f"grpcio {grpc.__version__} transport"
+
+
 def machine(env: Env) -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -1159,6 +1168,7 @@ def machine(env: Env) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
+        "bridge_transport": _bridge_transport(),
         "redis_py": redis.__version__,
         "nats_py": getattr(nats.aio.client, "__version__", "?"),
         "redis_server": env.redis.version,
@@ -1277,7 +1287,8 @@ def render(d: dict[str, Any], plot_note: str) -> str:
         f"`--listen 127.0.0.1:0`, no token); {m['redis_server']} (`--save '' --appendonly no`); "
         f"{m['nats_server']} (`-js`, KV bucket `{KV_BUCKET}` with storage=memory, history 1); for W1a, the "
         f"bridge's server embedded in a BEAM (`mix run bench/peers_w1a.exs`, {m['beam']}; `auth: false`, port 0). "
-        f"Clients: snakepit_bridge ({'AsyncSessionContext'} on `connect_async`, grpcio {m['grpcio']}), "
+        f"Clients: snakepit_bridge (`AsyncSessionContext` on `connect_async`, {m['bridge_transport']}; "
+        f"the raw stub on grpcio {m['grpcio']}), "
         f"redis-py {m['redis_py']} asyncio (no hiredis), nats-py {m['nats_py']}; Python {m['python']}. "
         "Everything (servers, the BEAM, writer, watcher processes) shares the same cores.",
         "",
