@@ -14,6 +14,11 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -325,6 +330,45 @@ async def test_a_cancelled_await_cancels_the_call(server_address: str, session_i
             await asyncio.sleep(0.025)
         assert (await ctx.get_session())["watcher_count"] == 0
         await ctx.cleanup(force=True)
+
+
+_BLOCKED_WATCHER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[3])
+    from snakepit_bridge import SessionContext, connect
+    with connect(sys.argv[1], token="", transport="native") as channel:
+        watch = SessionContext(sys.argv[2], channel).watch_variables(["x"], include_initial=False).start()
+        try:
+            print("ready", flush=True)
+            next(watch)  # nothing is ever written: blocks in the extension, without the GIL
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """
+)
+
+
+def test_ctrl_c_interrupts_a_blocked_native_call(server_address: str, session_id: str) -> None:
+    with connect(server_address, token="", transport="native") as channel:
+        ctx = SessionContext(session_id, channel)
+        ctx.initialize()
+        ctx.register_variable("x", "integer", 1)
+        package = str(Path(__file__).resolve().parent.parent / "priv" / "python")
+        child = subprocess.Popen(
+            [sys.executable, "-c", _BLOCKED_WATCHER, server_address, session_id, package],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+            time.sleep(0.5)  # let it reach the blocking next(): what this test is about
+            child.send_signal(signal.SIGINT)
+            out, _ = child.communicate(timeout=10)
+            assert out.strip() == "interrupted" and child.returncode == 0
+        finally:
+            child.kill()
+        ctx.cleanup(force=True)
 
 
 def test_what_the_extension_does_not_do_goes_to_a_grpcio_channel(tmp_path: Path, no_transport_env: None) -> None:
