@@ -128,6 +128,17 @@ def say(line: str) -> None:
 # --------------------------------------------------------------------------- servers
 
 
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM by PID, then SIGKILL if it has not exited 10 s later."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
 @dataclass
 class Server:
     """A server process this bench started; stopped by its PID."""
@@ -158,13 +169,7 @@ class Server:
         return self.log.read().decode("utf-8", "replace")[-1500:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait(10)
+        terminate(self.process)
         if self.log is not None:
             self.log.close()
 
@@ -372,13 +377,7 @@ class ElixirWriter:
                 self.process.stdin.close()  # type: ignore[union-attr]
                 self.process.wait(15)
             except (OSError, subprocess.TimeoutExpired):
-                if self.process.poll() is None:
-                    os.kill(self.pid, signal.SIGTERM)
-                    try:
-                        self.process.wait(10)
-                    except subprocess.TimeoutExpired:
-                        os.kill(self.pid, signal.SIGKILL)
-                        self.process.wait(10)
+                terminate(self.process)
 
 
 # --------------------------------------------------------------------------- clients: watchers and writers

@@ -521,7 +521,7 @@ class AsyncNativeChannel(_NativeBase, grpc.aio.Channel):
         await self.close()
 
 
-_Channel = TypeVar("_Channel", NativeChannel, AsyncNativeChannel)
+_Channel = TypeVar("_Channel", bound=_NativeBase)
 
 
 def open_native(

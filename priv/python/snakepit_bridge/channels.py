@@ -140,19 +140,7 @@ def connect(
         OSError: the file ``$SNAKEPIT_BRIDGE_ROOT_CERTIFICATES`` names cannot be read.
     """
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
-    if _native_fits(plan, options, transport):
-        grpc_options = list(
-            options or ()
-        )  # for the grpcio channel it may open later, whatever the caller does meanwhile
-        return open_native(
-            NativeChannel,
-            plan.address,
-            plan.token_header,
-            lambda: _grpc_channel(plan, grpc_options),
-            options=options,
-            **plan.tls_args(),
-        )
-    return _grpc_channel(plan, options)
+    return _open(plan, options, transport, NativeChannel, _grpc_channel)  # type: ignore[no-any-return]
 
 
 def _grpc_channel(plan: _Plan, options: Sequence[tuple[str, Any]] | None) -> grpc.Channel:
@@ -183,17 +171,7 @@ def connect_async(
     :func:`connect`.
     """
     plan = _plan(address, token, root_certificates, private_key, certificate_chain, tls)
-    if _native_fits(plan, options, transport):
-        grpc_options = list(options or ())
-        return open_native(
-            AsyncNativeChannel,
-            plan.address,
-            plan.token_header,
-            lambda: _grpc_aio_channel(plan, grpc_options),
-            options=options,
-            **plan.tls_args(),
-        )
-    return _grpc_aio_channel(plan, options)
+    return _open(plan, options, transport, AsyncNativeChannel, _grpc_aio_channel)  # type: ignore[no-any-return]
 
 
 def _grpc_aio_channel(plan: _Plan, options: Sequence[tuple[str, Any]] | None) -> grpc.aio.Channel:
@@ -229,6 +207,28 @@ class _Plan:
             "private_key": self.private_key,
             "certificate_chain": self.certificate_chain,
         }
+
+
+def _open(
+    plan: _Plan,
+    options: Sequence[tuple[str, Any]] | None,
+    transport: str | None,
+    native_class: type[NativeChannel] | type[AsyncNativeChannel],
+    open_grpc: Callable[[_Plan, Sequence[tuple[str, Any]] | None], Any],
+) -> Any:
+    """The channel of the transport chosen: a native one (with ``open_grpc`` for what it hands on), or grpcio's."""
+    if not _native_fits(plan, options, transport):
+        return open_grpc(plan, options)
+    # A copy for the grpcio channel the native one may open later, whatever the caller does with theirs meanwhile.
+    grpc_options = list(options or ())
+    return open_native(
+        native_class,
+        plan.address,
+        plan.token_header,
+        lambda: open_grpc(plan, grpc_options),
+        options=options,
+        **plan.tls_args(),
+    )
 
 
 def _native_fits(plan: _Plan, options: Sequence[tuple[str, Any]] | None, transport: str | None) -> bool:
