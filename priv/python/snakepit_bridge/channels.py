@@ -188,17 +188,25 @@ def _grpc_aio_channel(plan: _Plan, options: Sequence[tuple[str, Any]] | None) ->
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a channel needs: the address, and either TLS credentials (with the token in them) or the bare header."""
+    """What a channel needs: the address, the token's header, and for TLS the PEM inputs and grpc's credentials.
+
+    The native transport sends ``token_header`` with every call; grpcio
+    carries the token in the TLS credentials, or over plaintext as
+    :attr:`header`.
+    """
 
     address: str
-    credentials: grpc.ChannelCredentials | None
-    header: tuple[str, str] | None  # only for plaintext with a token
-    # What the native transport takes instead: the header always, and the PEM inputs.
+    credentials: grpc.ChannelCredentials | None  # TLS only, with the token in them
     token_header: tuple[str, str] | None
     tls: bool
     root_certificates: bytes | None
     private_key: bytes | None
     certificate_chain: bytes | None
+
+    @property
+    def header(self) -> tuple[str, str] | None:
+        """The header grpcio's plaintext channel adds to every call (TLS sends the token as credentials)."""
+        return None if self.tls else self.token_header
 
     def tls_args(self) -> dict[str, Any]:
         return {
@@ -297,11 +305,11 @@ def _plan(
     header = ("authorization", f"Bearer {token}") if token else None
     pem = (root_certificates, private_key, certificate_chain)
     if not tls:
-        return _Plan(address, None, header, header, False, *pem)
+        return _Plan(address, None, header, False, *pem)
     credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
     if token:
         credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
-    return _Plan(address, credentials, None, header, True, *pem)
+    return _Plan(address, credentials, header, True, *pem)
 
 
 # --------------------------------------------------------------------------- the header over plaintext
