@@ -48,6 +48,8 @@ from snakepit_bridge import (
     connect_async,
 )
 from snakepit_bridge._native import AsyncNativeChannel, NativeChannel
+from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2
+from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc
 from snakepit_bridge.channels import TRANSPORT_ENV
 
 C = grpc.StatusCode
@@ -310,6 +312,25 @@ def test_a_channel_made_before_a_fork_says_so_in_the_child(server_address: str) 
         assert out.get(timeout=5) == "this channel was made before a fork; make a new one in this process"
         with connect(server_address, token="", transport="native") as fresh:  # and a new channel works, here too
             assert SessionContext("forked", fresh).ping("again") == "again"
+
+
+async def test_a_streams_code_and_trailers_come_at_its_end_with_messages_still_unread(
+    server_address: str, session_id: str
+) -> None:
+    async with connect_async(server_address, token="", transport="native") as channel:
+        ctx = AsyncSessionContext(session_id, channel)
+        await ctx.initialize()
+        await ctx.register_variable("x", "integer", 1)
+        stub = pb2_grpc.BridgeServiceStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.WatchVariables(
+            pb2.WatchVariablesRequest(session_id=session_id, variable_identifiers=["x"], include_initial_values=True)
+        )
+        await call.initial_metadata()
+        await ctx.cleanup(force=True)  # the server sends session_closed, then ends the stream
+        assert await asyncio.wait_for(call.code(), 10) == C.OK  # nothing read yet
+        assert isinstance(await call.trailing_metadata(), grpc.aio.Metadata)
+        kinds = [message.update_type async for message in call]
+        assert kinds == ["initial_value", "session_closed"]
 
 
 async def test_a_cancelled_await_cancels_the_call(server_address: str, session_id: str) -> None:

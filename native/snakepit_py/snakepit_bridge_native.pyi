@@ -24,6 +24,8 @@ class Call:
         """The next message if one waits."""
     def end(self) -> tuple[int, str, list[tuple[str, str]]] | None:
         """``(code, details, trailers)`` once the call ended and every message was taken."""
+    def status(self) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """``(code, details, trailers)`` once the call ended, messages left to take or not."""
     def arm(self, waker: Waker, token: int, what: int) -> bool:
         """Post ``token`` to ``waker`` once ``what`` is there (0 headers, 1 message, 2 end); False if already there."""
     def disarm(self, token: int) -> None:

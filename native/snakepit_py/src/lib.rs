@@ -208,6 +208,10 @@ impl End {
         Self { code: code as i32, details: status.message().to_owned(), trailers: pairs(status.metadata()) }
     }
 
+    fn into_tuple(self) -> (i32, String, Pairs) {
+        (self.code, self.details, self.trailers)
+    }
+
     fn local(code: Code, details: &str) -> Self {
         Self { code: code as i32, details: details.to_owned(), trailers: Vec::new() }
     }
@@ -345,7 +349,13 @@ impl Call {
         if !inner.messages.is_empty() {
             return None;
         }
-        inner.end.clone().map(|e| (e.code, e.details, e.trailers))
+        inner.end.clone().map(End::into_tuple)
+    }
+
+    /// How the call ended, once it has, whether or not messages are left to take
+    /// (what a caller asking for the status code or trailers wants).
+    fn status(&self) -> Option<(i32, String, Pairs)> {
+        lock(&self.state.inner).end.clone().map(End::into_tuple)
     }
 
     /// Ask `waker` to post `token` (once) when `what` is there: for 0 the

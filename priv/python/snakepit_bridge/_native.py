@@ -458,16 +458,18 @@ class AsyncNativeStreamCall:
         return grpc.aio.Metadata(*(self._call.headers() or ()))
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
-        """The trailers; waits for the end."""
-        await _loop_waker().wait(self._call, _END)
-        end = self._call.end()
-        return grpc.aio.Metadata(*(end[2] if end else ()))
+        """The trailers; waits for the end (messages not yet read stay readable)."""
+        return grpc.aio.Metadata(*(await self._status())[2])
 
     async def code(self) -> grpc.StatusCode:
-        """The status code; waits for the end."""
+        """The status code; waits for the end (messages not yet read stay readable)."""
+        return _status((await self._status())[0])
+
+    async def _status(self) -> tuple[int, str, Pairs]:
         await _loop_waker().wait(self._call, _END)
-        end = self._call.end()
-        return _status(end[0]) if end else grpc.StatusCode.UNKNOWN
+        status: tuple[int, str, Pairs] | None = self._call.status()
+        assert status is not None  # the wait returns only once the call has ended
+        return status
 
     def done(self) -> bool:
         """Whether the call ended and every message was read."""
