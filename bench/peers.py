@@ -90,6 +90,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from google.protobuf import any_pb2  # noqa: E402
 from nats.js.api import StorageType  # noqa: E402
 from snakepit_bridge import AsyncSessionContext, VariableType, connect_async  # noqa: E402
+from snakepit_bridge._native import AsyncNativeChannel  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2 as pb2  # noqa: E402
 from snakepit_bridge._proto import snakepit_bridge_pb2_grpc as pb2_grpc  # noqa: E402
 
@@ -1139,8 +1140,7 @@ async def run_all(env: Env, args: argparse.Namespace) -> dict[str, Any]:
 
 def _bridge_transport() -> str:
     """Which transport ``connect_async`` gives the bridge's clients here (the native one when installed)."""
-    channel = connect_async("127.0.0.1:1", token="")
-    if isinstance(channel, grpc.aio.Channel) and type(channel).__name__ == "AsyncNativeChannel":
+    if isinstance(connect_async("127.0.0.1:1", token=""), AsyncNativeChannel):  # nothing is sent: it connects lazily
         return "native transport (snakepit_bridge_native, tonic)"
     return f"grpcio {grpc.__version__} transport"
 
