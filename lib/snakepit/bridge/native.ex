@@ -57,4 +57,16 @@ defmodule Snakepit.Bridge.Native do
     do: err()
 
   def unwatch_variables(_ref), do: err()
+
+  # Snakepit.Bridge.Cluster
+  def cluster_register(_pid), do: err()
+  def cluster_unregister, do: err()
+  def cluster_reply(_reply, _answer), do: err()
+  def cluster_serve(_method, _request, _binary_encoding), do: err()
+  def cluster_stream_open(_stream, _sink_pid), do: err()
+  def cluster_stream_push(_stream, _updates), do: err()
+  def cluster_stream_close(_stream, _reason), do: err()
+  def cluster_wire_watch(_session_id, _request, _binary_encoding, _relay_pid), do: err()
+  def cluster_wire_ack(_wire_ref, _n), do: err()
+  def cluster_wire_cancel(_wire_ref), do: err()
 end

@@ -12,13 +12,15 @@
 //!   knows the model and the clock, never the store.
 //! - [`wire`]: protobuf ⇄ store conversions (values in `Any`, timestamps, statuses).
 //! - [`service`]: the tonic `BridgeService` over a store.
+//! - [`forward`]: the [`forward::Forwarder`] trait through which the service
+//!   sends calls about sessions another node owns (the NIF implements it).
 //! - [`net`]: guarded accept loop: connection cap, handshake and idle deadlines, fd limit.
 //! - [`auth`]: the server token, session tokens, and which addresses need TLS and a token.
 //! - [`server`]: `serve(store, listener, config, shutdown)` and `RunningServer`.
 //! - [`proto`]: code generated from `proto/snakepit_bridge.proto`, with [`codec`]
 //!   (prost's, but a request that does not decode is INVALID_ARGUMENT).
 //!
-//! Dependencies run one way: `server` → `service` → (`store`, `wire`);
+//! Dependencies run one way: `server` → `service` → (`forward`, `store`, `wire`);
 //! `wire` → (`model`, `store`); `store` → `watch` → `model` → (`value`,
 //! `constraints`), and `store` uses `model` directly too. Below all of them
 //! sit `limits` → `error`, `clock` and `glob`; `auth` stands alone.
@@ -31,6 +33,7 @@ pub mod clock;
 pub mod codec;
 pub mod constraints;
 pub mod error;
+pub mod forward;
 pub mod glob;
 pub mod limits;
 pub mod model;

@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub tls: Option<Tls>,
     /// Serve a non-loopback address without TLS and a token anyway.
     pub allow_insecure: bool,
+    /// Where calls about sessions this node's store does not hold go (see
+    /// [`crate::forward`]); `None` serves every call locally.
+    pub forwarder: Option<std::sync::Arc<dyn crate::forward::Forwarder>>,
 }
 
 /// TLS settings, as PEM text.
@@ -132,6 +135,7 @@ impl Default for ServerConfig {
             auth: None,
             tls: None,
             allow_insecure: false,
+            forwarder: None,
         }
     }
 }
@@ -143,6 +147,7 @@ impl From<&ServerConfig> for ServiceConfig {
             max_message_bytes: c.max_message_bytes,
             max_watchers: c.max_watchers,
             max_watchers_per_connection: c.max_watchers_per_connection,
+            forwarder: c.forwarder.clone(),
         }
     }
 }

@@ -13,13 +13,15 @@
 //!
 //! Rust modules mirror the Elixir modules they serve: `session_store` for
 //! `Snakepit.Bridge.SessionStore`, `server` for `Snakepit.Bridge.Server`, `watch` for the watch half of
-//! `SessionStore`; `log` sends the core's `tracing` events to Logger through
+//! `SessionStore`, `cluster` for `Snakepit.Bridge.Cluster` (serving sessions
+//! another node owns, see that module); `log` sends the core's `tracing` events to Logger through
 //! the server that started last.
 
 use once_cell::sync::Lazy;
 use snakepit_core::Store;
 
 mod atoms;
+mod cluster;
 mod convert;
 mod log;
 mod server;

@@ -9,10 +9,12 @@ use rustler::{Atom, Encoder, Env, NifMap, ResourceArc, Term};
 use snakepit_core::auth::Secret;
 use snakepit_core::limits::Limits;
 use snakepit_core::server::{RunningServer, ServerConfig, Tls};
+use snakepit_core::service::ServiceConfig;
 use snakepit_core::StoreError;
 use tokio::runtime::Runtime;
 
 use crate::atoms;
+use crate::cluster;
 use crate::convert;
 use crate::log;
 use crate::STORE;
@@ -171,7 +173,7 @@ fn io_error<'a>(env: Env<'a>, what: &str, e: std::io::Error) -> Term<'a> {
 #[rustler::nif(schedule = "DirtyIo")]
 fn server_start<'a>(env: Env<'a>, host: &str, port: u16, opts: StartOptions) -> Term<'a> {
     // Checked before binding, so a bad setting never holds a port.
-    let config = match opts.config() {
+    let mut config = match opts.config() {
         Ok(config) => config,
         Err(message) => return invalid(env, message),
     };
@@ -195,6 +197,9 @@ fn server_start<'a>(env: Env<'a>, host: &str, port: u16, opts: StartOptions) -> 
     };
     let limits = config.limits;
     let secret = config.auth.clone();
+    // Calls about sessions another node owns go to the cluster process, when one is registered.
+    config.forwarder = Some(cluster::forwarder());
+    let service_config = ServiceConfig::from(&config);
     // Before the start, so what the server logs as it starts reaches this process.
     let log_receiver = log::register(env.pid(), log_level);
     match RunningServer::start(rt.handle(), STORE.clone(), listener, config) {
@@ -202,6 +207,8 @@ fn server_start<'a>(env: Env<'a>, host: &str, port: u16, opts: StartOptions) -> 
             // `serve` applies them too, but on the runtime, a moment later:
             // set here, they hold for every call made after this returns.
             STORE.set_limits(limits);
+            // Calls other nodes forward here are served with this server's settings.
+            cluster::use_config(service_config);
             let port = server.local_addr().port();
             let res = ResourceArc::new(ServerResource { server: Mutex::new(Some(server)), port, secret, log_receiver });
             (atoms::ok(), res).encode(env)
