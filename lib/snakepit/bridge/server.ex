@@ -35,7 +35,9 @@ defmodule Snakepit.Bridge.Server do
   Security (see "Security" below):
 
     * `:token` — the server token, at least 32 visible ASCII characters
-      (default: a random one, 64 hex characters)
+      (default: the `:token` of the `:snakepit` application environment,
+      else a random one, 64 hex characters). Give every node of a cluster
+      the same one, so tokens minted on one node are valid on all.
     * `:auth` — `false` serves without any token (default `true`)
     * `:allow_insecure` — serve a non-loopback address without TLS and a
       token anyway (default `false`)
@@ -467,7 +469,10 @@ defmodule Snakepit.Bridge.Server do
         do: seconds_to_ms!(opts, :handshake_timeout, nil)
 
     auth = boolean!(opts, :auth, true)
-    token = Keyword.get(opts, :token)
+    # A cluster shares one token through the application environment, so a
+    # token minted on any node is valid on every node.
+    token =
+      Keyword.get_lazy(opts, :token, fn -> if auth, do: Application.get_env(:snakepit, :token) end)
 
     unless is_nil(token) or (is_binary(token) and String.valid?(token)),
       do: raise(ArgumentError, "the :token option must be a string, got: #{inspect(token)}")

@@ -3,9 +3,11 @@ defmodule Snakepit.Bridge.SessionStore do
   Sessions and their typed, versioned variables, in the Rust-owned store that
   Python processes reach over gRPC.
 
-  Every function here is a direct NIF call into the store: no process sits in
-  between, so reads and writes take microseconds and a session created here is
-  at once visible to Python (and the other way round).
+  Every function here is a direct NIF call into this node's store: no process
+  sits in between, so reads and writes take microseconds and a session created
+  here is at once visible to Python (and the other way round). On a cluster of
+  connected nodes, a session another node owns is reached with one `:erpc`
+  round trip instead, with the same results; see `Snakepit.Bridge.Cluster`.
 
   ## Sessions
 
@@ -56,12 +58,16 @@ defmodule Snakepit.Bridge.SessionStore do
       batch size, pattern length); the message names the limit and its value.
       The limits and their defaults are in `docs/limits.md`; a
       `Snakepit.Bridge.Server` sets them when it starts.
+    * `{:unavailable, node}` — the session's owner node cannot be reached;
+      functions that answer a boolean or a default answer `false` or the
+      default instead
 
   A wrong term shape (a session id that is not a string, say) raises
   `ArgumentError` naming the argument.
   """
 
-  alias Snakepit.Bridge.{Native, Variable, VariableUpdate}
+  alias Snakepit.Bridge.{Cluster, Native, Variable, VariableUpdate}
+  alias Snakepit.Bridge.SessionStore.Local
 
   @default_ttl_seconds 3600
 
@@ -77,6 +83,10 @@ defmodule Snakepit.Bridge.SessionStore do
           | {:invalid_argument, String.t()}
           | {:version_conflict, pos_integer()}
           | {:resource_exhausted, String.t()}
+          | unavailable()
+
+  @typedoc "The node that owns the session cannot be reached (see `Snakepit.Bridge.Cluster`)."
+  @type unavailable :: {:unavailable, node()}
 
   @type session_info :: %{
           id: String.t(),
@@ -120,7 +130,7 @@ defmodule Snakepit.Bridge.SessionStore do
             "the :ttl option must be a positive number of seconds, got: #{inspect(ttl)}"
     end
 
-    Native.create_session(
+    Cluster.create_session(
       session_id,
       metadata!(Keyword.get(opts, :metadata, %{})),
       round(ttl * 1000)
@@ -130,39 +140,46 @@ defmodule Snakepit.Bridge.SessionStore do
   @doc """
   Describes a live session; counts as access. `{:error, :not_found}` if there is none.
   """
-  @spec get_session(session_id()) :: {:ok, session_info()} | {:error, :not_found}
+  @spec get_session(session_id()) ::
+          {:ok, session_info()} | {:error, :not_found | unavailable()}
   def get_session(session_id) do
     check_session_id!(session_id)
 
-    case Native.get_session(session_id) do
-      {:ok, info} -> {:ok, info}
+    case Cluster.route(session_id, :get_session, [session_id]) do
       {:error, {:session_not_found, _}} -> {:error, :not_found}
+      result -> result
     end
   end
 
   @doc """
   Deletes a session and its variables. Deleting a missing session is `:ok` too.
   """
-  @spec delete_session(session_id()) :: :ok
+  @spec delete_session(session_id()) :: :ok | {:error, unavailable()}
   def delete_session(session_id) do
     check_session_id!(session_id)
-    Native.delete_session(session_id)
-    :ok
+
+    case Cluster.route(session_id, :delete_session, [session_id]) do
+      {:error, {:unavailable, _}} = error -> error
+      _ -> :ok
+    end
   end
 
-  @doc "Ids of all live sessions, sorted."
+  @doc "Ids of all live sessions of every reachable node of the cluster, sorted."
   @spec list_sessions() :: [session_id()]
-  def list_sessions, do: Native.list_sessions()
+  def list_sessions, do: Cluster.list_sessions()
 
-  @doc "Whether a live session has this id. Does not count as access."
+  @doc """
+  Whether a live session has this id (false too when its node cannot be
+  reached). Does not count as access.
+  """
   @spec session_exists?(session_id()) :: boolean()
   def session_exists?(session_id) do
     check_session_id!(session_id)
-    Native.session_exists(session_id)
+    Cluster.route(session_id, :session_exists, [session_id]) == true
   end
 
   @doc """
-  Totals for the whole store: live sessions, live watchers (gRPC streams,
+  Totals for this node's store: live sessions, live watchers (gRPC streams,
   Elixir subscriptions, and both together) and watchers opened since start.
   """
   @spec stats() :: stats()
@@ -172,10 +189,14 @@ defmodule Snakepit.Bridge.SessionStore do
   end
 
   @doc "Restarts the session's idle timer, like a gRPC Heartbeat."
-  @spec touch_session(session_id()) :: :ok | {:error, :not_found}
+  @spec touch_session(session_id()) :: :ok | {:error, :not_found | unavailable()}
   def touch_session(session_id) do
     check_session_id!(session_id)
-    if Native.touch_session(session_id), do: :ok, else: {:error, :not_found}
+
+    case Cluster.route(session_id, :touch_session, [session_id]) do
+      {:error, {:session_not_found, _}} -> {:error, :not_found}
+      result -> result
+    end
   end
 
   # -- variables --------------------------------------------------------------
@@ -220,19 +241,14 @@ defmodule Snakepit.Bridge.SessionStore do
           metadata!(Keyword.get(opts, :metadata, %{}))
       end
 
-    retry_dirty(
-      Native.register_variable(session_id, name, type, initial_value, constraints, metadata),
-      fn ->
-        Native.register_variable_dirty(
-          session_id,
-          name,
-          type,
-          initial_value,
-          constraints,
-          metadata
-        )
-      end
-    )
+    Cluster.route(session_id, :register_variable, [
+      session_id,
+      name,
+      type,
+      initial_value,
+      constraints,
+      metadata
+    ])
   end
 
   @doc "The variable with this id or name."
@@ -241,9 +257,7 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    case retry_dirty(Native.get_variable(session_id, identifier), fn ->
-           Native.get_variable_dirty(session_id, identifier)
-         end) do
+    case Cluster.route(session_id, :get_variable, [session_id, identifier]) do
       {:ok, fields} -> {:ok, Variable.from_native(fields)}
       error -> error
     end
@@ -258,9 +272,7 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    read = Native.get_variable_value(session_id, identifier)
-
-    case retry_dirty(read, fn -> Native.get_variable_value_dirty(session_id, identifier) end) do
+    case Cluster.route(session_id, :get_variable_value, [session_id, identifier]) do
       {:ok, value} -> value
       {:error, _} -> default
     end
@@ -271,7 +283,7 @@ defmodule Snakepit.Bridge.SessionStore do
   def has_variable?(session_id, identifier) do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
-    Native.has_variable(session_id, identifier) == {:ok, true}
+    Cluster.route(session_id, :has_variable, [session_id, identifier]) == {:ok, true}
   end
 
   @doc """
@@ -308,9 +320,7 @@ defmodule Snakepit.Bridge.SessionStore do
 
     metadata = metadata!(metadata)
 
-    retry_dirty(Native.update_variable(session_id, identifier, value, metadata, expected), fn ->
-      Native.update_variable_dirty(session_id, identifier, value, metadata, expected)
-    end)
+    Cluster.route(session_id, :put_variable, [session_id, identifier, value, metadata, expected])
   end
 
   @doc """
@@ -329,9 +339,7 @@ defmodule Snakepit.Bridge.SessionStore do
 
     Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
 
-    read = Native.get_variables(session_id, identifiers)
-
-    case retry_dirty(read, fn -> Native.get_variables_dirty(session_id, identifiers) end) do
+    case Cluster.route(session_id, :get_variables, [session_id, identifiers]) do
       {:ok, {found, missing}} ->
         {:ok,
          %{
@@ -390,12 +398,7 @@ defmodule Snakepit.Bridge.SessionStore do
 
     metadata = metadata!(Keyword.get(opts, :metadata, %{}))
 
-    result =
-      retry_dirty(Native.update_variables(session_id, pairs, metadata, atomic), fn ->
-        Native.update_variables_dirty(session_id, pairs, metadata, atomic)
-      end)
-
-    case result do
+    case Cluster.route(session_id, :update_variables, [session_id, pairs, metadata, atomic]) do
       {:ok, applied} ->
         {:ok, Map.new(applied, fn {k, v} -> {k, {:ok, v}} end)}
 
@@ -424,7 +427,7 @@ defmodule Snakepit.Bridge.SessionStore do
       raise ArgumentError, "pattern must be a string or nil, got: #{inspect(pattern)}"
     end
 
-    case Native.list_variables(session_id, pattern) do
+    case Cluster.route(session_id, :list_variables, [session_id, pattern]) do
       {:ok, vars} -> {:ok, Enum.map(vars, &Variable.from_native/1)}
       error -> error
     end
@@ -435,7 +438,7 @@ defmodule Snakepit.Bridge.SessionStore do
   def delete_variable(session_id, identifier) do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
-    Native.delete_variable(session_id, identifier)
+    Cluster.route(session_id, :delete_variable, [session_id, identifier])
   end
 
   # -- watching ------------------------------------------------------------------
@@ -520,7 +523,13 @@ defmodule Snakepit.Bridge.SessionStore do
           "the :patterns option must be a list of strings, got: #{inspect(patterns)}"
         )
 
-    Native.watch_variables(session_id, identifiers, patterns, pid, include_initial, since)
+    case Local.watch_variables(session_id, identifiers, patterns, pid, include_initial, since) do
+      {:error, {:session_not_found, _}} = miss ->
+        Cluster.watch(session_id, identifiers, patterns, pid, include_initial, since, miss)
+
+      result ->
+        result
+    end
   end
 
   @doc """
@@ -537,7 +546,7 @@ defmodule Snakepit.Bridge.SessionStore do
           "ref must be the reference watch_variables/3 returned, got: #{inspect(ref)}"
         )
 
-    :ok = Native.unwatch_variables(ref)
+    with :not_remote <- Cluster.unwatch(ref), do: unwatch_local(ref)
     flush(ref)
   end
 
@@ -549,15 +558,12 @@ defmodule Snakepit.Bridge.SessionStore do
     end
   end
 
-  # -- scheduling ----------------------------------------------------------------
-  #
-  # A NIF on a normal scheduler must return well under a millisecond. The NIF
-  # alone decides what is too heavy for one (HEAVY, in
-  # native/snakepit_nif/src/session_store.rs): it answers :dirty, having done
-  # nothing, and the call is repeated on its dirty twin.
-
-  defp retry_dirty(:dirty, twin), do: twin.()
-  defp retry_dirty(result, _twin), do: result
+  defp unwatch_local(ref) do
+    Native.unwatch_variables(ref)
+  rescue
+    # A plain reference: a watch of another node's session that has ended.
+    ArgumentError -> :ok
+  end
 
   # -- argument checks ----------------------------------------------------------
 
