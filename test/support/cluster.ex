@@ -34,6 +34,10 @@ defmodule Snakepit.Test.Cluster do
         args: [~c"-setcookie", cookie | paths]
       })
 
+    # A full mesh before the first test, as a settled cluster has (Erlang
+    # would connect the others on first contact, not before).
+    for other <- Node.list() -- [node], do: true = :erpc.call(node, Node, :connect, [other])
+
     for {key, value} <- app_env,
         do: :ok = :erpc.call(node, Application, :put_env, [:snakepit, key, value])
 

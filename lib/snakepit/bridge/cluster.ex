@@ -137,10 +137,7 @@ defmodule Snakepit.Bridge.Cluster do
         :none
 
       peers ->
-        announced =
-          for pid <- :pg.get_members(@scope, {:session, session_id}),
-              node(pid) != node(),
-              do: node(pid)
+        announced = for pid <- members({:session, session_id}), node(pid) != node(), do: node(pid)
 
         case announced do
           [node | _] -> {:ok, node}
@@ -150,6 +147,10 @@ defmodule Snakepit.Bridge.Cluster do
         end
     end
   end
+
+  # Without the application (say, `mix run --no-start`) there is no scope.
+  defp members(group),
+    do: if(Process.whereis(@scope), do: :pg.get_members(@scope, group), else: [])
 
   defp search([], _session_id), do: :none
 
@@ -164,15 +165,12 @@ defmodule Snakepit.Bridge.Cluster do
   end
 
   @doc false
-  # Other nodes that run the bridge.
+  # The other nodes to ask. All connected ones, not only those whose bridge
+  # this node's :pg has heard of yet: a node that just joined may already
+  # own sessions. One without the bridge answers nothing useful, and is
+  # ignored.
   @spec peers() :: [node()]
-  def peers do
-    if Process.whereis(@scope) do
-      for pid <- :pg.get_members(@scope, :nodes), node(pid) != node(), uniq: true, do: node(pid)
-    else
-      []
-    end
-  end
+  def peers, do: Node.list()
 
   @doc false
   # `:erpc.call/5`, with an unreachable node as `{:error, {:unavailable, node}}`.
@@ -296,7 +294,6 @@ defmodule Snakepit.Bridge.Cluster do
   @impl true
   def init(_opts) do
     :ets.new(@watches, [:named_table, :public, :set])
-    :ok = :pg.join(@scope, :nodes, self())
     Enum.each(Native.list_sessions(), &join/1)
     :ok = Native.cluster_register(self())
     Process.send_after(self(), :reconcile, @reconcile_every_ms)
@@ -336,7 +333,9 @@ defmodule Snakepit.Bridge.Cluster do
 
   @impl true
   def handle_info(:reconcile, state) do
-    reconcile()
+    # Announcements matter only to other nodes; a node that becomes
+    # distributed later is brought in step by the first pass after.
+    if Node.alive?(), do: reconcile()
     Process.send_after(self(), :reconcile, @reconcile_every_ms)
     {:noreply, state}
   end

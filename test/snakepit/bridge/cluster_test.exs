@@ -126,6 +126,28 @@ defmodule Snakepit.Bridge.ClusterTest do
     assert {:error, {:already_exists, raced}} in results
   end
 
+  test "gRPC InitializeSession creates the session on the node it reached, unique across the cluster",
+       %{a: a, b: b, c: c, c_port: c_port} do
+    env = %{"SNAKEPIT_BRIDGE_TOKEN" => @token}
+    sid = new_id()
+
+    assert {:ok, %{"initialized" => true}} =
+             Python.client(c_port, sid, "ping_and_initialize", ["hi"], env)
+
+    assert :erpc.call(c, Native, :session_exists, [sid])
+    refute :erpc.call(a, Native, :session_exists, [sid])
+    assert on(a, :session_exists?, [sid])
+    assert {:ok, _} = on(b, :register_variable, [sid, :n, :integer, 1])
+
+    taken = new_id()
+    assert {:ok, _} = on(a, :create_session, [taken])
+
+    assert {:error, %{"code" => "ALREADY_EXISTS"}} =
+             Python.client(c_port, taken, "ping_and_initialize", ["hi"], env)
+
+    refute :erpc.call(c, Native, :session_exists, [taken])
+  end
+
   test "an Elixir watcher on B and a Python watcher through C see every write made on A and B, in order",
        %{a: a, b: b, c_port: c_port} do
     sid = new_id()
