@@ -95,14 +95,15 @@ defmodule Snakepit.Bridge.Cluster do
   # -- routing ----------------------------------------------------------------
 
   @doc false
-  # Runs `Local.fun(args)` here; if the session is not here, on its owner.
-  @spec route(String.t(), atom(), list()) :: term()
-  def route(session_id, fun, args) do
-    case apply(Local, fun, args) do
-      {:error, {:session_not_found, _}} = miss -> remote(session_id, fun, args, miss)
-      result -> result
-    end
-  end
+  # `result` is what `Local.fun(args)` answered here; if the session is not
+  # here, the answer of the same call on its owner. (The caller makes the
+  # local call itself: no dynamic dispatch on the local path.)
+  # `args` starts with the session id, as every such function's do.
+  @spec unless_here(term(), atom(), [term(), ...]) :: term()
+  def unless_here({:error, {:session_not_found, _}} = miss, fun, [session_id | _] = args),
+    do: remote(session_id, fun, args, miss)
+
+  def unless_here(result, _fun, _args), do: result
 
   defp remote(session_id, fun, args, miss) do
     case owner(session_id) do

@@ -145,7 +145,7 @@ defmodule Snakepit.Bridge.SessionStore do
   def get_session(session_id) do
     check_session_id!(session_id)
 
-    case Cluster.route(session_id, :get_session, [session_id]) do
+    case Cluster.unless_here(Local.get_session(session_id), :get_session, [session_id]) do
       {:error, {:session_not_found, _}} -> {:error, :not_found}
       result -> result
     end
@@ -158,7 +158,7 @@ defmodule Snakepit.Bridge.SessionStore do
   def delete_session(session_id) do
     check_session_id!(session_id)
 
-    case Cluster.route(session_id, :delete_session, [session_id]) do
+    case Cluster.unless_here(Local.delete_session(session_id), :delete_session, [session_id]) do
       {:error, {:unavailable, _}} = error -> error
       _ -> :ok
     end
@@ -175,7 +175,8 @@ defmodule Snakepit.Bridge.SessionStore do
   @spec session_exists?(session_id()) :: boolean()
   def session_exists?(session_id) do
     check_session_id!(session_id)
-    Cluster.route(session_id, :session_exists, [session_id]) == true
+
+    Cluster.unless_here(Local.session_exists(session_id), :session_exists, [session_id]) == true
   end
 
   @doc """
@@ -193,7 +194,7 @@ defmodule Snakepit.Bridge.SessionStore do
   def touch_session(session_id) do
     check_session_id!(session_id)
 
-    case Cluster.route(session_id, :touch_session, [session_id]) do
+    case Cluster.unless_here(Local.touch_session(session_id), :touch_session, [session_id]) do
       {:error, {:session_not_found, _}} -> {:error, :not_found}
       result -> result
     end
@@ -241,14 +242,11 @@ defmodule Snakepit.Bridge.SessionStore do
           metadata!(Keyword.get(opts, :metadata, %{}))
       end
 
-    Cluster.route(session_id, :register_variable, [
-      session_id,
-      name,
-      type,
-      initial_value,
-      constraints,
-      metadata
-    ])
+    Cluster.unless_here(
+      Local.register_variable(session_id, name, type, initial_value, constraints, metadata),
+      :register_variable,
+      [session_id, name, type, initial_value, constraints, metadata]
+    )
   end
 
   @doc "The variable with this id or name."
@@ -257,7 +255,10 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    case Cluster.route(session_id, :get_variable, [session_id, identifier]) do
+    case Cluster.unless_here(Local.get_variable(session_id, identifier), :get_variable, [
+           session_id,
+           identifier
+         ]) do
       {:ok, fields} -> {:ok, Variable.from_native(fields)}
       error -> error
     end
@@ -272,7 +273,11 @@ defmodule Snakepit.Bridge.SessionStore do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
 
-    case Cluster.route(session_id, :get_variable_value, [session_id, identifier]) do
+    case Cluster.unless_here(
+           Local.get_variable_value(session_id, identifier),
+           :get_variable_value,
+           [session_id, identifier]
+         ) do
       {:ok, value} -> value
       {:error, _} -> default
     end
@@ -283,7 +288,11 @@ defmodule Snakepit.Bridge.SessionStore do
   def has_variable?(session_id, identifier) do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
-    Cluster.route(session_id, :has_variable, [session_id, identifier]) == {:ok, true}
+
+    Cluster.unless_here(Local.has_variable(session_id, identifier), :has_variable, [
+      session_id,
+      identifier
+    ]) == {:ok, true}
   end
 
   @doc """
@@ -320,7 +329,11 @@ defmodule Snakepit.Bridge.SessionStore do
 
     metadata = metadata!(metadata)
 
-    Cluster.route(session_id, :put_variable, [session_id, identifier, value, metadata, expected])
+    Cluster.unless_here(
+      Local.put_variable(session_id, identifier, value, metadata, expected),
+      :put_variable,
+      [session_id, identifier, value, metadata, expected]
+    )
   end
 
   @doc """
@@ -339,7 +352,10 @@ defmodule Snakepit.Bridge.SessionStore do
 
     Enum.each(identifiers, &check_identifier!(&1, "each identifier"))
 
-    case Cluster.route(session_id, :get_variables, [session_id, identifiers]) do
+    case Cluster.unless_here(Local.get_variables(session_id, identifiers), :get_variables, [
+           session_id,
+           identifiers
+         ]) do
       {:ok, {found, missing}} ->
         {:ok,
          %{
@@ -398,7 +414,11 @@ defmodule Snakepit.Bridge.SessionStore do
 
     metadata = metadata!(Keyword.get(opts, :metadata, %{}))
 
-    case Cluster.route(session_id, :update_variables, [session_id, pairs, metadata, atomic]) do
+    case Cluster.unless_here(
+           Local.update_variables(session_id, pairs, metadata, atomic),
+           :update_variables,
+           [session_id, pairs, metadata, atomic]
+         ) do
       {:ok, applied} ->
         {:ok, Map.new(applied, fn {k, v} -> {k, {:ok, v}} end)}
 
@@ -427,7 +447,10 @@ defmodule Snakepit.Bridge.SessionStore do
       raise ArgumentError, "pattern must be a string or nil, got: #{inspect(pattern)}"
     end
 
-    case Cluster.route(session_id, :list_variables, [session_id, pattern]) do
+    case Cluster.unless_here(Local.list_variables(session_id, pattern), :list_variables, [
+           session_id,
+           pattern
+         ]) do
       {:ok, vars} -> {:ok, Enum.map(vars, &Variable.from_native/1)}
       error -> error
     end
@@ -438,7 +461,11 @@ defmodule Snakepit.Bridge.SessionStore do
   def delete_variable(session_id, identifier) do
     check_session_id!(session_id)
     check_identifier!(identifier, "identifier")
-    Cluster.route(session_id, :delete_variable, [session_id, identifier])
+
+    Cluster.unless_here(Local.delete_variable(session_id, identifier), :delete_variable, [
+      session_id,
+      identifier
+    ])
   end
 
   # -- watching ------------------------------------------------------------------
