@@ -69,7 +69,7 @@ defmodule Snakepit.Test.Cluster do
   def serve(opts) do
     {:ok, pid} = Server.start_link(Keyword.merge([port: 0], opts))
     Process.unlink(pid)
-    Server.port()
+    Server.port(Keyword.get(opts, :name, Server))
   end
 
   @doc """

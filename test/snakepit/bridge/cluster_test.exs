@@ -245,6 +245,76 @@ defmodule Snakepit.Bridge.ClusterTest do
     assert on(b, :get_variable_value, [sid, :temp]) == 0.5
   end
 
+  test "a slow Python reader through C is coalesced at the owner and ends on the last value",
+       %{a: a, c_port: c_port} do
+    sid = new_id()
+    assert {:ok, _} = on(a, :create_session, [sid])
+    assert {:ok, _} = on(a, :register_variable, [sid, :temp, :integer, 0])
+    env = %{"SNAKEPIT_BRIDGE_TOKEN" => :erpc.call(a, Server, :session_token, [sid])}
+
+    # 5 ms per update read: far behind 2,000 writes made as fast as :erpc allows.
+    python =
+      Python.start(
+        [Python.script("history_watcher.py"), "127.0.0.1:#{c_port}", sid, "5", "temp"],
+        env
+      )
+
+    assert Python.next_line(python) == "READY"
+    for i <- 1..2000, do: :ok = on(a, :update_variable, [sid, :temp, i])
+    Python.send_line(python, "FINAL temp=2001")
+
+    versions =
+      Stream.repeatedly(fn -> Python.next_line(python, 60_000) end)
+      |> Enum.take_while(&(&1 != "END"))
+      |> Enum.map(fn "U temp " <> rest ->
+        rest |> String.split() |> hd() |> String.to_integer()
+      end)
+
+    assert versions == Enum.sort(Enum.uniq(versions))
+    assert List.last(versions) == 2001
+    assert length(versions) < 2001, "a reader 5 ms per update got all 2,000: nothing coalesced"
+    assert Python.wait_exit(python) == 0
+
+    # The relay and the owner's subscription go with the stream.
+    assert eventually(fn -> match?({:ok, %{watcher_count: 0}}, on(a, :get_session, [sid])) end)
+  end
+
+  test "a Python watch through another node resumes when that node's server restarts",
+       %{a: a, b: b} do
+    name = :"resume_server_#{System.unique_integer([:positive])}"
+    port = :erpc.call(b, Cluster, :serve, [[name: name]])
+    sid = new_id()
+    assert {:ok, _} = on(a, :create_session, [sid])
+    assert {:ok, _} = on(a, :register_variable, [sid, :temp, :float, 0.0])
+    env = %{"SNAKEPIT_BRIDGE_TOKEN" => :erpc.call(a, Server, :session_token, [sid])}
+
+    python =
+      Python.start(
+        [Python.script("cluster_watcher.py"), "127.0.0.1:#{port}", sid, "temp", "reconnect"],
+        env
+      )
+
+    assert Python.next_line(python) == "READY"
+    assert Python.next_line(python) == "U 1 0.0 elixir"
+    assert on(a, :update_variable, [sid, :temp, 0.5]) == :ok
+    assert Python.next_line(python) == "U 2 0.5 elixir"
+
+    :ok = :erpc.call(b, GenServer, :stop, [name])
+    # Written while the watcher is away: it arrives on resume, once.
+    assert on(a, :update_variable, [sid, :temp, 0.25]) == :ok
+    ^port = :erpc.call(b, Cluster, :serve, [[name: name, port: port]])
+    assert Python.next_line(python, 30_000) == "U 3 0.25 elixir"
+
+    assert on(a, :update_variable, [sid, :temp, 0.75]) == :ok
+    assert Python.next_line(python) == "U 4 0.75 elixir"
+
+    assert on(a, :delete_session, [sid]) == :ok
+    assert Python.next_line(python) == "CLOSED"
+    assert Python.next_line(python) == "END ok"
+    assert Python.wait_exit(python) == 0
+    :ok = :erpc.call(b, GenServer, :stop, [name])
+  end
+
   test "bench/cluster_latency.exs measures every path in a tiny run" do
     Code.require_file(Path.expand("../../../bench/cluster_latency.exs", __DIR__))
     # Through a variable: the module exists only once the file is required.
