@@ -69,6 +69,12 @@ defmodule Snakepit.Bridge.Cluster.Relay do
     receive do
       {^mref, :ok} -> Process.demonitor(mref, [:flush])
       {:DOWN, ^mref, _, _, _} -> :ok
+    after
+      # A node cut off but not yet known to be down: do not wait for it. The
+      # relay ends by itself when the connection is declared lost (it
+      # monitors the watcher); if the connection recovers first, what it
+      # forwarded meanwhile may still arrive.
+      Cluster.timeout() -> Process.demonitor(mref, [:flush])
     end
 
     :ok
