@@ -181,6 +181,15 @@ fn encoding_of(binary: bool) -> Encoding {
 #[derive(Debug)]
 pub struct ClusterForwarder;
 
+/// Sends `message` to the registered process `pid` and waits for the answer
+/// `rx` brings; UNAVAILABLE if the process is gone or drops the question.
+async fn ask<T>(pid: LocalPid, message: Message, rx: oneshot::Receiver<Result<T, Status>>) -> Result<T, Status> {
+    if !send(pid, message) {
+        return Err(unavailable_status("the cluster process is gone"));
+    }
+    rx.await.unwrap_or_else(|_| Err(unavailable_status("the cluster did not answer")))
+}
+
 impl Forwarder for ClusterForwarder {
     fn active(&self) -> bool {
         ACTIVE.load(Ordering::Acquire)
@@ -213,10 +222,7 @@ impl Forwarder for ClusterForwarder {
                     ],
                 )
             });
-            if !send(pid, message) {
-                return Err(unavailable_status("the cluster process is gone"));
-            }
-            rx.await.unwrap_or_else(|_| Err(unavailable_status("the cluster did not answer")))
+            ask(pid, message, rx).await
         })
     }
 
@@ -240,10 +246,7 @@ impl Forwarder for ClusterForwarder {
                     ],
                 )
             });
-            if !send(pid, message) {
-                return Err(unavailable_status("the cluster process is gone"));
-            }
-            rx.await.unwrap_or_else(|_| Err(unavailable_status("the cluster did not answer")))
+            ask(pid, message, rx).await
         })
     }
 }
