@@ -31,7 +31,9 @@ defmodule Snakepit.Bridge.Cluster do
   `SessionStore.watch_variables/3` for a session on another node starts a
   relay process on the owner that watches there and forwards each message, in
   order, to the watching process, tagged with the reference the call
-  returned. The messages and guarantees are those of a local watch.
+  returned. The messages and guarantees are those of a local watch. End it
+  with `unwatch_variables/1` on the node where the watch was made (as for a
+  local watch, the reference means nothing elsewhere).
 
   If the owner node goes down (or the relay dies), the watching process
   receives one last message and the watch ends:
@@ -281,8 +283,8 @@ defmodule Snakepit.Bridge.Cluster do
   @spec unwatch(reference()) :: :ok | :not_remote
   def unwatch(ref) do
     case :ets.whereis(@watches) != :undefined and :ets.take(@watches, ref) do
-      [{^ref, relay, _pid}] ->
-        GenServer.cast(__MODULE__, {:forget, ref})
+      [{^ref, relay, monitor}] ->
+        GenServer.cast(__MODULE__, {:forget, monitor})
         Relay.stop_watch(relay)
 
       _ ->
@@ -316,20 +318,14 @@ defmodule Snakepit.Bridge.Cluster do
     # Monitored here, not by the watcher, which is the caller's process and
     # must only ever receive the watch's messages.
     monitor = Process.monitor(relay)
-    :ets.insert(@watches, {tag, relay, pid})
+    :ets.insert(@watches, {tag, relay, monitor})
     {:reply, :ok, put_in(state.relays[monitor], {tag, relay, pid})}
   end
 
   @impl true
-  def handle_cast({:forget, tag}, state) do
-    case Enum.find(state.relays, fn {_monitor, {t, _, _}} -> t == tag end) do
-      {monitor, _} ->
-        Process.demonitor(monitor, [:flush])
-        {:noreply, %{state | relays: Map.delete(state.relays, monitor)}}
-
-      nil ->
-        {:noreply, state}
-    end
+  def handle_cast({:forget, monitor}, state) do
+    Process.demonitor(monitor, [:flush])
+    {:noreply, %{state | relays: Map.delete(state.relays, monitor)}}
   end
 
   @impl true
