@@ -53,8 +53,10 @@ defmodule Snakepit.Bridge.Cluster do
   ## gRPC on any node
 
   A Python worker connected to any node's `Snakepit.Bridge.Server` reaches
-  every session of the cluster: the server serves local sessions itself and
-  hands the others to this process, which runs the call on the owner.
+  every session of the cluster: the server serves local sessions itself and,
+  while other nodes are connected, hands the others (and every
+  InitializeSession, to keep ids unique) to this process, which runs the call
+  on the owner.
   WatchVariables streams are relayed the same way, with flow control: the
   owner sends a bounded window of updates ahead of what the client has read,
   so a slow reader is coalesced at the owner like a local one. Give every
@@ -298,7 +300,9 @@ defmodule Snakepit.Bridge.Cluster do
   def init(_opts) do
     :ets.new(@watches, [:named_table, :public, :set])
     Enum.each(Native.list_sessions(), &join/1)
-    :ok = Native.cluster_register(self())
+    # Also works before the node is distributed: it reports the node going up.
+    :ok = :net_kernel.monitor_nodes(true)
+    forward_if_connected()
     Process.send_after(self(), :reconcile, @reconcile_every_ms)
     {:ok, %{relays: %{}}}
   end
@@ -334,6 +338,11 @@ defmodule Snakepit.Bridge.Cluster do
     # distributed later is brought in step by the first pass after.
     if Node.alive?(), do: reconcile()
     Process.send_after(self(), :reconcile, @reconcile_every_ms)
+    {:noreply, state}
+  end
+
+  def handle_info({event, _node}, state) when event in [:nodeup, :nodedown] do
+    forward_if_connected()
     {:noreply, state}
   end
 
@@ -374,6 +383,13 @@ defmodule Snakepit.Bridge.Cluster do
       timestamp: DateTime.utc_now(),
       metadata: %{"reason" => why, "node" => Atom.to_string(node(relay))}
     }
+  end
+
+  # gRPC servers hand this process what their store lacks only while other
+  # nodes are connected: a lone node serves every call itself, as if there
+  # were no cluster layer.
+  defp forward_if_connected do
+    if Node.list() == [], do: Native.cluster_unregister(), else: Native.cluster_register(self())
   end
 
   defp join(session_id) do
