@@ -76,7 +76,7 @@ defmodule Snakepit.Test.Cluster do
   Starts a process on this node that watches with
   `SessionStore.watch_variables/3` and sends `{:watched, self(), message}` to
   `parent` for every message it receives. Returns `{pid, watch_result}`.
-  `{:unwatch, from}` makes it unwatch and answer `{:unwatched, pid, leftovers}`.
+  `{:unwatch, from}` makes it unwatch and answer `{:unwatched, pid}`.
   """
   def watcher(parent, session_id, identifiers, opts) do
     answer = make_ref()
@@ -100,8 +100,7 @@ defmodule Snakepit.Test.Cluster do
     receive do
       {:unwatch, from} ->
         :ok = SessionStore.unwatch_variables(ref)
-        leftovers = Process.info(self(), :message_queue_len)
-        send(from, {:unwatched, self(), leftovers})
+        send(from, {:unwatched, self()})
 
       message ->
         send(parent, {:watched, self(), message})

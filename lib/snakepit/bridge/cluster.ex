@@ -285,7 +285,7 @@ defmodule Snakepit.Bridge.Cluster do
   @spec unwatch(reference()) :: :ok | :not_remote
   def unwatch(ref) do
     case :ets.whereis(@watches) != :undefined and :ets.take(@watches, ref) do
-      [{^ref, relay, monitor}] ->
+      [{^ref, relay, monitor, _pid}] ->
         GenServer.cast(__MODULE__, {:forget, monitor})
         Relay.stop_watch(relay)
 
@@ -304,6 +304,7 @@ defmodule Snakepit.Bridge.Cluster do
     :ok = :net_kernel.monitor_nodes(true)
     forward_if_connected()
     Process.send_after(self(), :reconcile, @reconcile_every_ms)
+    # Relay monitor => watch tag; the table holds the rest of each watch.
     {:ok, %{relays: %{}}}
   end
 
@@ -322,8 +323,8 @@ defmodule Snakepit.Bridge.Cluster do
     # Monitored here, not by the watcher, which is the caller's process and
     # must only ever receive the watch's messages.
     monitor = Process.monitor(relay)
-    :ets.insert(@watches, {tag, relay, monitor})
-    {:reply, :ok, put_in(state.relays[monitor], {tag, relay, pid})}
+    :ets.insert(@watches, {tag, relay, monitor, pid})
+    {:reply, :ok, put_in(state.relays[monitor], tag)}
   end
 
   @impl true
@@ -360,15 +361,14 @@ defmodule Snakepit.Bridge.Cluster do
   end
 
   def handle_info({:DOWN, monitor, :process, relay, reason}, state) do
-    case Map.pop(state.relays, monitor) do
-      {{tag, ^relay, pid}, relays} ->
-        :ets.delete(@watches, tag)
-        if reason != :normal, do: send(pid, {:snakepit_variable_update, tag, lost(relay, reason)})
-        {:noreply, %{state | relays: relays}}
+    {tag, relays} = Map.pop(state.relays, monitor)
 
-      {nil, _} ->
-        {:noreply, state}
+    # Gone from the table: unwatched an instant ago, nobody to tell.
+    with [{^tag, ^relay, ^monitor, pid}] when reason != :normal <- :ets.take(@watches, tag) do
+      send(pid, {:snakepit_variable_update, tag, lost(relay, reason)})
     end
+
+    {:noreply, %{state | relays: relays}}
   end
 
   @impl true
