@@ -126,7 +126,7 @@ defmodule Snakepit.Bench.ClusterLatency do
     start = :erlang.monotonic_time(:millisecond) + 1
 
     for n <- 1..(warmup + updates) do
-      wait_until(start + (n - 1) * interval_ms)
+      Support.wait_until(start + (n - 1) * interval_ms)
       send(receiver, {:stamp, n, :os.system_time(:nanosecond)})
     end
 
@@ -142,22 +142,14 @@ defmodule Snakepit.Bench.ClusterLatency do
   end
 
   defp write(sid, 0, _interval_ms, at) do
-    wait_until(at)
+    Support.wait_until(at)
     :ok = SessionStore.update_variable(sid, :stamp, -1)
   end
 
   defp write(sid, n, interval_ms, at) do
-    wait_until(at)
+    Support.wait_until(at)
     :ok = SessionStore.update_variable(sid, :stamp, :os.system_time(:nanosecond))
     write(sid, n - 1, interval_ms, at + interval_ms)
-  end
-
-  defp wait_until(at_ms) do
-    ref = :erlang.start_timer(at_ms, self(), :tick, abs: true)
-
-    receive do
-      {:timeout, ^ref, :tick} -> :ok
-    end
   end
 
   @doc "The table: p50 and p99 per path, and the cross-node / same-node ratios."

@@ -19,9 +19,12 @@
 # time.time_ns()) read just before the write, then the end marker -1 one tick
 # after the last: what peers.py's Python writers do for the other W1 rows.
 
+Code.require_file("support.exs", __DIR__)
+
 defmodule Snakepit.Bench.PeersW1a do
   @moduledoc false
 
+  alias Snakepit.Bench.Support
   alias Snakepit.Bridge.{Server, SessionStore}
 
   @server :snakepit_bench_peers_w1a_server
@@ -91,25 +94,16 @@ defmodule Snakepit.Bench.PeersW1a do
   defp handle(command), do: raise("unknown command: #{Enum.join(command, " ")}")
 
   defp write_all(sid, n, n, interval_ms, start, stamps) do
-    wait_until(start + n * interval_ms)
+    Support.wait_until(start + n * interval_ms)
     :ok = SessionStore.update_variable(sid, :stamp, @end_marker)
     Enum.reverse(stamps)
   end
 
   defp write_all(sid, i, n, interval_ms, start, stamps) do
-    wait_until(start + i * interval_ms)
+    Support.wait_until(start + i * interval_ms)
     stamp = :os.system_time(:nanosecond)
     :ok = SessionStore.update_variable(sid, :stamp, stamp)
     write_all(sid, i + 1, n, interval_ms, start, [stamp | stamps])
-  end
-
-  # An absolute timer: a late write does not push the later ones back.
-  defp wait_until(at_ms) do
-    ref = :erlang.start_timer(at_ms, self(), :w1a_tick, abs: true)
-
-    receive do
-      {:timeout, ^ref, :w1a_tick} -> :ok
-    end
   end
 
   defp reply(line), do: IO.puts("W1A " <> line)

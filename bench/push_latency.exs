@@ -347,27 +347,19 @@ defmodule Snakepit.Bench.PushLatency do
   # After the last stamp, on the next tick, the end marker (-1): a tick later,
   # so it rarely coalesces with the last timed update.
   defp write_phase(sid, 0, _interval_ms, at, _prev, gaps, stamps) do
-    wait_until(at)
+    Support.wait_until(at)
     :ok = SessionStore.update_variable(sid, :stamp, -1)
     {Enum.reverse(gaps), Enum.reverse([-1 | stamps])}
   end
 
   defp write_phase(sid, n, interval_ms, at, prev, gaps, stamps) do
-    wait_until(at)
+    Support.wait_until(at)
 
     t = :erlang.monotonic_time(:nanosecond)
     stamp = :os.system_time(:nanosecond)
     :ok = SessionStore.update_variable(sid, :stamp, stamp)
     gaps = if prev, do: [(t - prev) / 1.0e6 | gaps], else: gaps
     write_phase(sid, n - 1, interval_ms, at + interval_ms, t, gaps, [stamp | stamps])
-  end
-
-  defp wait_until(at_ms) do
-    ref = :erlang.start_timer(at_ms, self(), :push_tick, abs: true)
-
-    receive do
-      {:timeout, ^ref, :push_tick} -> :ok
-    end
   end
 
   # "SAMPLES mode n v:ns v:ns ..." -> [{version, receipt time - value in ns}]

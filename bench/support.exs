@@ -26,6 +26,19 @@ defmodule Snakepit.Bench.Support do
     |> Enum.any?(fn arg -> Path.expand(to_string(arg)) == file end)
   end
 
+  @doc """
+  Waits until the monotonic clock reads `at_ms` (`:erlang.monotonic_time(:millisecond)`).
+  An absolute timer: a paced writer that runs late does not push its later
+  writes back.
+  """
+  def wait_until(at_ms) do
+    ref = :erlang.start_timer(at_ms, self(), :bench_tick, abs: true)
+
+    receive do
+      {:timeout, ^ref, :bench_tick} -> :ok
+    end
+  end
+
   @doc "`opts[key]` (or `default`), which must be a positive integer."
   def positive!(opts, key, default) do
     case Keyword.get(opts, key, default) do
